@@ -1,0 +1,22 @@
+"""Shared helpers: raw data pointers of numpy arrays, thread count."""
+from std.python import PythonObject
+from std.sys.info import num_logical_cores
+
+
+comptime F32Ptr = Pointer[Float32, MutAnyOrigin]
+comptime I32Ptr = Pointer[Int32, MutAnyOrigin]
+comptime I8Ptr = Pointer[Int8, MutAnyOrigin]
+
+
+def data_addr(a: PythonObject) raises -> Int:
+    # numpy's PyArrayObject is {PyObject_HEAD (16 bytes); char *data; ...}.
+    # Python callers check dtype, shape and contiguity before calling us.
+    return Int(Pointer[Int, MutAnyOrigin](unsafe_from_address=Int(a._obj_ptr))[unsafe_offset=2])
+
+
+def ptr[T: DType](a: PythonObject) raises -> Pointer[Scalar[T], MutAnyOrigin]:
+    return Pointer[Scalar[T], MutAnyOrigin](unsafe_from_address=data_addr(a))
+
+
+def num_threads() -> Int:
+    return num_logical_cores()
