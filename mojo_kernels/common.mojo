@@ -1,4 +1,5 @@
 """Shared helpers: raw data pointers of numpy arrays, thread count."""
+from std.memory import alloc
 from std.python import PythonObject
 from std.sys.info import num_logical_cores
 
@@ -20,3 +21,13 @@ def ptr[T: DType](a: PythonObject) raises -> Pointer[Scalar[T], MutAnyOrigin]:
 
 def num_threads() -> Int:
     return num_logical_cores()
+
+
+def scratch_f32(n: Int) -> F32Ptr:
+    """Heap scratch of n float32, as a plain pointer (free with free_f32)."""
+    var p = alloc[Float32](n)
+    return F32Ptr(unsafe_from_address=Int(p))
+
+
+def free_f32(p: F32Ptr):
+    Pointer[Float32, MutUntrackedOrigin](unsafe_from_address=Int(p)).unsafe_free()
