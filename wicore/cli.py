@@ -1,0 +1,102 @@
+"""`wicore` command line: manage bundled models and generate text."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from wicore.models import registry
+
+
+def _models(args: argparse.Namespace) -> int:
+    if args.action == "pull":
+        for name in args.names or [registry.DEFAULT_MODEL]:
+            registry.pull(name, force=args.force)
+    else:
+        for row in registry.list_models():
+            state = "ready" if row["present"] else "not pulled"
+            print(f"{row['name']:<32} {state:<11} {int(row['size']) / 1e6:8.1f} MB  {row['path']}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from wicore.engine.llm import LLM, Timings
+    from wicore.engine.sampling import SamplingParams
+
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        stop=tuple(args.stop),
+    )
+    llm = LLM(args.model, max_model_len=args.ctx)
+    prompt: str | list[int] = args.prompt
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": args.prompt}
+        ]
+        prompt = llm.encode_chat(messages)
+    timings = Timings()
+    for piece in llm.stream(prompt, params, timings):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if args.stats:
+        print(
+            f"prompt: {timings.prompt_tokens} tokens, {timings.prompt_tps:.1f} tokens/s | "
+            f"decode: {timings.decode_tokens} tokens, {timings.decode_tps:.1f} tokens/s",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wicore", description="WiCore: local LLM inference on Mojo kernels")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="list or download the bundled models")
+    models.add_argument("action", choices=["list", "pull"])
+    models.add_argument("names", nargs="*", help="models to pull (default: the default model)")
+    models.add_argument("--force", action="store_true", help="download again even if present")
+    models.set_defaults(func=_models)
+
+    gen = sub.add_parser("generate", help="generate text from a prompt, streamed as it is produced")
+    gen.add_argument("prompt")
+    gen.add_argument("--model", default=registry.DEFAULT_MODEL, help="bundled model name or GGUF path")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    gen.add_argument("--system", default=None, help="system message (with --chat)")
+    gen.add_argument("--max-tokens", type=int, default=256)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--frequency-penalty", type=float, default=0.0)
+    gen.add_argument("--presence-penalty", type=float, default=0.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--ctx", type=int, default=4096, help="context length")
+    gen.add_argument("--stats", action="store_true", help="print prompt and decode tokens/s")
+    gen.set_defaults(func=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (registry.ModelError, ValueError) as e:
+        print(f"wicore: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Turns a scheduled set of sequences into one forward pass, then samples their next tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wicore.engine.block_manager import BlockManager
+from wicore.engine.sequence import Sequence
+from wicore.kernels.sampling import sample
+from wicore.models.transformer import ForwardBatch, KVCache, Transformer
+
+
+class ModelRunner:
+    def __init__(self, model: Transformer, num_blocks: int, block_size: int = 16) -> None:
+        self.model = model
+        self.kv = KVCache.allocate(model.config, num_blocks, block_size)
+        self.blocks = BlockManager(num_blocks, block_size)
+
+    def step(self, work: list[tuple[Sequence, int]]) -> list[Sequence]:
+        """Run `n` not-yet-computed tokens of each (sequence, n); sample for those that reach their end.
+
+        Block tables must already hold the tokens (the scheduler grows them).
+        Returns the sequences that got a new token.
+        """
+        batch = self._batch(work)
+        logits = self.model.forward(batch, self.kv)
+        sampled = []
+        for seq, n in work:
+            seq.num_computed += n
+            if seq.num_computed == seq.num_tokens:
+                sampled.append(seq)
+        if sampled:
+            tokens, logprobs = self._sample(sampled, logits)
+            for seq, tok, lp in zip(sampled, tokens.tolist(), logprobs.tolist()):
+                seq.output_ids.append(tok)
+                seq.output_logprobs.append(lp)
+        return sampled
+
+    def _batch(self, work: list[tuple[Sequence, int]]) -> ForwardBatch:
+        bs = self.blocks.block_size
+        tokens, positions, token_seq, logits_rows = [], [], [], []
+        width = max(len(seq.block_table) for seq, _ in work)
+        tables = np.zeros((len(work), width), dtype=np.int32)
+        for row, (seq, n) in enumerate(work):
+            start = seq.num_computed
+            tokens += seq.token_ids[start : start + n]
+            positions += range(start, start + n)
+            token_seq += [row] * n
+            tables[row, : len(seq.block_table)] = seq.block_table
+            if start + n == seq.num_tokens:
+                logits_rows.append(len(tokens) - 1)
+        pos = np.array(positions, dtype=np.int32)
+        seq_rows = np.array(token_seq, dtype=np.int32)
+        slots = tables[seq_rows, pos // bs].astype(np.int64) * bs + pos % bs
+        return ForwardBatch(
+            tokens=np.array(tokens, dtype=np.int64),
+            positions=pos,
+            token_seq=seq_rows,
+            slots=slots,
+            block_tables=tables,
+            logits_rows=np.array(logits_rows, dtype=np.int64),
+        )
+
+    def _sample(self, seqs: list[Sequence], logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return sample(logits, seqs)

@@ -1,0 +1,96 @@
+"""The decoder forward pass shared by llama and qwen2, read top to bottom.
+
+One call runs any mix of sequences: prompt chunks (prefill) and single tokens
+(decode) are laid end to end as T tokens; each token knows its sequence (a row
+of the block tables), its position, and the KV-cache slot it writes.  Logits
+are computed only for the rows the caller asks for (the last token of each
+sequence that samples next).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from wicore.kernels.attention import paged_attention
+from wicore.kernels.layers import add_rmsnorm, rmsnorm, rope, silu_mul
+from wicore.kernels.matmul import matmul
+from wicore.models.config import ModelConfig
+from wicore.models.weights import ModelWeights
+
+
+@dataclass
+class ForwardBatch:
+    tokens: np.ndarray  # int32 [T]
+    positions: np.ndarray  # int32 [T]
+    token_seq: np.ndarray  # int32 [T]: row of block_tables
+    slots: np.ndarray  # int64 [T]: KV-cache slot each token's K/V is written to
+    block_tables: np.ndarray  # int32 [B, max_blocks]
+    logits_rows: np.ndarray  # int64 [L]: tokens whose next-token logits are wanted
+
+
+@dataclass
+class KVCache:
+    """Per-layer K and V, float32 [num_slots, n_kv_heads, head_dim], slot = block * block_size + offset."""
+
+    k: list[np.ndarray]
+    v: list[np.ndarray]
+    block_size: int
+
+    @classmethod
+    def allocate(cls, config: ModelConfig, num_blocks: int, block_size: int) -> KVCache:
+        shape = (num_blocks * block_size, config.n_kv_heads, config.head_dim)
+        # np.zeros maps untouched pages lazily, so memory grows only as slots are used.
+        return cls(
+            k=[np.zeros(shape, np.float32) for _ in range(config.n_layers)],
+            v=[np.zeros(shape, np.float32) for _ in range(config.n_layers)],
+            block_size=block_size,
+        )
+
+    @staticmethod
+    def bytes_per_token(config: ModelConfig) -> int:
+        return 2 * config.n_layers * config.n_kv_heads * config.head_dim * 4
+
+
+class Transformer:
+    def __init__(self, config: ModelConfig, weights: ModelWeights) -> None:
+        self.config = config
+        self.weights = weights
+
+    def forward(self, batch: ForwardBatch, kv: KVCache) -> np.ndarray:
+        """Run the tokens through every layer; return float32 logits [L, vocab]."""
+        c, w = self.config, self.weights
+        n_tok = len(batch.tokens)
+        q_dim, kv_dim = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        scale = 1.0 / math.sqrt(c.head_dim)
+
+        x = w.token_embd.rows(batch.tokens)  # the residual stream [T, dim]
+        h = np.empty_like(x)  # normalised input of the next block
+        rmsnorm(x, w.layers[0].attn_norm, c.rms_eps, h)
+        for i, layer in enumerate(w.layers):
+            # Attention: project, rotate, store K/V, attend over the cache.
+            qkv = matmul(h, layer.wqkv, bias=layer.bqkv)
+            q = np.ascontiguousarray(qkv[:, :q_dim]).reshape(n_tok, c.n_heads, c.head_dim)
+            k = np.ascontiguousarray(qkv[:, q_dim : q_dim + kv_dim]).reshape(n_tok, c.n_kv_heads, c.head_dim)
+            rope(q, batch.positions, c.rope_theta, c.rope_neox)
+            rope(k, batch.positions, c.rope_theta, c.rope_neox)
+            kv.k[i][batch.slots] = k
+            kv.v[i][batch.slots] = qkv[:, q_dim + kv_dim :].reshape(n_tok, c.n_kv_heads, c.head_dim)
+            attn = np.empty_like(q)
+            paged_attention(
+                q, kv.k[i], kv.v[i], batch.block_tables, batch.token_seq, batch.positions, attn, kv.block_size, scale
+            )
+            attn_out = matmul(attn.reshape(n_tok, q_dim), layer.wo)
+            add_rmsnorm(x, attn_out, layer.ffn_norm, c.rms_eps, h)
+
+            # SiLU-gated MLP.
+            gate_up = matmul(h, layer.w_gate_up)
+            act = np.empty((n_tok, c.ffn_dim), dtype=np.float32)
+            silu_mul(gate_up, act)
+            mlp_out = matmul(act, layer.w_down)
+            next_norm = w.layers[i + 1].attn_norm if i + 1 < c.n_layers else w.output_norm
+            add_rmsnorm(x, mlp_out, next_norm, c.rms_eps, h)
+
+        return matmul(np.ascontiguousarray(h[batch.logits_rows]), w.output)
