@@ -6,7 +6,7 @@ import numpy as np
 
 from wicore.engine.block_manager import BlockManager
 from wicore.engine.sequence import Sequence
-from wicore.kernels.sampling import sample
+from wicore.kernels.sampling import pack_logit_bias, pack_params, pack_ragged, sample
 from wicore.models.transformer import ForwardBatch, KVCache, Transformer
 
 
@@ -61,5 +61,27 @@ class ModelRunner:
             logits_rows=np.array(logits_rows, dtype=np.int64),
         )
 
-    def _sample(self, seqs: list[Sequence], logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return sample(logits, seqs)
+    @staticmethod
+    def _sample(seqs: list[Sequence], logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        params = [seq.params for seq in seqs]
+        # Token histories only matter to penalties; skip packing them otherwise.
+        penalised = [p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty for p in params]
+        history, offsets = pack_ragged([seq.token_ids if pen else () for seq, pen in zip(seqs, penalised)])
+        bias_ids, bias_values, bias_offsets = pack_logit_bias(params)
+        tokens = np.empty(len(seqs), dtype=np.int32)
+        logprobs = np.empty(len(seqs), dtype=np.float32)
+        sample(
+            logits,
+            pack_params(params),
+            np.array([seq.rng_seed for seq in seqs], dtype=np.uint64),
+            np.array([len(seq.output_ids) for seq in seqs], dtype=np.int64),
+            history,
+            offsets,
+            np.array([len(seq.prompt_ids) if pen else 0 for seq, pen in zip(seqs, penalised)], dtype=np.int32),
+            bias_ids,
+            bias_values,
+            bias_offsets,
+            tokens,
+            logprobs,
+        )
+        return tokens, logprobs

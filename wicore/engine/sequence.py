@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import random
 from dataclasses import dataclass, field
 
 from wicore.engine.sampling import SamplingParams
@@ -27,6 +28,11 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
     finish_reason: FinishReason | None = None
+    rng_seed: int = -1  # the request's seed, or a random one: fixed for the sequence's life
+
+    def __post_init__(self) -> None:
+        if self.rng_seed < 0:
+            self.rng_seed = self.params.seed if self.params.seed is not None else random.getrandbits(63)
 
     @property
     def token_ids(self) -> list[int]:
