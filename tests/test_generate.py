@@ -1,0 +1,89 @@
+"""The real model, end to end: greedy text equals the reference implementations'."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import model_path
+from wicore.engine.llm import LLM, Timings
+from wicore.engine.sampling import SamplingParams
+
+MODEL = "qwen2.5-coder-0.5b-instruct"
+# Greedy continuation given by llama.cpp, transformers and a numpy forward pass (shared/notes/models.md).
+REFERENCE = (
+    ", in a small village, there lived a young girl named Lily. Lily was very curious about the world "
+    "around her and wanted to learn more about it"
+)
+GREEDY = SamplingParams(temperature=0.0, max_tokens=32)
+
+
+@pytest.fixture(scope="module")
+def llm() -> LLM:
+    model_path(MODEL)
+    return LLM(MODEL, max_model_len=1024, kv_cache_tokens=4096)
+
+
+def test_greedy_completion_matches_reference(llm: LLM) -> None:
+    timings = Timings()
+    text = "".join(llm.stream("Once upon a time", GREEDY, timings))
+    assert text.startswith(REFERENCE), text
+    assert timings.decode_tokens == 31 and timings.prompt_tokens == 4
+
+
+def test_chat_answers_capital_of_france(llm: LLM) -> None:
+    prompt = llm.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    [out] = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=32))
+    assert out.text == "The capital of France is Paris."
+    assert out.finish_reason == "stop"
+
+
+def test_batched_and_chunked_prefill_match_single_runs(llm: LLM) -> None:
+    """Sequences of different lengths in one forward pass, long prompts in chunks: same greedy tokens."""
+    prompts = ["Once upon a time", "def quicksort(arr):", "The three primary colors are", "1, 2, 3, 4,"]
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    alone = [llm.generate([p], params)[0].token_ids for p in prompts]
+    together = [c.token_ids for c in llm.generate(prompts, params)]
+    assert together == alone
+    chunked = LLM.__new__(LLM)
+    chunked.__dict__.update(llm.__dict__)
+    chunked.max_batch_tokens = 3  # prompts run 3 tokens at a time, mixed with decodes
+    assert [c.token_ids for c in chunked.generate(prompts, params)] == alone
+
+
+def test_stop_strings_and_max_tokens(llm: LLM) -> None:
+    [out] = llm.generate(["Once upon a time"], SamplingParams(temperature=0.0, max_tokens=32, stop=("Lily",)))
+    assert out.text == ", in a small village, there lived a young girl named "
+    assert out.finish_reason == "stop"
+    [out] = llm.generate(["Once upon a time"], SamplingParams(temperature=0.0, max_tokens=5))
+    assert len(out.token_ids) == 5 and out.finish_reason == "length"
+
+
+def test_seeded_sampling_is_reproducible(llm: LLM) -> None:
+    params = SamplingParams(temperature=0.9, top_p=0.95, top_k=50, seed=7, max_tokens=16, ignore_eos=True)
+    a = llm.generate(["Once upon a time"], params)[0].token_ids
+    b = llm.generate(["Once upon a time"], params)[0].token_ids
+    c = llm.generate(["Once upon a time"], SamplingParams(temperature=0.9, seed=8, max_tokens=16, ignore_eos=True))
+    assert a == b
+    assert c[0].token_ids != a
+
+
+def test_prompt_longer_than_context_is_refused(llm: LLM) -> None:
+    with pytest.raises(ValueError, match="context length"):
+        llm.generate([list(range(100, 1200))], GREEDY)
+    assert llm.runner.blocks.num_free == llm.runner.blocks.num_blocks  # nothing leaked
+
+
+def test_cli_generate_streams_chat_answer_with_stats() -> None:
+    model_path(MODEL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wicore.cli", "generate", "--chat", "--stats", "--max-tokens", "16",
+         "What is the capital of France?"],
+        capture_output=True, text=True, timeout=600, env=os.environ.copy(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "The capital of France is Paris."
+    assert "decode:" in proc.stderr and "tokens/s" in proc.stderr
