@@ -13,5 +13,10 @@ def require(a: np.ndarray, dtype: type | np.dtype, name: str, shape: tuple[int, 
         raise ValueError(f"{name}: expected dtype {np.dtype(dtype)}, got {a.dtype}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name}: array must be C-contiguous")
-    if shape is not None and (a.ndim != len(shape) or any(s not in (-1, d) for s, d in zip(shape, a.shape))):
+    # The exact comparison is the cheap common case; -1 entries are wildcards.
+    if (
+        shape is not None
+        and a.shape != shape
+        and (a.ndim != len(shape) or any(s not in (-1, d) for s, d in zip(shape, a.shape)))
+    ):
         raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
