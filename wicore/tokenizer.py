@@ -1,0 +1,302 @@
+"""Text <-> token ids for a GGUF model, built from the tokenizer the file describes in its metadata.
+
+A GGUF file carries no tokenizer.json, only llama.cpp's description of one: the vocabulary, merges, token
+types and special ids. We rebuild the HuggingFace `tokenizers` pipeline that transformers' GGUF loader
+builds from the same fields (transformers/integrations/gguf), so the ids match the model's own tokenizer:
+
+- `gpt2` vocabularies are byte-level BPE with the pre-tokenizer regex named by `tokenizer.ggml.pre`;
+- `llama` vocabularies of Gemma models are SentencePiece-style BPE with byte fallback, whose merges the
+  file omits, so they are recovered from the vocabulary.
+
+Control tokens (`<|im_start|>`, `<start_of_turn>`) and user-defined ones are matched whole in the text.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Any, NoReturn
+
+import gguf
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as _Backend
+from tokenizers.models import BPE
+
+_CONTROL, _USER_DEFINED, _BYTE = gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED, gguf.TokenType.BYTE
+
+# Qwen2 splits digits one by one, unlike GPT-2 and Llama 3 (from Qwen2's tokenizer.json).
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# tokenizer.ggml.pre -> (split regex, NFC first); None means GPT-2's own regex inside ByteLevel.
+_BYTE_LEVEL_PRE: dict[str, tuple[str | None, bool]] = {
+    "qwen2": (_QWEN2_SPLIT, True),
+    "deepseek-r1-qwen": (_QWEN2_SPLIT, True),
+    "gpt2": (None, False),
+}
+_GEMMA_ARCHS = ("gemma", "gemma2", "gemma3")
+_SPIECE_SPACE = "\u2581"
+# Tokens that end a turn in chat models; they stop generation besides eos.
+_END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "<|end_of_text|>", "<|end|>")
+
+
+@cache
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character -> byte: printable bytes stand for themselves."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {chr(b): b for b in printable}
+    others = [b for b in range(256) if b not in printable]
+    table.update({chr(256 + n): b for n, b in enumerate(others)})
+    return table
+
+
+def _raise_exception(message: str) -> NoReturn:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys=False) -> str:
+    # transformers' override: no HTML escaping, unlike jinja's own tojson.
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=8)
+def _compile_template(source: str) -> jinja2.Template:
+    """A chat template in the environment transformers' apply_chat_template uses (templates are untrusted)."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env.from_string(source)
+
+
+def _sentencepiece_merges(tokens: list[str], vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """Every split of every token into two tokens, ranked as transformers' `generate_merges` ranks
+    Gemma's: by the merged token's position in the file, then longest left part first."""
+    merges = []
+    for index, token in enumerate(tokens):
+        if vocab[token] != index:  # a duplicate: its last occurrence is the one in the vocabulary
+            continue
+        for cut in range(len(token) - 1, 0, -1):
+            left, right = token[:cut], token[cut:]
+            if left in vocab and right in vocab:
+                merges.append((left, right))
+    return merges
+
+
+class Tokenizer:
+    """A model's tokenizer: encode/decode, chat template, stop tokens and streaming detokenisation."""
+
+    def __init__(
+        self,
+        backend: _Backend,
+        tokens: list[str],
+        token_types: list[int],
+        *,
+        byte_level: bool,
+        bos_token_id: int | None,
+        eos_token_id: int,
+        pad_token_id: int | None,
+        unk_token_id: int | None,
+        add_bos: bool,
+        extra_stop_ids: Sequence[int] = (),
+        chat_template: str | None,
+    ) -> None:
+        self._backend = backend
+        self._tokens = tokens
+        self._types = token_types
+        self._byte_level = byte_level
+        self._pieces: dict[int, bytes | int | str] = {}  # filled lazily by _piece
+        self.vocab_size = len(tokens)
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+        self.add_bos = add_bos
+        self.chat_template = chat_template
+        self.special_token_ids = frozenset(i for i, t in enumerate(token_types) if t == _CONTROL)
+        self.stop_token_ids = frozenset({eos_token_id, *extra_stop_ids})
+        # The special-token strings transformers gives every chat template (its special_tokens_map).
+        ids = dict(bos_token=bos_token_id, eos_token=eos_token_id, unk_token=unk_token_id, pad_token=pad_token_id)
+        self._template_vars = {name: tokens[i] for name, i in ids.items() if i is not None}
+
+    @classmethod
+    def from_gguf(cls, path: str | Path, reader: gguf.GGUFReader | None = None) -> Tokenizer:
+        """Build the tokenizer a GGUF file describes; pass `reader` to reuse one already open on it."""
+        reader = reader if reader is not None else gguf.GGUFReader(path)
+
+        def field(key: str, default: Any = None) -> Any:
+            f = reader.get_field(key)
+            return default if f is None else f.contents()
+
+        kind = field("tokenizer.ggml.model")
+        tokens: list[str] = field("tokenizer.ggml.tokens")
+        if kind is None or tokens is None:
+            raise ValueError(f"{path}: the GGUF metadata describes no tokenizer")
+        types: list[int] = field("tokenizer.ggml.token_type") or [gguf.TokenType.NORMAL] * len(tokens)
+        arch = field("general.architecture", "")
+        if kind == "gpt2":
+            spelled = tokens
+            backend = _byte_level_bpe(tokens, field("tokenizer.ggml.merges", []), field("tokenizer.ggml.pre"))
+        elif kind == "llama" and arch in _GEMMA_ARCHS:
+            # The file spells tokens of two or more spaces with real spaces, but text reaches the model with
+            # spaces turned into "▁", so those tokens are respelled to be reachable (as transformers does).
+            spelled = [_SPIECE_SPACE * len(t) if " " in t and not t.strip() else t for t in tokens]
+            unk = field("tokenizer.ggml.unknown_token_id")
+            backend = _gemma_bpe(spelled, None if unk is None else tokens[unk])
+        else:
+            raise ValueError(
+                f"{path}: unsupported tokenizer {kind!r} for architecture {arch!r} "
+                f"(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece vocabularies of {', '.join(_GEMMA_ARCHS)})"
+            )
+        # Control and user-defined tokens are matched whole in the raw text, before normalisation; those
+        # the vocabulary respells are left to BPE, as in transformers.
+        added = [
+            (t, ty)
+            for t, s, ty in zip(tokens, spelled, types, strict=True)
+            if ty in (_CONTROL, _USER_DEFINED) and t == s
+        ]
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in added if ty == _CONTROL])
+        backend.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in added if ty == _USER_DEFINED])
+
+        eos = field("tokenizer.ggml.eos_token_id")
+        if eos is None:
+            raise ValueError(f"{path}: the GGUF metadata has no tokenizer.ggml.eos_token_id")
+        named_stops = [i for i, t in enumerate(tokens) if t in _END_OF_TURN and types[i] == _CONTROL]
+        eot_ids = [field(k) for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")]
+        return cls(
+            backend,
+            tokens,
+            types,
+            byte_level=kind == "gpt2",
+            bos_token_id=field("tokenizer.ggml.bos_token_id"),
+            eos_token_id=int(eos),
+            pad_token_id=field("tokenizer.ggml.padding_token_id"),
+            unk_token_id=field("tokenizer.ggml.unknown_token_id"),
+            # llama.cpp adds BOS to SentencePiece vocabularies unless the file says otherwise.
+            add_bos=bool(field("tokenizer.ggml.add_bos_token", kind == "llama")),
+            extra_stop_ids=[*named_stops, *(i for i in eot_ids if i is not None)],
+            chat_template=field("tokenizer.chat_template"),
+        )
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`; with `add_special_tokens`, BOS first when the model wants it."""
+        ids = self._backend.encode(text, add_special_tokens=False).ids
+        if add_special_tokens and self.add_bos and self.bos_token_id is not None:
+            ids.insert(0, self.bos_token_id)
+        return ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of `ids`; control tokens (`<|im_end|>`, `<bos>`) are left out unless asked for."""
+        return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def _piece(self, token_id: int) -> bytes | int | str:
+        """What a token adds to decoded text: bytes (byte-level BPE), one fallback byte (an int) or text."""
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            token = self._tokens[token_id]
+            if self._byte_level:
+                table = _byte_decoder()
+                # As tokenizers' ByteLevel decoder: a token outside the alphabet (an added one) is its text.
+                piece = bytes(table[c] for c in token) if set(token) <= table.keys() else token.encode()
+            elif self._types[token_id] == _BYTE:
+                piece = int(token[3:5], 16)  # "<0xAB>"
+            else:
+                piece = token.replace(_SPIECE_SPACE, " ")
+            self._pieces[token_id] = piece
+        return piece
+
+    def stream_decoder(self, skip_special_tokens: bool = True) -> StreamDecoder:
+        """A fresh incremental decoder for one sequence of generated tokens."""
+        return StreamDecoder(self, skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs: Any) -> str:
+        """Render a conversation as transformers' `apply_chat_template(..., tokenize=False)` does.
+
+        Extra keyword arguments (`tools=[...]`, `documents=[...]`, template flags) reach the template."""
+        if self.chat_template is None:
+            raise ValueError(
+                "this model has no chat template (its GGUF file lacks tokenizer.chat_template); use a plain prompt"
+            )
+        variables = {**self._template_vars, "tools": None, "documents": None, **kwargs}
+        return _compile_template(self.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **variables
+        )
+
+
+class StreamDecoder:
+    """Turns generated token ids into text as they arrive; the pieces add up to `decode(ids)`.
+
+    Byte-level BPE: a character whose UTF-8 bytes span tokens is held back until complete. SentencePiece
+    byte fallback: a run of byte tokens is held until it ends, because tokenizers' ByteFallback decodes a
+    run that is not valid UTF-8 as one U+FFFD per byte, even its valid part."""
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
+        self._tokenizer = tokenizer
+        self._skip = tokenizer.special_token_ids if skip_special_tokens else frozenset()
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._byte_run = bytearray()
+
+    def push(self, token_id: int) -> str:
+        """Add a token; return the text it completes (possibly empty)."""
+        if token_id in self._skip:
+            return ""
+        piece = self._tokenizer._piece(token_id)
+        if isinstance(piece, bytes):
+            return self._utf8.decode(piece)
+        if isinstance(piece, int):
+            self._byte_run.append(piece)
+            return ""
+        return self._end_byte_run() + piece
+
+    def flush(self) -> str:
+        """Whatever is still held back, once no more tokens will come."""
+        return self._utf8.decode(b"", final=True) + self._end_byte_run()
+
+    def _end_byte_run(self) -> str:
+        run, self._byte_run = self._byte_run, bytearray()
+        try:
+            return run.decode()
+        except UnicodeDecodeError:
+            return "\ufffd" * len(run)
+
+
+def _byte_level_bpe(tokens: list[str], merges: list[str], pre: str | None) -> _Backend:
+    if pre not in _BYTE_LEVEL_PRE:
+        raise ValueError(f"unsupported pre-tokenizer {pre!r} (supported: {', '.join(_BYTE_LEVEL_PRE)})")
+    split, nfc = _BYTE_LEVEL_PRE[pre]
+    model = BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split(" ", 1)) for m in merges])
+    backend = _Backend(model)
+    if nfc:
+        backend.normalizer = normalizers.NFC()
+    if split is None:
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def _gemma_bpe(spelled: list[str], unk: str | None) -> _Backend:
+    vocab = {t: i for i, t in enumerate(spelled)}
+    merges = _sentencepiece_merges(spelled, vocab)
+    backend = _Backend(BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", _SPIECE_SPACE)
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace(_SPIECE_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    return backend
