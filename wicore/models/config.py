@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-
-import gguf
+from typing import Any
 
 # Architectures that share the decoder in transformer.py, and their RoPE style:
 # GGUF stores llama's q/k weights permuted for pairwise ("normal") rotation,
@@ -28,22 +28,21 @@ class ModelConfig:
     rms_eps: float
 
     @classmethod
-    def from_gguf(cls, reader: gguf.GGUFReader) -> ModelConfig:
+    def from_metadata(cls, meta: Mapping[str, Any]) -> ModelConfig:
+        """From GGUF key/value metadata (see prepared.read_metadata)."""
+
         def num(key: str, default: float | None = None) -> float:
-            f = reader.get_field(key)
-            if f is None:
+            if key not in meta:
                 if default is None:
                     raise ValueError(f"GGUF metadata lacks {key}")
                 return default
-            return float(f.contents())
+            return float(meta[key])
 
-        arch_field = reader.get_field("general.architecture")
-        arch = str(arch_field.contents()) if arch_field is not None else ""
+        arch = str(meta.get("general.architecture", ""))
         if arch not in SUPPORTED_ARCHS:
             raise ValueError(f"unsupported architecture {arch!r}; WiCore runs {', '.join(SUPPORTED_ARCHS)}")
         dim = int(num(f"{arch}.embedding_length"))
         n_heads = int(num(f"{arch}.attention.head_count"))
-        tokens = reader.get_field("tokenizer.ggml.tokens")
         return cls(
             arch=arch,
             n_layers=int(num(f"{arch}.block_count")),
@@ -52,7 +51,7 @@ class ModelConfig:
             n_kv_heads=int(num(f"{arch}.attention.head_count_kv", n_heads)),
             head_dim=int(num(f"{arch}.attention.key_length", dim // n_heads)),
             ffn_dim=int(num(f"{arch}.feed_forward_length")),
-            vocab_size=int(num(f"{arch}.vocab_size", len(tokens.data) if tokens is not None else 0)),
+            vocab_size=int(num(f"{arch}.vocab_size", len(meta.get("tokenizer.ggml.tokens", ())))),
             context_length=int(num(f"{arch}.context_length", 2048)),
             rope_theta=num(f"{arch}.rope.freq_base", 10000.0),
             rope_neox=SUPPORTED_ARCHS[arch],
