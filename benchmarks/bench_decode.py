@@ -69,7 +69,7 @@ def run_llama_cpp(model: str, ids: list[int], gen: int, runs: int, threads: int)
     llm = Llama(
         model_path=str(registry.resolve(model)),
         n_ctx=len(ids) + gen + 16,
-        n_batch=len(ids),
+        n_batch=len(ids) + gen + 16,  # llama-cpp-python keeps n_batch rows of logits
         n_threads=threads,
         n_threads_batch=threads,
         logits_all=False,

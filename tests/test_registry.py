@@ -75,6 +75,8 @@ def test_cli_reports_a_missing_model_without_a_traceback(tmp_path: Path) -> None
 
 def test_cli_lists_models(tmp_path: Path) -> None:
     env = {**os.environ, "WICORE_HOME": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "wicore.cli", "models", "list"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wicore.cli", "models", "list"], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 0
     assert "qwen2.5-coder-0.5b-instruct" in proc.stdout and "not pulled" in proc.stdout

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import cache, lru_cache
 from pathlib import Path
@@ -28,6 +28,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as _Backend
 from tokenizers.models import BPE
+
+from wicore.models.config import read_metadata
 
 _CONTROL, _USER_DEFINED, _BYTE = gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED, gguf.TokenType.BYTE
 
@@ -132,11 +134,14 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | Path, reader: gguf.GGUFReader | None = None) -> Tokenizer:
         """Build the tokenizer a GGUF file describes; pass `reader` to reuse one already open on it."""
-        reader = reader if reader is not None else gguf.GGUFReader(path)
+        return cls.from_metadata(read_metadata(reader if reader is not None else gguf.GGUFReader(path)), str(path))
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any], path: str = "model") -> Tokenizer:
+        """Build the tokenizer from GGUF key/value metadata (see wicore.models.config.read_metadata)."""
 
         def field(key: str, default: Any = None) -> Any:
-            f = reader.get_field(key)
-            return default if f is None else f.contents()
+            return meta.get(key, default)
 
         kind = field("tokenizer.ggml.model")
         tokens: list[str] = field("tokenizer.ggml.tokens")

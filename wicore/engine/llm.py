@@ -11,16 +11,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import gguf
-
 from wicore.engine.model_runner import ModelRunner
 from wicore.engine.sampling import SamplingParams
 from wicore.engine.sequence import FinishReason, Sequence
 from wicore.engine.text_stream import TextStream
 from wicore.models import registry
-from wicore.models.config import ModelConfig
+from wicore.models.prepared import load_prepared
 from wicore.models.transformer import KVCache, Transformer
-from wicore.models.weights import load_weights
 from wicore.tokenizer import Tokenizer
 
 
@@ -66,11 +63,9 @@ class LLM:
         max_batch_tokens: int = 512,
     ) -> None:
         path = registry.resolve(model)
-        reader = gguf.GGUFReader(path)
-        self.config = ModelConfig.from_gguf(reader)
-        self.tokenizer = Tokenizer.from_gguf(path, reader=reader)
-        self.model = Transformer(self.config, load_weights(reader, self.config))
-        del reader  # the weights are copies; let the file mapping go
+        self.config, meta, weights = load_prepared(path)
+        self.tokenizer = Tokenizer.from_metadata(meta, str(path))
+        self.model = Transformer(self.config, weights)
         self.model_name = model
         self.max_model_len = min(max_model_len, self.config.context_length)
         self.max_batch_tokens = max_batch_tokens
@@ -90,7 +85,8 @@ class LLM:
 
     def generate(self, prompts: list[str | list[int]], params: SamplingParams) -> list[Completion]:
         """Generate for all prompts together (one batch per step)."""
-        live = [_Live(seq, TextStream(self.tokenizer, params.stop)) for seq in (self._sequence(p, params) for p in prompts)]
+        seqs = [self._sequence(p, params) for p in prompts]
+        live = [_Live(seq, TextStream(self.tokenizer, params.stop)) for seq in seqs]
         timings = Timings()
         for item, piece in self._run(live, timings):
             item.chunks.append(piece)

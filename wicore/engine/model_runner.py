@@ -31,7 +31,7 @@ class ModelRunner:
                 sampled.append(seq)
         if sampled:
             tokens, logprobs = self._sample(sampled, logits)
-            for seq, tok, lp in zip(sampled, tokens.tolist(), logprobs.tolist()):
+            for seq, tok, lp in zip(sampled, tokens.tolist(), logprobs.tolist(), strict=True):
                 seq.output_ids.append(tok)
                 seq.output_logprobs.append(lp)
         return sampled
@@ -66,7 +66,9 @@ class ModelRunner:
         params = [seq.params for seq in seqs]
         # Token histories only matter to penalties; skip packing them otherwise.
         penalised = [p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty for p in params]
-        history, offsets = pack_ragged([seq.token_ids if pen else () for seq, pen in zip(seqs, penalised)])
+        history, offsets = pack_ragged([seq.token_ids if pen else () for seq, pen in zip(seqs, penalised, strict=True)])
+        # Where each row's generated tokens start within its (possibly empty) history.
+        output_start = [len(seq.prompt_ids) if pen else 0 for seq, pen in zip(seqs, penalised, strict=True)]
         bias_ids, bias_values, bias_offsets = pack_logit_bias(params)
         tokens = np.empty(len(seqs), dtype=np.int32)
         logprobs = np.empty(len(seqs), dtype=np.float32)
@@ -77,7 +79,7 @@ class ModelRunner:
             np.array([len(seq.output_ids) for seq in seqs], dtype=np.int64),
             history,
             offsets,
-            np.array([len(seq.prompt_ids) if pen else 0 for seq, pen in zip(seqs, penalised)], dtype=np.int32),
+            np.array(output_start, dtype=np.int32),
             bias_ids,
             bias_values,
             bias_offsets,

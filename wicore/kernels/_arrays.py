@@ -17,6 +17,6 @@ def require(a: np.ndarray, dtype: type | np.dtype, name: str, shape: tuple[int, 
     if (
         shape is not None
         and a.shape != shape
-        and (a.ndim != len(shape) or any(s not in (-1, d) for s, d in zip(shape, a.shape)))
+        and (a.ndim != len(shape) or any(s not in (-1, d) for s, d in zip(shape, a.shape, strict=True)))
     ):
         raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")

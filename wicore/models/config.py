@@ -6,6 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import gguf
+import numpy as np
+
 # Architectures that share the decoder in transformer.py, and their RoPE style:
 # GGUF stores llama's q/k weights permuted for pairwise ("normal") rotation,
 # while Qwen2 keeps the NEOX half-split layout.
@@ -57,3 +60,14 @@ class ModelConfig:
             rope_neox=SUPPORTED_ARCHS[arch],
             rms_eps=num(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
         )
+
+
+def read_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
+    """Every key/value field of the file as plain Python values (JSON-serialisable)."""
+    meta: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        value = field.contents()
+        meta[key] = value.tolist() if isinstance(value, np.ndarray) else value
+    return meta

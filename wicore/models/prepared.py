@@ -1,0 +1,119 @@
+"""A GGUF model turned once into the engine's own layout, then memory-mapped on every load.
+
+Parsing GGUF metadata with `gguf.GGUFReader` (151k tokens and merges, element
+by element) and repacking the blocks take seconds; doing it once per model file
+and mapping the result makes a load take well under a second, and the weights
+become shared, file-backed pages instead of private copies.  The cache lives in
+`$WICORE_HOME/prepared/`, keyed by the file's name, size and modification time
+and by FORMAT_VERSION (bump it when the layout changes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from wicore.models.config import ModelConfig, read_metadata
+from wicore.models.quant import DenseWeight, QuantWeight, Weight
+from wicore.models.registry import wicore_home
+from wicore.models.weights import LayerWeights, ModelWeights, load_weights
+
+FORMAT_VERSION = 1
+
+
+def _cache_dir(path: Path) -> Path:
+    st = path.stat()
+    return wicore_home() / "prepared" / f"{path.stem}-{st.st_size:x}-{st.st_mtime_ns:x}-v{FORMAT_VERSION}"
+
+
+def load_prepared(path: Path) -> tuple[ModelConfig, dict[str, Any], ModelWeights]:
+    """(config, metadata, weights) of a GGUF file, preparing the cache on first use."""
+    cache = _cache_dir(path)
+    if not (cache / "index.json").exists():
+        _prepare(path, cache)
+    meta = json.loads((cache / "metadata.json").read_text(encoding="utf-8"))
+    config = ModelConfig.from_metadata(meta)
+    index = json.loads((cache / "index.json").read_text())
+
+    def array(name: str) -> np.ndarray:
+        return np.load(cache / f"{name}.npy", mmap_mode="r")
+
+    def weight(name: str) -> Weight:
+        spec = index[name]
+        if spec["kind"] == "dense":
+            return DenseWeight(array(f"{name}.w"))
+        return QuantWeight(
+            q=array(f"{name}.q"),
+            scale=array(f"{name}.scale"),
+            min=array(f"{name}.min") if spec["min"] else None,
+            group=spec["group"],
+        )
+
+    def part(name: str, value_type: type) -> Any:
+        if name not in index:
+            return None
+        return weight(name) if value_type is Weight else array(name)
+
+    layers = [
+        LayerWeights(**{f.name: part(f"blk.{i}.{f.name}", _kind(f)) for f in dataclasses.fields(LayerWeights)})
+        for i in range(config.n_layers)
+    ]
+    token_embd = weight("token_embd")
+    weights = ModelWeights(
+        token_embd=token_embd,
+        layers=layers,
+        output_norm=array("output_norm"),
+        output=weight("output") if "output" in index else token_embd,
+    )
+    return config, meta, weights
+
+
+def _kind(field: dataclasses.Field) -> type:
+    return Weight if "Weight" in str(field.type) else np.ndarray
+
+
+def _prepare(path: Path, cache: Path) -> None:
+    reader = gguf.GGUFReader(path)
+    meta = read_metadata(reader)
+    config = ModelConfig.from_metadata(meta)
+    weights = load_weights(reader, config)
+    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    index: dict[str, Any] = {}
+
+    def save(name: str, value: Weight | np.ndarray | None) -> None:
+        if value is None:
+            return
+        if isinstance(value, np.ndarray):
+            np.save(tmp / f"{name}.npy", value)
+            index[name] = {"kind": "array"}
+        elif isinstance(value, DenseWeight):
+            np.save(tmp / f"{name}.w.npy", value.w)
+            index[name] = {"kind": "dense"}
+        else:
+            np.save(tmp / f"{name}.q.npy", value.q)
+            np.save(tmp / f"{name}.scale.npy", value.scale)
+            if value.min is not None:
+                np.save(tmp / f"{name}.min.npy", value.min)
+            index[name] = {"kind": "quant", "group": value.group, "min": value.min is not None}
+
+    save("token_embd", weights.token_embd)
+    save("output_norm", weights.output_norm)
+    if weights.output is not weights.token_embd:
+        save("output", weights.output)
+    for i, layer in enumerate(weights.layers):
+        for f in dataclasses.fields(LayerWeights):
+            save(f"blk.{i}.{f.name}", getattr(layer, f.name))
+    (tmp / "metadata.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+    # index.json last: its presence marks a complete cache.
+    (tmp / "index.json").write_text(json.dumps(index))
+    shutil.rmtree(cache, ignore_errors=True)
+    os.replace(tmp, cache)
