@@ -1,0 +1,150 @@
+"""Token sampling: one token per row of logits (Mojo module `sampling`).
+
+Pipeline per row, as llama.cpp / vLLM: logit bias -> repetition / frequency / presence
+penalties -> greedy argmax (temperature 0, ties to the lowest id), or temperature ->
+top-k -> top-p -> min-p -> renormalise -> draw.  The draw uses a counter-based generator
+(SplitMix64 of seed and step), so a row's tokens depend only on its seed and step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from wicore.engine.sampling import SamplingParams
+from wicore.kernels import build
+from wicore.kernels._arrays import require
+
+PARAMS_WIDTH = 8  # temperature, top_k, top_p, min_p, repetition, frequency, presence, unused
+
+_workspaces: dict[int, np.ndarray] = {}  # per vocabulary size; kernels run holding the GIL
+_seed_source = np.random.default_rng()
+
+
+def _workspace(vocab: int) -> np.ndarray:
+    ws = _workspaces.get(vocab)
+    if ws is None:
+        # zeroed: the kernel keeps its token counters at zero between calls
+        ws = np.zeros(build.load("sampling").workspace_words(vocab), dtype=np.uint64)
+        _workspaces[vocab] = ws
+    return ws
+
+
+def sample(
+    logits: np.ndarray,
+    params: np.ndarray,
+    seeds: np.ndarray,
+    steps: np.ndarray,
+    history: np.ndarray,
+    history_offsets: np.ndarray,
+    output_start: np.ndarray,
+    bias_ids: np.ndarray,
+    bias_values: np.ndarray,
+    bias_offsets: np.ndarray,
+    out_tokens: np.ndarray,
+    out_logprobs: np.ndarray,
+) -> None:
+    """Sample one token per row of `logits` (float32 [B, V], biased and penalised in place).
+
+    params: float32 [B, 8], see PARAMS_WIDTH (SamplingParams.kernel_row gives a row).
+    seeds: uint64 [B] random stream per row; steps: int64 [B] token index, mixed into the draw.
+    history: int32 [H], row b's tokens (prompt + generated) are history[history_offsets[b]:
+    history_offsets[b + 1]], its generated ones from index output_start[b] of that slice.
+    bias_ids / bias_values: int32 / float32 [L], row b's at bias_offsets[b]:bias_offsets[b + 1].
+    out_tokens: int32 [B].  out_logprobs: float32 [B], log-softmax of the chosen token under the
+    penalised, temperature-scaled distribution before truncation (temperature 0 counts as 1).
+    Truncation ranks tokens by logit (ties to the lower id); the draw walks the kept tokens in
+    id order.  Rows with the same (seed, step, params, logits) give the same token in any batch.
+    """
+    require(logits, np.float32, "logits", (-1, -1))
+    batch, vocab = logits.shape
+    if vocab < 1 or vocab >= 2**31:
+        raise ValueError(f"logits: vocabulary size {vocab} out of range")
+    require(params, np.float32, "params", (batch, PARAMS_WIDTH))
+    require(seeds, np.uint64, "seeds", (batch,))
+    require(steps, np.int64, "steps", (batch,))
+    require(history, np.int32, "history", (-1,))
+    require(history_offsets, np.int32, "history_offsets", (batch + 1,))
+    require(output_start, np.int32, "output_start", (batch,))
+    require(bias_ids, np.int32, "bias_ids", (-1,))
+    require(bias_values, np.float32, "bias_values", bias_ids.shape)
+    require(bias_offsets, np.int32, "bias_offsets", (batch + 1,))
+    require(out_tokens, np.int32, "out_tokens", (batch,))
+    require(out_logprobs, np.float32, "out_logprobs", (batch,))
+    if batch == 0:
+        return
+    sizes = (batch, vocab, history.shape[0], bias_ids.shape[0])
+    try:
+        build.load("sampling").sample(
+            logits, params, seeds, steps, history, history_offsets, output_start,
+            bias_ids, bias_values, bias_offsets, out_tokens, out_logprobs, _workspace(vocab), sizes,
+        )  # fmt: skip
+    except Exception as e:
+        if type(e) is Exception:  # the kernel's own index checks arrive as plain Exception
+            raise ValueError(str(e)) from None
+        raise
+
+
+def pack_params(params: Sequence[SamplingParams]) -> np.ndarray:
+    """The kernel's float32 [B, 8] params array for a batch of requests."""
+    return np.array([p.kernel_row() for p in params], dtype=np.float32).reshape(len(params), PARAMS_WIDTH)
+
+
+def pack_ragged(rows: Sequence[Sequence[int] | np.ndarray], dtype: type = np.int32) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten per-row sequences into (values, int32 offsets [B + 1]), e.g. token histories."""
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(r) for r in rows])
+    values = np.concatenate([np.asarray(r, dtype=dtype) for r in rows]) if rows else np.zeros(0, dtype)
+    return values.astype(dtype, copy=False), offsets
+
+
+def pack_logit_bias(params: Sequence[SamplingParams]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bias_ids int32 [L], bias_values float32 [L], bias_offsets int32 [B + 1]) for a batch."""
+    ids, offsets = pack_ragged([list(p.logit_bias) for p in params])
+    values, _ = pack_ragged([list(p.logit_bias.values()) for p in params], np.float32)
+    return ids, values, offsets
+
+
+def sample_one(
+    logits_row: np.ndarray,
+    params: SamplingParams,
+    history: Sequence[int] | np.ndarray = (),
+    output_start: int = 0,
+    step: int = 0,
+) -> tuple[int, float]:
+    """Sample one token from a float32 [V] row (modified in place); returns (token, logprob).
+
+    history holds the prompt + generated tokens, the generated ones from `output_start`; a
+    request without a seed draws a fresh one."""
+    require(logits_row, np.float32, "logits_row", (-1,))
+    seed = params.seed if params.seed is not None else int(_seed_source.integers(0, 2**63))
+    hist, hist_offsets = pack_ragged([history])
+    bias_ids, bias_values, bias_offsets = pack_logit_bias([params])
+    token = np.zeros(1, dtype=np.int32)
+    logprob = np.zeros(1, dtype=np.float32)
+    sample(
+        logits_row.reshape(1, -1), pack_params([params]), np.array([seed], dtype=np.uint64),
+        np.array([step], dtype=np.int64), hist, hist_offsets, np.array([output_start], dtype=np.int32),
+        bias_ids, bias_values, bias_offsets, token, logprob,
+    )  # fmt: skip
+    return int(token[0]), float(logprob[0])
+
+
+def top_logprobs(logits_row: np.ndarray, k: int, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The k most likely tokens of a float32 [V] row and their log-softmax (int32 ids, float32),
+    most likely first (ties to the lower id).  Scales like the kernel, so for a row that went
+    through `sample` with the same temperature the chosen token's value matches out_logprobs
+    (to ~1e-6: the kernel sums a float32 exp)."""
+    require(logits_row, np.float32, "logits_row", (-1,))
+    k = min(k, logits_row.shape[0])
+    if k <= 0:
+        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+    inv_t = np.float32(1.0) / np.float32(temperature if temperature > 0 else 1.0)
+    x = (logits_row - logits_row.max()) * inv_t
+    log_z = np.log(np.exp(x).sum(dtype=np.float64))
+    kth = np.partition(logits_row, logits_row.shape[0] - k)[logits_row.shape[0] - k]
+    above = np.flatnonzero(logits_row > kth)
+    ids = np.concatenate([above, np.flatnonzero(logits_row == kth)[: k - above.shape[0]]])
+    ids = ids[np.lexsort((ids, -logits_row[ids]))]
+    return ids.astype(np.int32), (x[ids].astype(np.float64) - log_z).astype(np.float32)
