@@ -3,7 +3,8 @@
 WiCore and, when `llama-cpp-python` is installed (`make bench-peers`), llama.cpp
 run the same GGUF on the same token ids with the same thread count, each in
 its own child process (so peak RSS is each engine's own), in the same run.
-Reported: median tokens/s over --runs repetitions, peak RSS, and the ratio
+The two stay loaded and take turns, one timed repetition each, so drifting load on a
+shared machine hits both alike. Reported: median tokens/s over --runs, peak RSS, and the ratio
 WiCore / llama.cpp.  As llama-bench does, tokenisation and sampling are not
 timed for llama.cpp; WiCore's decode time includes its (greedy) sampling.
 
@@ -21,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 TEXT = (
     "The history of computing is a story of abstraction layered upon abstraction. "
@@ -43,75 +45,102 @@ def prompt_ids(model: str, n: int) -> list[int]:
     return ids[:n]
 
 
-def run_wicore(model: str, ids: list[int], gen: int, runs: int) -> dict:
+def wicore_runner(model: str, ids: list[int], gen: int, threads: int) -> Callable[[], tuple[float, float]]:
+    os.environ["WICORE_NUM_THREADS"] = str(threads)
     from wicore.engine.llm import LLM, Timings
     from wicore.engine.sampling import SamplingParams
 
     llm = LLM(model, max_model_len=len(ids) + gen + 16, max_batch_tokens=len(ids))
     params = SamplingParams(temperature=0.0, max_tokens=gen, ignore_eos=True)
-    pp, tg = [], []
-    for i in range(runs + 1):  # the first run warms caches and is dropped
+
+    def once() -> tuple[float, float]:
         t = Timings()
         for _ in llm.stream(ids, params, t):
             pass
-        if i:
-            pp.append(t.prompt_tps)
-            tg.append(t.decode_tps)
-    return {"pp": pp, "tg": tg}
+        return t.prompt_tps, t.decode_tps
+
+    return once
 
 
-def run_llama_cpp(model: str, ids: list[int], gen: int, runs: int, threads: int) -> dict:
+def llama_cpp_runner(model: str, ids: list[int], gen: int, threads: int) -> Callable[[], tuple[float, float]]:
     import numpy as np
     from llama_cpp import Llama
 
     from wicore.models import registry
 
+    n_ctx = len(ids) + gen + 16
+    # n_batch = n_ctx: llama-cpp-python keeps n_batch rows of logits.
     llm = Llama(
-        model_path=str(registry.resolve(model)),
-        n_ctx=len(ids) + gen + 16,
-        n_batch=len(ids) + gen + 16,  # llama-cpp-python keeps n_batch rows of logits
-        n_threads=threads,
-        n_threads_batch=threads,
-        logits_all=False,
-        verbose=False,
-    )
-    pp, tg = [], []
-    for i in range(runs + 1):
+        model_path=str(registry.resolve(model)), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
+        n_threads_batch=threads, verbose=False,
+    )  # fmt: skip
+
+    def once() -> tuple[float, float]:
         llm.reset()
         t0 = time.perf_counter()
         llm.eval(ids)
-        t1 = time.perf_counter()
+        prefill = time.perf_counter() - t0
         tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         decode = 0.0
         for _ in range(gen):
-            t2 = time.perf_counter()
+            t0 = time.perf_counter()
             llm.eval([tok])
-            decode += time.perf_counter() - t2
+            decode += time.perf_counter() - t0
             tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        if i:
-            pp.append(len(ids) / (t1 - t0))
-            tg.append(gen / decode)
-    return {"pp": pp, "tg": tg}
+        return len(ids) / prefill, gen / decode
+
+    return once
 
 
-def child(args: argparse.Namespace) -> None:
-    ids = json.loads(sys.stdin.read())
-    if args.engine == "wicore":
-        result = run_wicore(args.model, ids, args.gen, args.runs)
-    else:
-        result = run_llama_cpp(args.model, ids, args.gen, args.runs, args.threads)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(result))
+RUNNERS = {"wicore": wicore_runner, "llama.cpp": llama_cpp_runner}
 
 
-def spawn(engine: str, args: argparse.Namespace, ids: list[int]) -> dict | None:
-    cmd = [sys.executable, __file__, "--child", engine, "--model", args.model, "--runs", str(args.runs),
-           "--gen", str(args.gen), "--threads", str(args.threads)]  # fmt: skip
-    proc = subprocess.run(cmd, input=json.dumps(ids), capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"{engine} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-        return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def child(engine: str, model: str, gen: int, threads: int) -> None:
+    """Load once, then one timed repetition per `run` line on stdin; `quit` reports peak RSS."""
+    ids = json.loads(sys.stdin.readline())
+    once = RUNNERS[engine](model, ids, gen, threads)
+    once()  # warm-up: caches, lazily mapped pages, thread pools
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        pp, tg = once()
+        print(json.dumps({"pp": pp, "tg": tg}), flush=True)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+
+
+class Child:
+    def __init__(self, engine: str, args: argparse.Namespace, ids: list[int]) -> None:
+        self.engine = engine
+        cmd = [sys.executable, __file__, "--child", engine, "--model", args.model, "--gen", str(args.gen),
+               "--threads", str(args.threads)]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._send(json.dumps(ids))
+        if self._read() != "ready":
+            raise RuntimeError(f"{engine} did not start")
+        self.pp: list[float] = []
+        self.tg: list[float] = []
+
+    def _send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def _read(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def run(self) -> None:
+        self._send("run")
+        r = json.loads(self._read())
+        self.pp.append(r["pp"])
+        self.tg.append(r["tg"])
+
+    def finish(self) -> float:
+        self._send("quit")
+        rss = json.loads(self._read())["peak_rss_mb"]
+        self.proc.wait()
+        return rss
 
 
 def main() -> None:
@@ -122,33 +151,36 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
-    ap.add_argument("--child", choices=["wicore", "llama.cpp"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=list(RUNNERS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        args.engine = args.child
-        return child(args)
+        return child(args.child, args.model, args.gen, args.threads)
 
     ids = prompt_ids(args.model, args.prompt)
-    results = {"wicore": spawn("wicore", args, ids)}
+    engines = ["wicore"]
     if not args.no_peer:
         try:
             import llama_cpp  # noqa: F401
+
+            engines.append("llama.cpp")
         except ImportError:
             print("llama-cpp-python is not installed (make bench-peers); measuring WiCore alone", file=sys.stderr)
-        else:
-            results["llama.cpp"] = spawn("llama.cpp", args, ids)
+    # Both engines stay loaded and take turns, so drifting machine load hits them alike;
+    # each runs alone while timed.
+    children = [Child(name, args, ids) for name in engines]
+    for _ in range(args.runs):
+        for c in children:
+            c.run()
+    rss = {c.engine: c.finish() for c in children}
 
-    print(f"model {args.model}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-          f"median of {args.runs} runs")  # fmt: skip
+    print(f"model {args.model}, {args.threads} threads, {platform.machine()}, {os.cpu_count()} cores, "
+          f"median of {args.runs} alternating runs")  # fmt: skip
     print(f"| engine | pp{args.prompt} tok/s | tg{args.gen} tok/s | peak RSS MB |")
     print("|---|---|---|---|")
-    med = {}
-    for name, r in results.items():
-        if r is None:
-            continue
-        med[name] = (statistics.median(r["pp"]), statistics.median(r["tg"]))
-        print(f"| {name} | {med[name][0]:.1f} | {med[name][1]:.1f} | {r['peak_rss_mb']:.0f} |")
-    if "wicore" in med and "llama.cpp" in med:
+    med = {c.engine: (statistics.median(c.pp), statistics.median(c.tg)) for c in children}
+    for name, (pp, tg) in med.items():
+        print(f"| {name} | {pp:.1f} | {tg:.1f} | {rss[name]:.0f} |")
+    if len(med) == 2:
         w, p = med["wicore"], med["llama.cpp"]
         print(f"| ratio wicore/llama.cpp | {w[0] / p[0]:.2f}x | {w[1] / p[1]:.2f}x | |")
 

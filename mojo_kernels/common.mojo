@@ -1,5 +1,6 @@
 """Shared helpers: raw data pointers of numpy arrays, thread count."""
 from std.memory import alloc
+from std.os import getenv
 from std.python import PythonObject
 from std.sys.info import num_logical_cores
 
@@ -20,6 +21,13 @@ def ptr[T: DType](a: PythonObject) raises -> Pointer[Scalar[T], MutAnyOrigin]:
 
 
 def num_threads() -> Int:
+    """Worker threads: WICORE_NUM_THREADS if set, else every logical core."""
+    var env = getenv("WICORE_NUM_THREADS")
+    if env:
+        try:
+            return max(1, atol(env))
+        except:
+            pass
     return num_logical_cores()
 
 
