@@ -2,7 +2,9 @@
 penalties -> greedy argmax, or temperature -> top-k -> top-p -> min-p -> draw.
 
 Random numbers come from SplitMix64 of (seed, step), so a row's tokens depend
-only on its own seed and step, never on the batch it was sampled in.
+only on its own seed and step, never on the batch it was sampled in.  Nothing
+sorts the vocabulary: top-k keeps a thresholded buffer, top-p finds its boundary
+with SIMD threshold passes, and the draw walks the kept tokens in id order.
 """
 from std.os import abort
 from std.math import log
@@ -11,12 +13,14 @@ from std.utils.numerics import inf, neg_inf
 from std.python import PythonObject
 from std.python.bindings import PythonModuleBuilder
 from std.builtin.sort import sort
-from common import data_addr
+from std.runtime import initialize_runtime
+from max.algorithm import sync_parallelize
+from common import data_addr, num_threads
 
 comptime W = 8  # float32 lanes in an AVX2 register
 comptime BLOCK = 256  # elements per partial sum of the draw
 comptime BAND = 1024  # most tokens sorted at once (the stdlib sort slows down past ~2k)
-# Untracked origins: the pointers live in a struct.
+# Untracked origins: the pointers live in a struct shared by the worker threads.
 comptime F32Ptr = Pointer[Float32, MutUntrackedOrigin]
 comptime F64Ptr = Pointer[Float64, MutUntrackedOrigin]
 comptime I32Ptr = Pointer[Int32, MutUntrackedOrigin]
@@ -407,12 +411,12 @@ struct Batch(ImplicitlyCopyable):
     var out_logprobs: F32Ptr
     var workspace: U64Ptr
 
-    def sample_row(self, b: Int):
+    def sample_row(self, b: Int, worker: Int):
         var V = self.V
         var l = self.logits.unsafe_offset(b * V)
         var p = self.params.unsafe_offset(b * NPARAMS)
-        # scratch: V sort keys, V exp values, V counters, the block sums
-        var keys = self.workspace
+        # per-worker scratch: V sort keys, V exp values, V counters, the block sums
+        var keys = self.workspace.unsafe_offset(worker * workspace_size(V))
         var e = keys.unsafe_offset(V).unsafe_bitcast[Float32]()
         var cnt = e.unsafe_offset(V).unsafe_bitcast[Int32]()
         var blocks = keys.unsafe_offset(2 * V).unsafe_bitcast[Float64]()
@@ -517,11 +521,14 @@ def sample(
     workspace: PythonObject,
     sizes: PythonObject,
 ) raises:
-    """Sizes = (B, V, len(history), len(bias_ids)); the wrapper checks dtypes and shapes."""
+    """Sizes = (B, V, len(history), len(bias_ids), len(workspace)); the wrapper checks dtypes and shapes."""
     var B = Int(py=sizes[0])
     var V = Int(py=sizes[1])
     var H = Int(py=sizes[2])
     var L = Int(py=sizes[3])
+    var WS = Int(py=sizes[4])
+    if WS < workspace_size(V):
+        raise Error("workspace of ", WS, " words is smaller than ", workspace_size(V))
     var batch = Batch(
         V,
         ptr[DType.float32](logits),
@@ -552,20 +559,29 @@ def sample(
             batch.bias_ids, Int(batch.bias_offsets[unsafe_offset=b]), Int(batch.bias_offsets[unsafe_offset=b + 1]), V, "logit_bias"
         )
 
-    # Rows run one after another: on the 2 vCPUs measured, a second thread added no SIMD
-    # throughput and sync_parallelize cost ~200 us, so threads made every batch size slower.
-    for b in range(B):
-        batch.sample_row(b)
+    # rows round-robin over the threads, each with its own slice of the workspace
+    var workers = min(B, num_threads(), WS // workspace_size(V))
+    if workers <= 1:
+        for b in range(B):
+            batch.sample_row(b, 0)
+        return
+
+    def work(w: Int) {imm batch, imm B, imm workers}:
+        for b in range(w, B, workers):
+            batch.sample_row(b, w)
+
+    sync_parallelize(work, workers)
 
 
 def workspace_words(vocab: PythonObject) raises -> PythonObject:
-    """The uint64 words of scratch `sample` needs for vocabulary size `vocab`."""
-    return PythonObject(workspace_size(Int(py=vocab)))
+    """The uint64 words of scratch `sample` needs for vocabulary size `vocab` (one slice per thread)."""
+    return PythonObject(num_threads() * workspace_size(Int(py=vocab)))
 
 
 @export
 def PyInit_sampling() abi("C") -> PythonObject:
     try:
+        _ = initialize_runtime()
         var m = PythonModuleBuilder("sampling")
         m.def_function[sample]("sample", docstring="Sample one token per row of logits (see wicore/kernels/sampling.py).")
         m.def_function[workspace_words]("workspace_words", docstring="Scratch size for sample(), in uint64 words.")

@@ -18,7 +18,7 @@ from wicore.kernels._arrays import require
 
 PARAMS_WIDTH = 8  # temperature, top_k, top_p, min_p, repetition, frequency, presence, unused
 
-_workspaces: dict[int, np.ndarray] = {}  # per vocabulary size; kernels run holding the GIL
+_workspaces: dict[int, np.ndarray] = {}  # per vocabulary size; the kernel runs holding the GIL
 _seed_source = np.random.default_rng()
 
 
@@ -74,11 +74,12 @@ def sample(
     require(out_logprobs, np.float32, "out_logprobs", (batch,))
     if batch == 0:
         return
-    sizes = (batch, vocab, history.shape[0], bias_ids.shape[0])
+    ws = _workspace(vocab)
+    sizes = (batch, vocab, history.shape[0], bias_ids.shape[0], ws.shape[0])
     try:
         build.load("sampling").sample(
             logits, params, seeds, steps, history, history_offsets, output_start,
-            bias_ids, bias_values, bias_offsets, out_tokens, out_logprobs, _workspace(vocab), sizes,
+            bias_ids, bias_values, bias_offsets, out_tokens, out_logprobs, ws, sizes,
         )  # fmt: skip
     except Exception as e:
         if type(e) is Exception:  # the kernel's own index checks arrive as plain Exception
