@@ -32,13 +32,12 @@ TEXT = (
 
 
 def prompt_ids(model: str, n: int) -> list[int]:
-    import gguf
 
     from wicore.models import registry
     from wicore.tokenizer import Tokenizer
 
     path = registry.resolve(model)
-    tok = Tokenizer.from_gguf(path, reader=gguf.GGUFReader(path))
+    tok = Tokenizer.from_gguf(path)
     ids: list[int] = []
     while len(ids) < n:
         ids += tok.encode(TEXT, add_special_tokens=False)

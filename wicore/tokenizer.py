@@ -29,6 +29,7 @@ from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as _Backend
 from tokenizers.models import BPE
 
+from wicore.models import prepared
 from wicore.models.config import read_metadata
 
 _CONTROL, _USER_DEFINED, _BYTE = gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED, gguf.TokenType.BYTE
@@ -133,8 +134,10 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, path: str | Path, reader: gguf.GGUFReader | None = None) -> Tokenizer:
-        """Build the tokenizer a GGUF file describes; pass `reader` to reuse one already open on it."""
-        return cls.from_metadata(read_metadata(reader if reader is not None else gguf.GGUFReader(path)), str(path))
+        """Build the tokenizer a GGUF file describes (metadata cached after the first parse); pass `reader`
+        to reuse one already open on it."""
+        meta = read_metadata(reader) if reader is not None else prepared.metadata(Path(path))
+        return cls.from_metadata(meta, str(path))
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any], path: str = "model") -> Tokenizer:

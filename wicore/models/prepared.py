@@ -33,12 +33,29 @@ def _cache_dir(path: Path) -> Path:
     return wicore_home() / "prepared" / f"{path.stem}-{st.st_size:x}-{st.st_mtime_ns:x}-v{FORMAT_VERSION}"
 
 
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def metadata(path: Path, reader: gguf.GGUFReader | None = None) -> dict[str, Any]:
+    """The GGUF file's key/value metadata, parsed once and then read from a JSON cache."""
+    cached = _cache_dir(path).with_suffix(".metadata.json")
+    if cached.exists():
+        return json.loads(cached.read_text(encoding="utf-8"))
+    meta = read_metadata(reader if reader is not None else gguf.GGUFReader(path))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(cached, json.dumps(meta, ensure_ascii=False))
+    return meta
+
+
 def load_prepared(path: Path) -> tuple[ModelConfig, dict[str, Any], ModelWeights]:
     """(config, metadata, weights) of a GGUF file, preparing the cache on first use."""
     cache = _cache_dir(path)
     if not (cache / "index.json").exists():
         _prepare(path, cache)
-    meta = json.loads((cache / "metadata.json").read_text(encoding="utf-8"))
+    meta = metadata(path)
     config = ModelConfig.from_metadata(meta)
     index = json.loads((cache / "index.json").read_text())
 
@@ -81,8 +98,7 @@ def _kind(field: dataclasses.Field) -> type:
 
 def _prepare(path: Path, cache: Path) -> None:
     reader = gguf.GGUFReader(path)
-    meta = read_metadata(reader)
-    config = ModelConfig.from_metadata(meta)
+    config = ModelConfig.from_metadata(metadata(path, reader))
     weights = load_weights(reader, config)
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -112,7 +128,6 @@ def _prepare(path: Path, cache: Path) -> None:
     for i, layer in enumerate(weights.layers):
         for f in dataclasses.fields(LayerWeights):
             save(f"blk.{i}.{f.name}", getattr(layer, f.name))
-    (tmp / "metadata.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
     # index.json last: its presence marks a complete cache.
     (tmp / "index.json").write_text(json.dumps(index))
     shutil.rmtree(cache, ignore_errors=True)
