@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
+from wicore.kernels._arrays import require
+
 QK_K = 256
 
 
@@ -33,6 +35,16 @@ class QuantWeight:
     scale: np.ndarray  # float32 [N, K // group]
     min: np.ndarray | None  # float32 [N, K // group] or None
     group: int
+
+    def __post_init__(self) -> None:
+        # The matmul kernel reads these arrays raw: check them once here, not per call.
+        n, k = self.q.shape
+        if self.group not in (16, 32) or k % self.group:
+            raise ValueError(f"quantised weight: K={k} is not a multiple of a supported group ({self.group})")
+        require(self.q, np.int8, "q", (n, k))
+        require(self.scale, np.float32, "scale", (n, k // self.group))
+        if self.min is not None:
+            require(self.min, np.float32, "min", (n, k // self.group))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -56,6 +68,10 @@ class DenseWeight:
     """F32 or F16 matrix [N, K], as stored in the file."""
 
     w: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.w.ndim != 2 or self.w.dtype not in (np.float32, np.float16) or not self.w.flags.c_contiguous:
+            raise ValueError(f"dense weight: need a C-contiguous 2-D float32/float16 array, got {self.w.dtype}")
 
     @property
     def shape(self) -> tuple[int, int]:
