@@ -1,0 +1,108 @@
+"""One settings model for the server, the engine and the SDK.
+
+Sources, later ones winning: defaults, a JSON config file (the seed's keys,
+e.g. `{"api": {"auth_enabled": true, "api_key": "..."}}`), then environment
+variables `WICORE_<SECTION>__<KEY>` (e.g. `WICORE_API__API_KEY`,
+`WICORE_SCHEDULER__MAX_BATCH_SIZE`), then explicit overrides (CLI flags).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from wicore.models.registry import DEFAULT_MODEL
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    auth_enabled: bool = False
+    # One key or several (a list, or comma-separated in the environment).
+    api_key: str | list[str] | None = None
+    rate_limit_per_minute: int = Field(100, ge=0, description="per API key, else per client IP; 0 = off")
+
+    @property
+    def api_keys(self) -> frozenset[str]:
+        if self.api_key is None:
+            return frozenset()
+        keys = self.api_key.split(",") if isinstance(self.api_key, str) else self.api_key
+        return frozenset(k.strip() for k in keys if k.strip())
+
+
+class SchedulerSettings(_Section):
+    max_concurrent: int = Field(32, ge=1, description="sequences admitted (holding KV) at once")
+    max_batch_size: int = Field(16, ge=1, description="sequences per forward pass")
+    max_queue_size: int = Field(64, ge=0, description="requests waiting beyond max_concurrent before 429")
+    max_batch_tokens: int = Field(256, ge=16, description="tokens per forward pass (chunked prefill budget)")
+    request_timeout: float = Field(30.0, gt=0, description="seconds from arrival to the last token")
+    aging_seconds: float = Field(5.0, gt=0, description="waiting this long raises a request one priority level")
+
+
+class ModelSettings(_Section):
+    name: str = DEFAULT_MODEL
+    max_model_len: int = Field(4096, ge=16)
+    kv_cache_tokens: int = Field(32768, ge=16, description="KV cache budget in tokens, shared by all sequences")
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    enable_request_logging: bool = True
+    enable_performance_logging: bool = False
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WICORE_", env_nested_delimiter="__", extra="ignore")
+
+    api: ApiSettings = ApiSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    model: ModelSettings = ModelSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Explicit values (file contents merged with CLI overrides) beat the environment here,
+        # so load() layers them itself: see load().
+        return (init_settings, env_settings)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from defaults < config file < WICORE_* environment < overrides."""
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            file_values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"config file {path}: {e}") from None
+        if not isinstance(file_values, dict):
+            raise ValueError(f"config file {path}: expected a JSON object")
+    from_env = Settings().model_dump(exclude_unset=True)  # only what the environment set
+    values = _merge(_merge(file_values, from_env), overrides or {})
+    return Settings(**values)
