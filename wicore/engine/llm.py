@@ -138,7 +138,7 @@ class LLM:
         budget = self.max_batch_tokens - len(work)
         for seq in seqs:
             if seq.is_prefilling and budget > 0:
-                n = min(budget, len(seq.prompt_ids) - seq.num_computed)
+                n = min(budget, seq.num_pending)
                 work.append((seq, n))
                 budget -= n
         for seq, n in work:

@@ -6,7 +6,7 @@ import numpy as np
 
 from wicore.engine.block_manager import BlockManager
 from wicore.engine.sequence import Sequence
-from wicore.kernels.sampling import pack_logit_bias, pack_params, pack_ragged, sample
+from wicore.kernels.sampling import pack_logit_bias, pack_params, pack_ragged, sample, top_logprobs
 from wicore.models.transformer import ForwardBatch, KVCache, Transformer
 
 
@@ -31,9 +31,13 @@ class ModelRunner:
                 sampled.append(seq)
         if sampled:
             tokens, logprobs = self._sample(sampled, logits)
-            for seq, tok, lp in zip(sampled, tokens.tolist(), logprobs.tolist(), strict=True):
+            for row, (seq, tok, lp) in enumerate(zip(sampled, tokens.tolist(), logprobs.tolist(), strict=True)):
                 seq.output_ids.append(tok)
                 seq.output_logprobs.append(lp)
+                if seq.params.logprobs:
+                    # The row as the sampler left it (bias and penalties applied), scaled the same way.
+                    ids, lps = top_logprobs(logits[row], seq.params.logprobs, seq.params.temperature)
+                    seq.output_top_logprobs.append(list(zip(ids.tolist(), lps.tolist(), strict=True)))
         return sampled
 
     def _batch(self, work: list[tuple[Sequence, int]]) -> ForwardBatch:

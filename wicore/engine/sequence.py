@@ -25,6 +25,7 @@ class Sequence:
     seq_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     output_logprobs: list[float] = field(default_factory=list)
+    output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # when params.logprobs
     block_table: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
     finish_reason: FinishReason | None = None
@@ -43,9 +44,18 @@ class Sequence:
         return len(self.prompt_ids) + len(self.output_ids)
 
     @property
+    def num_pending(self) -> int:
+        """Tokens not yet run through the model: 1 when decoding, more while (re)filling the cache."""
+        return self.num_tokens - self.num_computed
+
+    @property
     def is_prefilling(self) -> bool:
-        """True while prompt tokens remain to be run (chunked prefill)."""
-        return self.num_computed < len(self.prompt_ids)
+        """True while more than the newest token waits: a prompt, or a recompute after preemption."""
+        return self.num_pending > 1
+
+    def preempt(self) -> None:
+        """Drop the cached state; the caller releases the blocks. Tokens are recomputed on resume."""
+        self.num_computed = 0
 
     @property
     def finished(self) -> bool:

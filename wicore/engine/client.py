@@ -1,0 +1,188 @@
+"""The HTTP process's handle on the engine worker process.
+
+`generate()` is an async iterator over a request's outputs.  A reader thread
+takes the worker's messages off a multiprocessing queue and hands them to the
+event loop; the loop itself never blocks on the engine.  The client also
+enforces the bounded queue (429), the deadline (in case the worker stalls),
+and, when the worker dies, ends every in-flight request with an error and
+starts a new worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing as mp
+import queue
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from wicore.config import Settings
+from wicore.engine import worker
+from wicore.engine.messages import Cancel, EngineRequest, Ready, RequestOutput, SchedulerStats
+from wicore.models import registry
+from wicore.models.config import ModelConfig
+from wicore.models.prepared import metadata
+from wicore.tokenizer import Tokenizer
+
+log = logging.getLogger("wicore.engine")
+# Past its deadline the worker ends a request itself; the client waits this much longer before
+# giving up on a worker that stopped answering.
+DEADLINE_GRACE = 2.0
+
+
+class EngineUnavailable(Exception):
+    """The model is still loading, or the worker died and is restarting."""
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the bounded queue holds."""
+
+
+class EngineClient:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        path = registry.resolve(settings.model.name)
+        meta = metadata(path)
+        self.tokenizer = Tokenizer.from_metadata(meta, str(path))
+        config = ModelConfig.from_metadata(meta)
+        self.model_name = settings.model.name
+        self.max_model_len = min(settings.model.max_model_len, config.context_length)
+        self.created = int(time.time())
+        self.started_at = time.time()
+        self.stats = SchedulerStats(running=False)
+        self.restarts = 0
+        self._ready = False
+        self._streams: dict[str, asyncio.Queue[RequestOutput]] = {}
+        self._ids = itertools.count()
+        self._id_prefix = secrets.token_hex(4)
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._proc: Any = None
+        self._requests: Any = None
+        self._outputs: Any = None
+        self._reader: threading.Thread | None = None
+        self._failures = 0  # consecutive worker deaths before reaching Ready
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and self._proc is not None and self._proc.is_alive()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._streams)
+
+    def new_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):08x}"
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._spawn()
+        self._reader = threading.Thread(target=self._read_loop, name="wicore-engine-reader", daemon=True)
+        self._reader.start()
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        self._ready = False
+        if self._requests is not None:
+            self._requests.put(None)
+        if self._proc is not None:
+            await asyncio.to_thread(self._proc.join, 10)
+            if self._proc.is_alive():
+                self._proc.kill()
+        if self._reader is not None:
+            await asyncio.to_thread(self._reader.join, 5)
+
+    def kill_worker(self) -> None:
+        """Kill the worker process (for fault tests and operators); it is restarted automatically."""
+        if self._proc is not None:
+            self._proc.kill()
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
+        if not self.ready:
+            raise EngineUnavailable("the engine is not ready (model loading or worker restarting)")
+        limit = self.settings.scheduler.max_concurrent + self.settings.scheduler.max_queue_size
+        if len(self._streams) >= limit:
+            raise QueueFull(f"{len(self._streams)} requests in flight; the queue holds {limit}")
+        stream: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self._streams[request.request_id] = stream
+        finished = False
+        try:
+            self._requests.put(request)
+            while not finished:
+                timeout = None if request.deadline is None else request.deadline - time.time() + DEADLINE_GRACE
+                try:
+                    out = await asyncio.wait_for(stream.get(), timeout)
+                except TimeoutError:
+                    out = RequestOutput(
+                        request.request_id, "", [], finish_reason="timeout",
+                        error=f"request timed out after {request.deadline - request.arrival:.0f} s",  # type: ignore[operator]
+                    )  # fmt: skip
+                finished = out.finish_reason is not None
+                yield out
+        finally:
+            self._streams.pop(request.request_id, None)
+            if not finished and self._requests is not None:
+                # The consumer went away (client disconnect) or timed out: free the sequence.
+                self._requests.put(Cancel(request.request_id))
+
+    # -- worker process and its messages ----------------------------------------------------------
+
+    def _spawn(self) -> None:
+        ctx = mp.get_context("spawn")
+        self._requests = ctx.Queue()
+        self._outputs = ctx.Queue()
+        self._proc = ctx.Process(
+            target=worker.run,
+            args=(self.settings.model_dump(), self._requests, self._outputs),
+            name="wicore-engine",
+            daemon=True,
+        )
+        self._proc.start()
+        log.info("engine worker started (pid %s)", self._proc.pid)
+
+    def _read_loop(self) -> None:
+        assert self._loop is not None
+        while not self._stopping:
+            try:
+                msg = self._outputs.get(timeout=0.2)
+            except queue.Empty:
+                if not self._stopping and not self._proc.is_alive():
+                    self._loop.call_soon_threadsafe(self._on_worker_death, self._proc.exitcode)
+                    # A worker that keeps dying before it is ready is retried ever more slowly.
+                    self._failures = 0 if self._ready else self._failures + 1
+                    time.sleep(min(30.0, 0.5 * 2**self._failures) if self._failures else 0.0)
+                    self._spawn()
+                continue
+            except (EOFError, OSError, ValueError):  # the queue broke with the worker
+                continue
+            self._loop.call_soon_threadsafe(self._dispatch, msg)
+
+    def _dispatch(self, msg: object) -> None:
+        if isinstance(msg, Ready):
+            self.max_model_len = msg.max_model_len
+            self.created = int(time.time())
+            self._ready = True
+            log.info("engine ready: %s", msg.model)
+        elif isinstance(msg, SchedulerStats):
+            self.stats = msg
+        elif isinstance(msg, list):
+            for out in msg:
+                stream = self._streams.get(out.request_id)
+                if stream is not None:
+                    stream.put_nowait(out)
+
+    def _on_worker_death(self, exitcode: int | None) -> None:
+        self._ready = False
+        self.restarts += 1
+        self.stats = SchedulerStats(running=False)
+        log.error("engine worker died (exit code %s); restarting it", exitcode)
+        for request_id, stream in list(self._streams.items()):
+            stream.put_nowait(
+                RequestOutput(request_id, "", [], finish_reason="error", error="the engine worker died")
+            )
+

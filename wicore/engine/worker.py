@@ -1,0 +1,81 @@
+"""The engine worker process: loads the model, then runs scheduler steps until told to stop.
+
+It owns every Mojo call, so the HTTP process's event loop never waits on
+model compute (Mojo calls hold the GIL).  Between steps it drains the request
+queue without blocking, which is how new requests join the running batch and
+cancellations take effect within one step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+import traceback
+from multiprocessing.queues import Queue
+from typing import Any
+
+from wicore.config import Settings
+from wicore.engine.messages import Cancel, EngineRequest, Ready, RequestOutput
+from wicore.engine.model_runner import ModelRunner
+from wicore.engine.scheduler import Scheduler
+from wicore.models import registry
+from wicore.models.prepared import load_prepared
+from wicore.models.transformer import Transformer
+from wicore.tokenizer import Tokenizer
+
+STATS_INTERVAL = 0.1  # seconds between scheduler snapshots sent to the HTTP process
+
+log = logging.getLogger("wicore.worker")
+
+
+def _load(settings: Settings) -> tuple[Scheduler, Ready]:
+    path = registry.resolve(settings.model.name)
+    config, meta, weights = load_prepared(path)
+    tokenizer = Tokenizer.from_metadata(meta, str(path))
+    max_model_len = min(settings.model.max_model_len, config.context_length)
+    block_size = 16
+    tokens = max(settings.model.kv_cache_tokens, max_model_len)
+    runner = ModelRunner(Transformer(config, weights), -(-tokens // block_size), block_size)
+    scheduler = Scheduler(runner, tokenizer, settings.scheduler, max_model_len)
+    return scheduler, Ready(settings.model.name, max_model_len, config.vocab_size)
+
+
+def run(settings_data: dict[str, Any], requests: Queue, outputs: Queue) -> None:
+    """Process entry point (spawned): `None` on the request queue stops it."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # Mojo owns the cores
+    settings = Settings(**settings_data)
+    scheduler, ready = _load(settings)
+    outputs.put(ready)
+    last_stats = 0.0
+    while True:
+        # Block only when idle; otherwise take what has arrived and go on stepping.
+        batch: list[RequestOutput] = []
+        try:
+            msg = requests.get(timeout=STATS_INTERVAL) if not scheduler.has_work() else requests.get_nowait()
+            while True:
+                if msg is None:
+                    return
+                if isinstance(msg, EngineRequest):
+                    out = scheduler.add(msg)
+                elif isinstance(msg, Cancel):
+                    out = scheduler.cancel(msg.request_id)
+                if out is not None:
+                    batch.append(out)
+                msg = requests.get_nowait()
+        except queue.Empty:
+            pass
+        if scheduler.has_work():
+            try:
+                batch += scheduler.step()
+            except Exception:  # a bug or a kernel error: fail the requests, keep serving
+                log.error("engine step failed:\n%s", traceback.format_exc())
+                batch += scheduler.abort_all("internal engine error")
+        if batch:
+            outputs.put(batch)
+        now = time.monotonic()
+        if now - last_stats >= STATS_INTERVAL:
+            outputs.put(scheduler.snapshot())
+            last_stats = now
+
