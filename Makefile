@@ -7,7 +7,7 @@ TEST_MODELS := qwen2.5-coder-0.5b-instruct gemma-3-270m
 # Mojo owns the threads; a second BLAS pool only fights it (see shared notes).
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install kernels models test lint bench bench-peers clean
+.PHONY: install kernels models serve test lint bench bench-serving bench-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ kernels: install
 models: install
 	$(VENV)/bin/wicore models pull $(TEST_MODELS)
 
+serve: kernels
+	$(VENV)/bin/wicore models pull
+	$(VENV)/bin/wicore serve --host 127.0.0.1 --port 8000
+
 test: kernels models
 	$(PY) -m pytest -q
 
@@ -31,6 +35,9 @@ lint: install
 
 bench: kernels models
 	$(PY) benchmarks/bench_decode.py
+
+bench-serving: kernels models
+	$(PY) benchmarks/bench_serving.py
 
 bench-peers: install
 	$(PY) -m pip install '.[peers]'

@@ -4,8 +4,9 @@ Quantised weights use the load-time layout of `wicore/models/quant.py`:
 value[n, k] = q[n, k] * scale[n, k // G] (+ min[n, k // G]), q int8, G in {16, 32}.
 
 Two paths:
-- M == 1 (decode): memory-bound, so each weight byte is read once and turned into
-  float32 in registers; per group the int8 x float dot is scaled once.
+- M <= SMALL_M (decode, small batches): memory-bound, so each weight group is read
+  once per 4 rows of x and turned into float32 in registers; per group the int8 x
+  float dot is scaled once.
 - M > 1 (prefill, batches): compute-bound, so a panel of NB weight rows is
   dequantised once into a float32 scratch that stays in L2, then a 4x2
   register-blocked micro-kernel multiplies it with every row of x.
@@ -24,6 +25,9 @@ comptime W = 8  # float32 lanes in an AVX2 register
 comptime F32x = SIMD[DType.float32, W]
 comptime MR = 4  # rows of x per micro-kernel tile
 comptime NR = 2  # weight rows per micro-kernel tile
+# Up to this many x rows, weights are dequantised in registers and reused across rows (decode
+# batches); above, a dequantised panel feeds a register-tiled micro-kernel (prefill).
+comptime SMALL_M = 8
 # Below this many weights a matmul runs on one thread: dispatch costs ~20 us.
 comptime PARALLEL_MIN_WEIGHTS = 64 * 1024
 
@@ -93,25 +97,51 @@ def _add_bias(dst: F32Ptr, bias: F32Ptr, M: Int, N: Int, n0: Int, n1: Int):
             dst[unsafe_offset=m * N + n] += bias[unsafe_offset=n]
 
 
-def _gemv_q[G: Int, HAS_MIN: Bool](
-    x: F32Ptr, q: I8Ptr, sc: F32Ptr, mn: F32Ptr, dst: F32Ptr, K: Int, n0: Int, n1: Int
+def _rows_q[G: Int, HAS_MIN: Bool, mr: Int](
+    x: F32Ptr, xsum: F32Ptr, q: I8Ptr, sc: F32Ptr, mn: F32Ptr, dst: F32Ptr, K: Int, N: Int, n0: Int, n1: Int
 ):
-    """One x row against weight rows n0..n1, dequantising in registers."""
+    """Up to 4 x rows against weight rows n0..n1: each weight group is dequantised once, in
+    registers, and used for every x row. xsum[i, b] = sum of x row i over group b (for mins)."""
     var nb = K // G
     for n in range(n0, n1):
-        var acc = F32x(0)
-        var macc = F32x(0)
+        var acc = Array[F32x, mr](fill=F32x(0))
+        var macc = Array[Float32, mr](fill=0)
         var qrow = q.unsafe_offset(n * K)
         for b in range(nb):
-            var part = F32x(0)
+            var w = Array[F32x, G // W](fill=F32x(0))
             comptime for j in range(G // W):
-                var wv = qrow.unsafe_load[width=W](b * G + j * W).cast[DType.float32]()
-                var xv = x.unsafe_load[width=W](b * G + j * W)
-                part = wv.fma(xv, part)
+                w[j] = qrow.unsafe_load[width=W](b * G + j * W).cast[DType.float32]()
+            var s = F32x(sc[unsafe_offset=n * nb + b])
+            comptime for i in range(mr):
+                var part = F32x(0)
+                comptime for j in range(G // W):
+                    part = w[j].fma(x.unsafe_load[width=W](i * K + b * G + j * W), part)
+                acc[i] = part.fma(s, acc[i])
                 comptime if HAS_MIN:
-                    macc += xv * mn[unsafe_offset=n * nb + b]
-            acc = part.fma(F32x(sc[unsafe_offset=n * nb + b]), acc)
-        dst[unsafe_offset=n] = acc.reduce_add() + macc.reduce_add()
+                    macc[i] += mn[unsafe_offset=n * nb + b] * xsum[unsafe_offset=i * nb + b]
+        comptime for i in range(mr):
+            dst[unsafe_offset=i * N + n] = acc[i].reduce_add() + macc[i]
+
+
+def _rows_q_tiles[G: Int, HAS_MIN: Bool](
+    x: F32Ptr, xsum: F32Ptr, q: I8Ptr, sc: F32Ptr, mn: F32Ptr, dst: F32Ptr, M: Int, K: Int, N: Int, n0: Int, n1: Int
+):
+    var nb = K // G
+    var i = 0
+    while i < M:
+        var xo = x.unsafe_offset(i * K)
+        var so = xsum.unsafe_offset(i * nb)
+        var do = dst.unsafe_offset(i * N)
+        var rest = M - i
+        if rest >= 4:
+            _rows_q[G, HAS_MIN, 4](xo, so, q, sc, mn, do, K, N, n0, n1)
+        elif rest == 3:
+            _rows_q[G, HAS_MIN, 3](xo, so, q, sc, mn, do, K, N, n0, n1)
+        elif rest == 2:
+            _rows_q[G, HAS_MIN, 2](xo, so, q, sc, mn, do, K, N, n0, n1)
+        else:
+            _rows_q[G, HAS_MIN, 1](xo, so, q, sc, mn, do, K, N, n0, n1)
+        i += 4
 
 
 def _dequant_panel[G: Int, HAS_MIN: Bool](
@@ -135,13 +165,22 @@ def _matmul_q[G: Int, HAS_MIN: Bool](
     x: F32Ptr, q: I8Ptr, sc: F32Ptr, mn: F32Ptr, dst: F32Ptr, M: Int, N: Int, K: Int
 ):
     var nt = num_threads() if N * K >= PARALLEL_MIN_WEIGHTS else 1
-    if M == 1:
+    if M <= SMALL_M:
+        var nb = K // G
+        var xsum = scratch_f32(M * nb)
+        comptime if HAS_MIN:
+            for i in range(M * nb):
+                var sum = F32x(0)
+                comptime for j in range(G // W):
+                    sum += x.unsafe_load[width=W](i * G + j * W)
+                xsum[unsafe_offset=i] = sum.reduce_add()
         var chunk = (N + nt - 1) // nt
 
-        def rows(t: Int) {imm x, imm q, imm sc, imm mn, imm dst, imm K, imm N, imm chunk}:
-            _gemv_q[G, HAS_MIN](x, q, sc, mn, dst, K, t * chunk, min(N, (t + 1) * chunk))
+        def rows(t: Int) {imm x, imm xsum, imm q, imm sc, imm mn, imm dst, imm M, imm K, imm N, imm chunk}:
+            _rows_q_tiles[G, HAS_MIN](x, xsum, q, sc, mn, dst, M, K, N, t * chunk, min(N, (t + 1) * chunk))
 
         sync_parallelize(rows, nt)
+        free_f32(xsum)
         return
     var nb = _panel_rows(K)
     var npanels = (N + nb - 1) // nb
