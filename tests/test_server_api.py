@@ -1,0 +1,170 @@
+"""A real server process on loopback, driven by the official `openai` client and by httpx."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from tests.helpers import model_path
+from tests.server import Server, serve
+
+MODEL = "qwen2.5-coder-0.5b-instruct"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    model_path(MODEL)
+    with serve(tmp_path_factory.mktemp("server")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def sse_events(response: httpx.Response) -> list[str]:
+    return [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def test_chat_completion(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=32)
+    assert isinstance(r, ChatCompletion)
+    assert r.choices[0].message.content == "The capital of France is Paris."
+    assert r.choices[0].message.role == "assistant" and r.choices[0].finish_reason == "stop"
+    assert r.usage is not None and r.usage.prompt_tokens > 10
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.model == MODEL and r.object == "chat.completion"
+
+
+def test_chat_streaming_shape(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=FRANCE, temperature=0, max_tokens=32, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    assert all(isinstance(c, ChatCompletionChunk) for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "The capital of France is Paris."
+    finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finishing) == 1 and finishing[0].choices[0].finish_reason == "stop"
+    assert not finishing[0].choices[0].delta.content
+    usage = chunks[-1]
+    assert usage.choices == [] and usage.usage is not None and usage.usage.completion_tokens > 0
+
+
+def test_sse_wire_format_ends_with_done(server: Server) -> None:
+    body = {"model": MODEL, "messages": FRANCE, "max_tokens": 8, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    for e in events[:-1]:
+        ChatCompletionChunk.model_validate(json.loads(e))
+
+
+def test_completions_endpoint(client: openai.OpenAI) -> None:
+    r = client.completions.create(model=MODEL, prompt="Once upon a time", temperature=0, max_tokens=12)
+    assert isinstance(r, Completion)
+    assert r.choices[0].text.startswith(", in a small village, there lived")
+    assert r.choices[0].finish_reason == "length" and r.usage is not None and r.usage.completion_tokens == 12
+
+
+def test_stop_seed_n_logprobs(client: openai.OpenAI) -> None:
+    r = client.completions.create(model=MODEL, prompt="Once upon a time", temperature=0, max_tokens=32, stop=["Lily"])
+    assert r.choices[0].text == ", in a small village, there lived a young girl named "
+    assert r.choices[0].finish_reason == "stop"
+    args = dict(model=MODEL, messages=FRANCE, temperature=1.0, max_tokens=12, seed=11)
+    a = client.chat.completions.create(**args)
+    b = client.chat.completions.create(**args)
+    assert a.choices[0].message.content == b.choices[0].message.content
+    many = client.chat.completions.create(**{**args, "n": 3})
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    lp = client.chat.completions.create(
+        model=MODEL, messages=FRANCE, temperature=0, max_tokens=4, logprobs=True, top_logprobs=3
+    )
+    content = lp.choices[0].logprobs.content
+    assert len(content) == 4 and all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
+    assert content[0].token == content[0].top_logprobs[0].token  # greedy picks the most likely
+
+
+def test_models_health_status_root_metrics(server: Server, client: openai.OpenAI) -> None:
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL] and models.data[0].owned_by == "wicore"
+    assert client.models.retrieve(MODEL).id == MODEL
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "healthy" and health["engine"] == "wicore-mojo"
+    status = httpx.get(server.url + "/status").json()
+    assert status["server_running"] == "是" and status["port"] == str(server.port)
+    assert "调度器状态" in status["scheduler_status"] and "紧急优先级" in status["queue_summary"]
+    assert isinstance(status["scheduler"], dict)
+    assert httpx.get(server.url + "/").json()["message"]
+    metrics = httpx.get(server.url + "/metrics").text
+    assert "wicore:num_requests_running" in metrics and "wicore:generation_tokens_total" in metrics
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"temperature": 3}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"frequency_penalty": -3}, "frequency_penalty"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"priority": "asap"}, "priority"),
+        ({"n": 0}, "n"),
+        ({"logit_bias": {"12": 500}}, "logit_bias"),
+        ({"top_logprobs": 50, "logprobs": True}, "top_logprobs"),
+        ({"messages": []}, "messages"),
+        ({"messages": "hi"}, "messages"),
+        ({"best_of": 2}, "best_of"),
+    ],
+)
+def test_bad_parameters_are_400_naming_the_parameter(server: Server, body: dict, param: str) -> None:
+    payload = {"model": MODEL, "messages": FRANCE, **body}
+    r = httpx.post(server.url + "/v1/chat/completions", json=payload, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert param in err["message"] and err["type"] == "invalid_request_error" and err["code"] == "400"
+
+
+def test_unknown_model_is_404_and_long_prompt_is_400(server: Server) -> None:
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": "gpt-9", "messages": FRANCE})
+    assert r.status_code == 404 and "gpt-9" in r.json()["error"]["message"]
+    long = [{"role": "user", "content": "word " * 5000}]
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": long}, timeout=30)
+    assert r.status_code == 400 and "context" in r.json()["error"]["message"]
+    r = httpx.post(
+        server.url + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_request_id_header(server: Server) -> None:
+    r = httpx.get(server.url + "/health")
+    assert r.headers.get("x-request-id")
+
+
+def test_batch_of_16_equals_each_request_alone(client: openai.OpenAI) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [f"Count from {i} to {i + 5}:" for i in range(16)]
+
+    def run(p: str) -> str:
+        r = client.completions.create(model=MODEL, prompt=p, temperature=0, max_tokens=16)
+        return r.choices[0].text
+
+    alone = [run(p) for p in prompts]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(run, prompts))
+    assert together == alone
