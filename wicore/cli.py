@@ -1,4 +1,4 @@
-"""`wicore` command line: manage bundled models and generate text."""
+"""`wicore` command line: manage bundled models, generate text, and serve the OpenAI-compatible API."""
 
 from __future__ import annotations
 
@@ -56,6 +56,36 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from wicore.config import load
+    from wicore.engine.client import EngineClient
+    from wicore.logging import setup_logging
+    from wicore.server.app import create_app
+
+    overrides: dict[str, dict[str, object]] = {"api": {}, "model": {}}
+    if args.host is not None:
+        overrides["api"]["host"] = args.host
+    if args.port is not None:
+        overrides["api"]["port"] = args.port
+    if args.model is not None:
+        overrides["model"]["name"] = args.model
+    settings = load(args.config, overrides)
+    setup_logging(settings.logging)
+    app = create_app(settings, EngineClient(settings))
+    # Our JSON logging replaces uvicorn's config and its access log (RequestContextMiddleware logs requests).
+    uvicorn.run(
+        app,
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,
+        log_level=settings.logging.level.lower(),
+        access_log=False,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wicore", description="WiCore: local LLM inference on Mojo kernels")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ctx", type=int, default=4096, help="context length")
     gen.add_argument("--stats", action="store_true", help="print prompt and decode tokens/s")
     gen.set_defaults(func=_generate)
+
+    serve = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
+    serve.add_argument("--host", default=None, help="address to bind (default: api.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: api.port, 8000)")
+    serve.add_argument("--model", default=None, help="bundled model name or GGUF path (default: model.name)")
+    serve.add_argument("--config", default=None, help="JSON config file with the seed's keys (configs/*.json)")
+    serve.set_defaults(func=_serve)
     return parser
 
 

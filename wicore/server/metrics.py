@@ -1,0 +1,185 @@
+"""Prometheus metrics under vLLM's names with the `wicore:` prefix, so vLLM dashboards work with a rename.
+
+Latencies and token counts are measured here, in the HTTP process, as each request's outputs arrive;
+queue and KV figures come from the worker's latest SchedulerStats at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from wicore.engine.messages import RequestOutput, SchedulerStats
+
+PREFIX = "wicore:"
+# vLLM's buckets, so percentiles line up with its dashboards.
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+ITL_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0)
+TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+
+
+class SequenceTimer:
+    """Timing of one engine sequence, fed with its outputs as they arrive (times from time.time())."""
+
+    def __init__(self, arrival: float) -> None:
+        self.arrival = arrival
+        self.first_token: float | None = None
+        self.last_token: float | None = None
+        self.gaps: list[float] = []
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def on_output(self, out: RequestOutput, now: float) -> None:
+        self.prompt_tokens = out.prompt_tokens or self.prompt_tokens
+        self.completion_tokens = out.completion_tokens or self.completion_tokens
+        if not out.token_ids:
+            return
+        if self.first_token is None:
+            self.first_token = now
+        else:
+            self.gaps.append(now - self.last_token)  # type: ignore[operator]
+        self.last_token = now
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.arrival
+
+    def decode_tokens_per_s(self) -> float | None:
+        """Generation speed after the first token (which includes queueing and prefill)."""
+        if self.first_token is None or self.last_token is None or self.completion_tokens < 2:
+            return None
+        span = self.last_token - self.first_token
+        return (self.completion_tokens - 1) / span if span > 0 else None
+
+
+class _SchedulerCollector(Collector):
+    def __init__(self, stats: Callable[[], SchedulerStats], model_name: str) -> None:
+        self._stats = stats
+        self._model = model_name
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        labels = ["model_name"]
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+            g.add_metric([self._model], value)
+            return g
+
+        yield gauge("num_requests_running", "Requests admitted by the scheduler (holding KV cache).", s.active)
+        yield gauge("num_requests_waiting", "Requests queued for admission.", sum(s.waiting_by_priority.values()))
+        used = s.kv_blocks_total - s.kv_blocks_free
+        yield gauge(
+            "kv_cache_usage_perc",
+            "Fraction of KV cache blocks in use (0-1).",
+            used / s.kv_blocks_total if s.kv_blocks_total else 0.0,
+        )
+        c = CounterMetricFamily(PREFIX + "num_preemptions", "Sequences preempted for KV cache space.", labels=labels)
+        c.add_metric([self._model], s.preempted)
+        yield c
+
+
+class Metrics:
+    """The server's registry (one per app, so several apps in one process do not collide)."""
+
+    def __init__(self, model_name: str, stats: Callable[[], SchedulerStats]) -> None:
+        disable_created_metrics()  # the `_created` series double the output and no dashboard reads them
+        self.model_name = model_name
+        self.registry = CollectorRegistry()
+        reg, labels = self.registry, ["model_name"]
+        self.ttft = Histogram(
+            PREFIX + "time_to_first_token_seconds", "Time to first token.", labels, registry=reg, buckets=TTFT_BUCKETS
+        )
+        self.itl = Histogram(
+            PREFIX + "inter_token_latency_seconds", "Time between outputs.", labels, registry=reg, buckets=ITL_BUCKETS
+        )
+        self.e2e = Histogram(
+            PREFIX + "e2e_request_latency_seconds", "Arrival to last output.", labels, registry=reg, buckets=E2E_BUCKETS
+        )
+        self.request_prompt_tokens = Histogram(
+            PREFIX + "request_prompt_tokens", "Prompt tokens per request.", labels, registry=reg, buckets=TOKEN_BUCKETS
+        )
+        self.request_generation_tokens = Histogram(
+            PREFIX + "request_generation_tokens",
+            "Generated tokens per request.",
+            labels,
+            registry=reg,
+            buckets=TOKEN_BUCKETS,
+        )
+        self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens processed.", labels, registry=reg)
+        self.generation_tokens = Counter(PREFIX + "generation_tokens", "Tokens generated.", labels, registry=reg)
+        self.request_success = Counter(
+            PREFIX + "request_success",
+            "Finished sequences by finish reason (stop, length, abort, timeout, error).",
+            ["model_name", "finished_reason"],
+            registry=reg,
+        )
+        reg.register(_SchedulerCollector(stats, model_name))
+
+    def observe(self, timer: SequenceTimer, finish_reason: str, now: float) -> None:
+        """Record one finished engine sequence."""
+        m = self.model_name
+        if timer.ttft is not None:
+            self.ttft.labels(m).observe(timer.ttft)
+        for gap in timer.gaps:
+            self.itl.labels(m).observe(gap)
+        self.e2e.labels(m).observe(now - timer.arrival)
+        self.request_prompt_tokens.labels(m).observe(timer.prompt_tokens)
+        self.request_generation_tokens.labels(m).observe(timer.completion_tokens)
+        self.prompt_tokens.labels(m).inc(timer.prompt_tokens)
+        self.generation_tokens.labels(m).inc(timer.completion_tokens)
+        self.request_success.labels(m, finish_reason).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
