@@ -120,7 +120,7 @@ class EngineClient:
                 except TimeoutError:
                     out = RequestOutput(
                         request.request_id, "", [], finish_reason="timeout",
-                        error=f"request timed out after {request.deadline - request.arrival:.0f} s",  # type: ignore[operator]
+                        error=f"request timed out after {request.deadline - request.arrival:g} s",  # type: ignore[operator]
                     )  # fmt: skip
                 finished = out.finish_reason is not None
                 yield out

@@ -160,7 +160,7 @@ class Scheduler:
         for item in late:
             self.stats.failed += 1
             timeout = item.request.deadline - item.request.arrival  # type: ignore[operator]
-            outputs.append(self._finish(item, "timeout", f"request timed out after {timeout:.0f} s"))
+            outputs.append(self._finish(item, "timeout", f"request timed out after {timeout:g} s"))
         return outputs
 
     def _admit(self, now: float) -> None:

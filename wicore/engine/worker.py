@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import time
 import traceback
 from multiprocessing.queues import Queue
@@ -20,6 +21,7 @@ from wicore.config import Settings
 from wicore.engine.messages import Cancel, EngineRequest, Ready, RequestOutput
 from wicore.engine.model_runner import ModelRunner
 from wicore.engine.scheduler import Scheduler
+from wicore.logging import setup_logging
 from wicore.models import registry
 from wicore.models.prepared import load_prepared
 from wicore.models.transformer import Transformer
@@ -45,7 +47,10 @@ def _load(settings: Settings) -> tuple[Scheduler, Ready]:
 def run(settings_data: dict[str, Any], requests: Queue, outputs: Queue) -> None:
     """Process entry point (spawned): `None` on the request queue stops it."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # Mojo owns the cores
+    # Ctrl+C reaches the whole process group; the HTTP process decides when the worker stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = Settings(**settings_data)
+    setup_logging(settings.logging)
     scheduler, ready = _load(settings)
     outputs.put(ready)
     last_stats = 0.0
@@ -75,7 +80,8 @@ def run(settings_data: dict[str, Any], requests: Queue, outputs: Queue) -> None:
         if batch:
             outputs.put(batch)
         now = time.monotonic()
-        if now - last_stats >= STATS_INTERVAL:
+        # A finished request changes what /status shows: report it at once.
+        if now - last_stats >= STATS_INTERVAL or any(out.finish_reason for out in batch):
             outputs.put(scheduler.snapshot())
             last_stats = now
 
