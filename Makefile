@@ -7,7 +7,7 @@ TEST_MODELS := qwen2.5-coder-0.5b-instruct gemma-3-270m
 # Mojo owns the threads; a second BLAS pool only fights it (see shared notes).
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install kernels models serve test lint bench bench-serving bench-peers clean
+.PHONY: install kernels models serve test lint load bench bench-serving bench-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test: kernels models
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+load: kernels models
+	PY=$(PY) load_tests/run_load.sh
+
 bench: kernels models
 	$(PY) benchmarks/bench_decode.py
 
@@ -40,7 +43,7 @@ bench-serving: kernels models
 	$(PY) benchmarks/bench_serving.py
 
 bench-peers: install
-	$(PY) -m pip install '.[peers]'
+	$(PY) -m pip install -e '.[peers]'
 
 clean:
 	rm -rf .wicore-build .pytest_cache
