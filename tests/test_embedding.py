@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from wicore.models import registry
-from wicore.models.embedding import EmbeddingModel
+from wicore.models.embedding import MAX_BATCH_TOKENS, EmbeddingModel, _batches
 
 MODEL = "all-minilm-l6-v2"
 REFERENCE = json.loads((Path(__file__).parent / "data" / "embedding_reference.json").read_text())
@@ -123,6 +123,21 @@ def test_long_texts_are_truncated_not_rejected(model: EmbeddingModel) -> None:
     longer = long_text + " and a great deal more text past the window" * 20
     a, b = model.embed([long_text, longer])
     assert a @ b == pytest.approx(1.0, abs=1e-6)
+
+
+def test_batches_cover_every_text_once_and_pad_little() -> None:
+    rng = np.random.default_rng(7)
+    lengths = [int(n) for n in rng.integers(2, 257, size=300)] + [5] * 40 + [256]
+    batches = _batches(lengths)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    padded = 0
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) == 1 or len(batch) * longest <= MAX_BATCH_TOKENS
+        padded += len(batch) * longest
+    assert padded <= 1.05 * sum(lengths)
+    # Similar lengths share a batch; one text is one batch.
+    assert _batches([9, 3, 9, 3]) == [[0, 2, 1, 3]] and _batches([4]) == [[0]]
 
 
 def test_missing_model_says_how_to_pull_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ batch pads to similar lengths; the results come back in the caller's order.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,10 @@ from wicore.kernels.encoder import l2_normalize, mean_pool
 from wicore.models import registry
 from wicore.models.bert import BertEncoder
 
-# A batch holds up to this many padded tokens (a text longer than that goes alone): the matmuls
-# reach full speed at ~256-512 rows, and smaller batches of length-sorted texts pad less.
-MAX_BATCH_TOKENS = 512
+# Batching (see _batches): the matmuls reach full speed at ~256-512 rows, and a batch's
+# fixed costs are worth about 32 rows (matmul time ~ 300 us + M x 10 us at this width).
+MAX_BATCH_TOKENS = 1024
+BATCH_OVERHEAD_TOKENS = 32
 
 
 class EmbeddingModel:
@@ -90,16 +92,31 @@ class EmbeddingModel:
 
 
 def _batches(lengths: list[int]) -> list[list[int]]:
-    """Indices grouped into batches of similar length, longest first."""
+    """Indices grouped into batches of texts of similar length, longest first.
+
+    A batch pads every text to its longest, and each batch costs about BATCH_OVERHEAD_TOKENS
+    extra rows of work (a forward pass's fixed costs; small matmuls run below full speed).
+    Over the texts sorted by length, dynamic programming finds the split into runs with the
+    least padded rows + overhead; a batch holds at most MAX_BATCH_TOKENS padded tokens.
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    desc = [lengths[i] for i in order]
+    best: list[float] = [0.0] + [math.inf] * len(desc)  # best[j]: cheapest split of the first j texts
+    cut = [0] * (len(desc) + 1)  # where the last batch of that split starts
+    for j in range(1, len(desc) + 1):
+        for i in range(j - 1, -1, -1):
+            rows = (j - i) * desc[i]  # texts i..j-1 padded to desc[i], the longest
+            if rows > MAX_BATCH_TOKENS and i < j - 1:
+                break  # rows only grow as i goes down; a lone text always gets a batch
+            cost = best[i] + rows + BATCH_OVERHEAD_TOKENS
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
     batches: list[list[int]] = []
-    for i in order:
-        # Sorted longest first, so the first text of a batch sets its padded length.
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= MAX_BATCH_TOKENS:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
+    j = len(desc)
+    while j:
+        batches.append(order[cut[j] : j])
+        j = cut[j]
+    return batches[::-1]
 
 
 def _check_pooling(folder: Path) -> None:
