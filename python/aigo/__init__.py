@@ -1,0 +1,1 @@
+"""AIgo: a Python SDK for local and remote LLMs, with WiCore as its engine."""
