@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-TEST_MODELS := qwen2.5-coder-0.5b-instruct gemma-3-270m
+TEST_MODELS := qwen2.5-coder-0.5b-instruct gemma-3-270m all-minilm-l6-v2
 # Mojo owns the threads; a second BLAS pool only fights it (see shared notes).
 export OPENBLAS_NUM_THREADS ?= 1
 
