@@ -1,0 +1,1 @@
+"""Higher-level building blocks: conversation memory."""
