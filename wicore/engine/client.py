@@ -1,6 +1,7 @@
 """The HTTP process's handle on the engine worker process.
 
-`generate()` is an async iterator over a request's outputs.  A reader thread
+`generate()` is an async iterator over a request's outputs; `embed()` awaits
+one embedding request's result.  A reader thread
 takes the worker's messages off a multiprocessing queue and hands them to the
 event loop; the loop itself never blocks on the engine.  The client also
 enforces the bounded queue (429), the deadline (in case the worker stalls),
@@ -23,7 +24,15 @@ from typing import Any
 
 from wicore.config import Settings
 from wicore.engine import worker
-from wicore.engine.messages import Cancel, EngineRequest, Ready, RequestOutput, SchedulerStats
+from wicore.engine.messages import (
+    Cancel,
+    EmbedOutput,
+    EmbedRequest,
+    EngineRequest,
+    Ready,
+    RequestOutput,
+    SchedulerStats,
+)
 from wicore.models import registry
 from wicore.models.config import ModelConfig
 from wicore.models.prepared import metadata
@@ -58,6 +67,7 @@ class EngineClient:
         self.restarts = 0
         self._ready = False
         self._streams: dict[str, asyncio.Queue[RequestOutput]] = {}
+        self._embeds: dict[str, asyncio.Future[EmbedOutput]] = {}
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(4)
         self._stopping = False
@@ -74,7 +84,7 @@ class EngineClient:
 
     @property
     def in_flight(self) -> int:
-        return len(self._streams)
+        return len(self._streams) + len(self._embeds)
 
     def new_request_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):08x}"
@@ -102,12 +112,15 @@ class EngineClient:
         if self._proc is not None:
             self._proc.kill()
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
+    def _check_admission(self) -> None:
         if not self.ready:
             raise EngineUnavailable("the engine is not ready (model loading or worker restarting)")
         limit = self.settings.scheduler.max_concurrent + self.settings.scheduler.max_queue_size
-        if len(self._streams) >= limit:
-            raise QueueFull(f"{len(self._streams)} requests in flight; the queue holds {limit}")
+        if self.in_flight >= limit:
+            raise QueueFull(f"{self.in_flight} requests in flight; the queue holds {limit}")
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
+        self._check_admission()
         stream: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._streams[request.request_id] = stream
         finished = False
@@ -129,6 +142,26 @@ class EngineClient:
             if not finished and self._requests is not None:
                 # The consumer went away (client disconnect) or timed out: free the sequence.
                 self._requests.put(Cancel(request.request_id))
+
+    async def embed(self, request: EmbedRequest) -> EmbedOutput:
+        self._check_admission()
+        future: asyncio.Future[EmbedOutput] = asyncio.get_running_loop().create_future()
+        self._embeds[request.request_id] = future
+        finished = False
+        try:
+            self._requests.put(request)
+            timeout = None if request.deadline is None else request.deadline - time.time() + DEADLINE_GRACE
+            try:
+                out = await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                elapsed = request.deadline - request.arrival  # type: ignore[operator]
+                out = EmbedOutput(request.request_id, None, error=f"request timed out after {elapsed:g} s")
+            finished = True
+            return out
+        finally:
+            self._embeds.pop(request.request_id, None)
+            if not finished and self._requests is not None:
+                self._requests.put(Cancel(request.request_id))  # the caller went away: drop the work
 
     # -- worker process and its messages ----------------------------------------------------------
 
@@ -172,6 +205,11 @@ class EngineClient:
             self.stats = msg
         elif isinstance(msg, list):
             for out in msg:
+                if isinstance(out, EmbedOutput):
+                    future = self._embeds.get(out.request_id)
+                    if future is not None and not future.done():
+                        future.set_result(out)
+                    continue
                 stream = self._streams.get(out.request_id)
                 if stream is not None:
                     stream.put_nowait(out)
@@ -182,7 +220,7 @@ class EngineClient:
         self.stats = SchedulerStats(running=False)
         log.error("engine worker died (exit code %s); restarting it", exitcode)
         for request_id, stream in list(self._streams.items()):
-            stream.put_nowait(
-                RequestOutput(request_id, "", [], finish_reason="error", error="the engine worker died")
-            )
-
+            stream.put_nowait(RequestOutput(request_id, "", [], finish_reason="error", error="the engine worker died"))
+        for request_id, future in list(self._embeds.items()):
+            if not future.done():
+                future.set_result(EmbedOutput(request_id, None, error="the engine worker died"))

@@ -1,9 +1,11 @@
 """What crosses the queues between the HTTP process and the engine worker process.
 
-HTTP -> worker: EngineRequest (a prompt to generate from) and Cancel.
-Worker -> HTTP: Ready once the model is loaded, a list of RequestOutput after
-every engine step (new text and tokens of each running request), and
-SchedulerStats snapshots for /status and /metrics.
+HTTP -> worker: EngineRequest (a prompt to generate from), EmbedRequest (texts
+to embed) and Cancel (either).
+Worker -> HTTP: Ready once the model is loaded, a list of RequestOutput and
+EmbedOutput after every engine step (new text and tokens of each running
+request, finished embeddings), and SchedulerStats snapshots for /status and
+/metrics.
 All are plain picklable dataclasses.
 """
 
@@ -33,6 +35,16 @@ class EngineRequest:
 
 
 @dataclass
+class EmbedRequest:
+    request_id: str
+    texts: list[str]
+    dimensions: int | None = None  # None: the model's full size
+    priority: Priority = Priority.NORMAL
+    arrival: float = 0.0
+    deadline: float | None = None
+
+
+@dataclass
 class Cancel:
     request_id: str
 
@@ -59,6 +71,14 @@ class RequestOutput:
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0  # total so far
+
+
+@dataclass
+class EmbedOutput:
+    request_id: str
+    embeddings: list[list[float]] | None  # None when it failed
+    prompt_tokens: int = 0
+    error: str | None = None
 
 
 @dataclass

@@ -3,7 +3,9 @@
 It owns every Mojo call, so the HTTP process's event loop never waits on
 model compute (Mojo calls hold the GIL).  Between steps it drains the request
 queue without blocking, which is how new requests join the running batch and
-cancellations take effect within one step.
+cancellations take effect within one step.  Embedding requests wait in their
+own queue and run one per loop iteration, between scheduler steps, so a long
+batch of texts delays generation by one request's compute at most.
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ from multiprocessing.queues import Queue
 from typing import Any
 
 from wicore.config import Settings
-from wicore.engine.messages import Cancel, EngineRequest, Ready, RequestOutput
+from wicore.engine.messages import Cancel, EmbedOutput, EmbedRequest, EngineRequest, Ready, RequestOutput
 from wicore.engine.model_runner import ModelRunner
 from wicore.engine.scheduler import Scheduler
 from wicore.logging import setup_logging
 from wicore.models import registry
+from wicore.models.embedding import EmbeddingModel
 from wicore.models.prepared import load_prepared
 from wicore.models.transformer import Transformer
 from wicore.tokenizer import Tokenizer
 
 STATS_INTERVAL = 0.1  # seconds between scheduler snapshots sent to the HTTP process
+EMBEDDING_MODEL = "all-minilm-l6-v2"
 
 log = logging.getLogger("wicore.worker")
 
@@ -44,6 +48,50 @@ def _load(settings: Settings) -> tuple[Scheduler, Ready]:
     return scheduler, Ready(settings.model.name, max_model_len, config.vocab_size)
 
 
+class Embedder:
+    """Pending embedding requests and the embedding model, loaded on first use (it is not needed to chat)."""
+
+    def __init__(self, model_name: str = EMBEDDING_MODEL) -> None:
+        self.model_name = model_name
+        self.model: EmbeddingModel | None = None
+        self.pending: list[EmbedRequest] = []
+
+    def has_work(self) -> bool:
+        return bool(self.pending)
+
+    def add(self, request: EmbedRequest) -> None:
+        self.pending.append(request)
+
+    def cancel(self, request_id: str) -> bool:
+        kept = [r for r in self.pending if r.request_id != request_id]
+        found = len(kept) < len(self.pending)
+        self.pending = kept
+        return found
+
+    def step(self) -> EmbedOutput | None:
+        """Run the highest-priority pending request (the earliest among equals)."""
+        if not self.pending:
+            return None
+        request = max(self.pending, key=lambda r: (int(r.priority), -r.arrival))
+        self.pending.remove(request)
+        if request.deadline is not None and time.time() > request.deadline:
+            return EmbedOutput(
+                request.request_id, None,
+                error=f"request timed out after {request.deadline - request.arrival:g} s",
+            )  # fmt: skip
+        try:
+            if self.model is None:
+                self.model = EmbeddingModel.load(self.model_name)
+            vectors = self.model.embed(request.texts, request.dimensions)
+            tokens = sum(self.model.count_tokens(request.texts))
+        except (ValueError, registry.ModelError) as e:  # bad input, or the model is not pulled
+            return EmbedOutput(request.request_id, None, error=str(e))
+        except Exception:  # a bug or a kernel error: fail this request, keep serving
+            log.error("embedding failed:\n%s", traceback.format_exc())
+            return EmbedOutput(request.request_id, None, error="internal engine error")
+        return EmbedOutput(request.request_id, vectors.tolist(), tokens)
+
+
 def run(settings_data: dict[str, Any], requests: Queue, outputs: Queue) -> None:
     """Process entry point (spawned): `None` on the request queue stops it."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # Mojo owns the cores
@@ -52,25 +100,33 @@ def run(settings_data: dict[str, Any], requests: Queue, outputs: Queue) -> None:
     settings = Settings(**settings_data)
     setup_logging(settings.logging)
     scheduler, ready = _load(settings)
+    embedder = Embedder()
     outputs.put(ready)
     last_stats = 0.0
     while True:
         # Block only when idle; otherwise take what has arrived and go on stepping.
-        batch: list[RequestOutput] = []
+        batch: list[RequestOutput | EmbedOutput] = []
+        idle = not (scheduler.has_work() or embedder.has_work())
         try:
-            msg = requests.get(timeout=STATS_INTERVAL) if not scheduler.has_work() else requests.get_nowait()
+            msg = requests.get(timeout=STATS_INTERVAL) if idle else requests.get_nowait()
             while True:
+                out = None
                 if msg is None:
                     return
                 if isinstance(msg, EngineRequest):
                     out = scheduler.add(msg)
-                elif isinstance(msg, Cancel):
+                elif isinstance(msg, EmbedRequest):
+                    embedder.add(msg)
+                elif isinstance(msg, Cancel) and not embedder.cancel(msg.request_id):
                     out = scheduler.cancel(msg.request_id)
                 if out is not None:
                     batch.append(out)
                 msg = requests.get_nowait()
         except queue.Empty:
             pass
+        embedded = embedder.step()
+        if embedded is not None:
+            batch.append(embedded)
         if scheduler.has_work():
             try:
                 batch += scheduler.step()
@@ -81,7 +137,7 @@ def run(settings_data: dict[str, Any], requests: Queue, outputs: Queue) -> None:
             outputs.put(batch)
         now = time.monotonic()
         # A finished request changes what /status shows: report it at once.
-        if now - last_stats >= STATS_INTERVAL or any(out.finish_reason for out in batch):
+        finished = any(isinstance(out, RequestOutput) and out.finish_reason for out in batch)
+        if now - last_stats >= STATS_INTERVAL or finished:
             outputs.put(scheduler.snapshot())
             last_stats = now
-

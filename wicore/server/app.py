@@ -1,5 +1,8 @@
 """The OpenAI-compatible HTTP app: routes, SSE streaming, and the mapping of engine outcomes to HTTP.
 
+The AIgo REST routes (aigo.py) and the Ollama-compatible ones (ollama.py) are added to the same app and
+share `_Service`: the same scheduler, priorities, limits, auth and error envelope.
+
 The only engine calls are EngineClient's async methods; tokenisation and chat templates run here (a few
 milliseconds), model compute never does.  A request with `n` > 1 (or a batch of completion prompts) runs
 as several engine sequences whose outputs are merged as they arrive.
@@ -8,7 +11,10 @@ as several engine sequences whose outputs are merged as they arrive.
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import importlib.metadata
+import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import aclosing, asynccontextmanager
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import jinja2
+import numpy as np
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -23,7 +30,9 @@ from pydantic import BaseModel, ValidationError
 
 from wicore.config import Settings
 from wicore.engine.client import EngineClient, EngineUnavailable, QueueFull
-from wicore.engine.messages import EngineRequest, RequestOutput
+from wicore.engine.messages import EmbedRequest, EngineRequest, Priority, RequestOutput
+from wicore.engine.worker import EMBEDDING_MODEL
+from wicore.models import registry
 from wicore.server.errors import APIError, install_error_handlers, validation_error
 from wicore.server.metrics import Metrics, SequenceTimer
 from wicore.server.middleware import (
@@ -51,6 +60,10 @@ from wicore.server.protocol import (
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
     HealthResponse,
     ModelCard,
     ModelList,
@@ -58,6 +71,7 @@ from wicore.server.protocol import (
     StatusResponse,
     TopLogprob,
     UsageInfo,
+    _SamplingRequest,
 )
 
 try:
@@ -181,6 +195,18 @@ def _sse(model: BaseModel) -> str:
 
 
 SSE_DONE = "data: [DONE]\n\n"
+
+
+@dataclass(frozen=True)
+class StreamFormat:
+    """How a streamed response is framed: its media type, an error after it started, its last line."""
+
+    media_type: str
+    error: Callable[[APIError], str]
+    done: str | None
+
+
+SSE = StreamFormat("text/event-stream", lambda e: _sse(e.body()), SSE_DONE)
 REFUSAL_WINDOW = 0.05  # seconds a streaming request waits for the engine client to accept or refuse it
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -240,7 +266,7 @@ class _Service:
     # -- running sequences -----------------------------------------------------------------------
 
     def new_seqs(
-        self, body: ChatCompletionRequest | CompletionRequest, prompts: list[list[int]], max_tokens: list[int],
+        self, body: _SamplingRequest, prompts: list[list[int]], max_tokens: list[int],
         logprobs: int | None,
     ) -> tuple[str, list[_Seq]]:  # fmt: skip
         request_id = self.engine.new_request_id()
@@ -261,6 +287,16 @@ class _Service:
                 )
                 seqs.append(_Seq(index, engine_request, SequenceTimer(now)))
         return request_id, seqs
+
+    def single(self, body: _SamplingRequest, prompt_ids: list[int], prompt_param: str, max_param: str) -> _Seq:
+        """The one engine sequence of an AIgo or Ollama request (those have no `n`)."""
+        limit = self.max_tokens(len(prompt_ids), body.max_tokens, CHAT_DEFAULT_MAX_TOKENS, prompt_param, max_param)
+        try:
+            request_id, seqs = self.new_seqs(body, [prompt_ids], [limit], None)
+        except ValueError as e:  # SamplingParams' own checks name the parameter
+            raise APIError(400, str(e)) from None
+        structlog.contextvars.bind_contextvars(completion_id=request_id)
+        return seqs[0]
 
     async def run(self, seqs: list[_Seq]) -> AsyncGenerator[tuple[_Seq, RequestOutput], None]:
         """Every output of `seqs` as it arrives; raises APIError for refusals and failed sequences."""
@@ -316,6 +352,7 @@ class _Service:
     async def respond(
         self, request: Request, seqs: list[_Seq], stream: bool, build: Callable[[], BaseModel],
         events: Callable[[AsyncIterator[tuple[_Seq, RequestOutput]]], AsyncGenerator[str, None]],
+        fmt: StreamFormat = SSE,
     ) -> Response:  # fmt: skip
         if not stream:
             try:
@@ -335,13 +372,14 @@ class _Service:
         if first.done():
             first.result()  # raises the refusal, if that is what it was
         return StreamingResponse(
-            self._guarded(events(_chain(first, outputs)), outputs), media_type="text/event-stream", headers=SSE_HEADERS
+            self._guarded(events(_chain(first, outputs)), outputs, fmt), media_type=fmt.media_type, headers=SSE_HEADERS
         )
 
     async def _guarded(
-        self, events: AsyncGenerator[str, None], outputs: AsyncGenerator[tuple[_Seq, RequestOutput], None]
-    ) -> AsyncIterator[str]:
-        """Errors once the stream has started go out as one SSE error event, then [DONE]."""
+        self, events: AsyncGenerator[str, None], outputs: AsyncGenerator[tuple[_Seq, RequestOutput], None],
+        fmt: StreamFormat,
+    ) -> AsyncIterator[str]:  # fmt: skip
+        """Errors once the stream has started go out as one error event (then [DONE] for SSE)."""
         try:
             # Closing `outputs` cancels the engine requests, also when the client disconnects mid-stream.
             async with aclosing(outputs), aclosing(events):
@@ -349,12 +387,13 @@ class _Service:
                     yield event
         except APIError as e:
             self.counters.error_count += 1
-            yield _sse(e.body())
+            yield fmt.error(e)
         except Exception:
             structlog.get_logger("wicore.server").exception("stream failed")
             self.counters.error_count += 1
-            yield _sse(APIError(500, "internal server error").body())
-        yield SSE_DONE
+            yield fmt.error(APIError(500, "internal server error"))
+        if fmt.done is not None:
+            yield fmt.done
 
     # -- logprobs --------------------------------------------------------------------------------
 
@@ -398,17 +437,74 @@ class _Service:
             offset += len(text)
         return result
 
+    # -- embeddings ------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def embedding_dimensions(self) -> int:
+        """The embedding model's size, read from its config (the model itself loads in the worker)."""
+        try:
+            folder = registry.resolve_embedding(EMBEDDING_MODEL)
+        except registry.ModelError as e:
+            raise APIError(503, str(e)) from None
+        return int(json.loads((folder / "config.json").read_text())["hidden_size"])
+
+    async def embed(
+        self, request: Request, texts: list[str], dimensions: int | None, priority: Priority, input_param: str
+    ) -> tuple[list[list[float]], int]:
+        """The embeddings of `texts` (computed in the engine worker) and the tokens they were made from."""
+        if not texts or any(not t for t in texts):
+            raise APIError(400, f"{input_param}: expected non-empty text", param=input_param)
+        size = self.embedding_dimensions
+        if dimensions is not None and dimensions > size:
+            raise APIError(
+                400, f"dimensions: {EMBEDDING_MODEL} has {size} dimensions, got {dimensions}", param="dimensions"
+            )
+        now = time.time()
+        deadline = now + self.settings.scheduler.request_timeout
+        engine_request = EmbedRequest(self.engine.new_request_id(), texts, dimensions, priority, now, deadline)
+        try:
+            out = await _unless_disconnected(request, self.engine.embed(engine_request))
+        except EngineUnavailable as e:
+            raise APIError(503, str(e) or "the engine is not ready") from None
+        except QueueFull as e:
+            raise APIError(429, f"server busy: {e}", headers={"Retry-After": "1"}) from None
+        if out.embeddings is None:
+            if time.time() >= deadline:
+                raise APIError(408, out.error or "the request timed out")
+            raise APIError(503 if not self.engine.ready else 500, out.error or "embedding failed")
+        return out.embeddings, out.prompt_tokens
+
+    async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
+        if body.model is not None and body.model.removeprefix("wicore:") != EMBEDDING_MODEL:
+            raise APIError(
+                404, f"the model `{body.model}` does not exist; embeddings use `{EMBEDDING_MODEL}`", param="model"
+            )
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        try:
+            vectors, tokens = await self.embed(request, texts, body.dimensions, body.engine_priority, "input")  # type: ignore[arg-type]
+        except _ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        data = [
+            EmbeddingData(index=i, embedding=_b64(v) if body.encoding_format == "base64" else v)
+            for i, v in enumerate(vectors)
+        ]
+        response = EmbeddingResponse(data=data, model=EMBEDDING_MODEL, usage=EmbeddingUsage.of(tokens))
+        return Response(response.model_dump_json(), media_type="application/json")
+
     # -- /v1/chat/completions --------------------------------------------------------------------
+
+    def chat_prompt(self, conversation: list[dict[str, str]], param: str = "messages") -> list[int]:
+        tokenizer = self.engine.tokenizer
+        try:
+            text = tokenizer.apply_chat_template(conversation)
+        except (ValueError, jinja2.TemplateError) as e:
+            raise APIError(400, f"{param}: {e}", param=param) from None
+        return tokenizer.encode(text, add_special_tokens=False)  # the template writes BOS itself
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         self.check_model(body.model)
         self.check_fanout(body.n, "n")
-        tokenizer = self.engine.tokenizer
-        try:
-            text = tokenizer.apply_chat_template(body.conversation())
-        except (ValueError, jinja2.TemplateError) as e:
-            raise APIError(400, f"messages: {e}", param="messages") from None
-        prompt_ids = tokenizer.encode(text, add_special_tokens=False)  # the template writes BOS itself
+        prompt_ids = self.chat_prompt(body.conversation())
         self.check_vocab([int(k) for k in body.logit_bias or {}], "logit_bias")
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         limit = self.max_tokens(len(prompt_ids), body.requested_max_tokens, CHAT_DEFAULT_MAX_TOKENS, "messages", param)
@@ -529,6 +625,11 @@ class _Service:
         return await self.respond(request, seqs, body.stream, build, events)
 
 
+def _b64(vector: list[float]) -> str:
+    """OpenAI's base64 encoding: the float32 little-endian bytes."""
+    return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
+
+
 def create_app(settings: Settings, engine: EngineClient) -> FastAPI:
     """The server's ASGI app; its lifespan starts the engine worker and shuts it down."""
     api = settings.api
@@ -613,4 +714,14 @@ def create_app(settings: Settings, engine: EngineClient) -> FastAPI:
     async def completions(request: Request) -> Response:
         return await service.complete(await _parse(request, CompletionRequest), request)
 
+    @app.post("/v1/embeddings", response_model=None)
+    @app.post("/embeddings", response_model=None, include_in_schema=False)
+    async def embeddings(request: Request) -> Response:
+        return await service.embeddings(await _parse(request, EmbeddingRequest), request)
+
+    # Imported here: both modules build on this one's service and helpers.
+    from wicore.server import aigo, ollama
+
+    app.include_router(aigo.router(service))
+    app.include_router(ollama.router(service))
     return app

@@ -27,15 +27,20 @@ from wicore.server.errors import error_response
 log = structlog.get_logger("wicore.access")
 
 # Reachable without a key: load balancers and scrapers must not need one (as vLLM and llama-server do).
-PUBLIC_PATHS = frozenset({"/", "/health", "/metrics", "/docs", "/redoc", "/openapi.json"})
+# The AIgo health check and Ollama's version probe are health checks too.
+PUBLIC_PATHS = frozenset(
+    {"/", "/health", "/metrics", "/docs", "/redoc", "/openapi.json", "/api/v1/health", "/api/version"}
+)
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Status logged for a response the client hung up on before it was complete (nginx's and MAX's 499).
 CLIENT_CLOSED = 499
 
 
 def is_api_path(path: str) -> bool:
-    """The OpenAI routes: what is counted for /health and /status, and rate limited."""
-    return path.startswith("/v1/") or path in ("/chat/completions", "/completions")
+    """The OpenAI, AIgo and Ollama routes: what is counted for /health and /status, and rate limited."""
+    if path in PUBLIC_PATHS:
+        return False
+    return path.startswith(("/v1/", "/api/")) or path in ("/chat/completions", "/completions", "/embeddings")
 
 
 @dataclass

@@ -245,6 +245,32 @@ class CompletionRequest(_SamplingRequest):
         return list(p)  # type: ignore[arg-type]
 
 
+class EmbeddingRequest(_Request):
+    # Text only: token-id inputs would need the embedding model's vocabulary on the client side.
+    input: str | list[str]
+    model: str | None = None
+    dimensions: PositiveInt | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _check_input(cls, value: Any) -> Any:
+        if isinstance(value, list) and value and all(_is_token_id(t) or isinstance(t, list) for t in value):
+            raise ValueError("token-id inputs are not supported; send a string or a list of strings")
+        if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(t, str) for t in value))):
+            raise ValueError("must be a string or a list of strings")
+        texts = [value] if isinstance(value, str) else value
+        if not texts or not all(texts):
+            raise ValueError("must not be empty and must hold no empty string")
+        return value
+
+    @property
+    def engine_priority(self) -> Priority:
+        return Priority[self.priority.upper()]
+
+
 def _is_token_id(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
@@ -377,6 +403,28 @@ class CompletionResponse(BaseModel):
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         return _drop_none_usage(handler(self))
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # a string: base64 of float32 little-endian
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int) -> EmbeddingUsage:
+        return cls(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens)
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ModelCard(BaseModel):

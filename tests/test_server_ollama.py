@@ -1,0 +1,167 @@
+"""The Ollama-compatible routes on a real server process: NDJSON streaming, options, errors."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.helpers import model_path
+from tests.server import Server, serve
+from wicore.models import registry
+
+MODEL = "qwen2.5-coder-0.5b-instruct"
+EMBED = "all-minilm-l6-v2"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+GREEDY = {"temperature": 0, "num_predict": 32}
+FINAL_KEYS = {
+    "model", "created_at", "done", "done_reason", "total_duration", "load_duration", "prompt_eval_count",
+    "prompt_eval_duration", "eval_count", "eval_duration",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    model_path(MODEL)
+    try:
+        registry.resolve_embedding(EMBED)
+    except registry.ModelError as e:
+        pytest.fail(f"{e} (make test pulls it)")
+    with serve(tmp_path_factory.mktemp("ollama"), {"api": {"rate_limit_per_minute": 0}}) as s:
+        yield s
+
+
+def post(server: Server, path: str, body: object) -> httpx.Response:
+    return httpx.post(server.url + path, json=body, timeout=60)
+
+
+def ndjson(server: Server, path: str, body: dict) -> list[dict]:
+    with httpx.stream("POST", server.url + path, json=body, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        return [json.loads(line) for line in r.iter_lines() if line]
+
+
+def assert_error(r: httpx.Response, status: int, param: str | None) -> None:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == str(status) and error["param"] == param
+    if param:
+        assert param in error["message"]
+
+
+def assert_final(chunk: dict, reason: str) -> None:
+    assert set(chunk) >= FINAL_KEYS and chunk["done"] is True and chunk["done_reason"] == reason
+    assert chunk["prompt_eval_count"] > 5 and chunk["eval_count"] > 0
+    # Durations are nanoseconds: a real generation takes well over a millisecond and under a minute.
+    assert 1e6 < chunk["total_duration"] < 6e10
+    assert chunk["prompt_eval_duration"] + chunk["eval_duration"] <= chunk["total_duration"]
+
+
+def test_version_and_tags(server: Server) -> None:
+    assert httpx.get(server.url + "/api/version").json()["version"]
+    models = httpx.get(server.url + "/api/tags").json()["models"]
+    assert [m["name"] for m in models] == [f"{MODEL}:latest", f"{EMBED}:latest"]
+    chat = models[0]
+    assert chat["size"] == registry.BUNDLED[MODEL].size and chat["digest"] == registry.BUNDLED[MODEL].sha256
+    assert chat["details"]["family"] == "qwen2" and chat["details"]["parameter_size"] == "0.5B"
+    assert chat["details"]["quantization_level"] == "Q4_K_M" and chat["details"]["format"] == "gguf"
+    datetime.datetime.fromisoformat(chat["modified_at"])
+
+
+def test_chat_streams_ndjson_by_default(server: Server) -> None:
+    chunks = ndjson(server, "/api/chat", {"model": MODEL, "messages": FRANCE, "options": GREEDY})
+    assert all(c["model"] == MODEL for c in chunks)
+    assert all(c["done"] is False and c["message"]["role"] == "assistant" for c in chunks[:-1])
+    assert "".join(c["message"]["content"] for c in chunks) == "The capital of France is Paris."
+    assert_final(chunks[-1], "stop")
+    assert chunks[-1]["eval_count"] == len(chunks)  # a line per token here, plus the end-of-turn token
+
+
+def test_chat_without_streaming(server: Server) -> None:
+    r = post(server, "/api/chat", {"model": f"{MODEL}:latest", "messages": FRANCE, "stream": False, "options": GREEDY})
+    c = r.json()
+    assert r.headers["content-type"] == "application/json"
+    assert c["message"] == {"role": "assistant", "content": "The capital of France is Paris."}
+    assert_final(c, "stop")
+
+
+def test_generate_stream_and_options(server: Server) -> None:
+    body = {
+        "model": MODEL,
+        "prompt": "Count from one to ten in words.",
+        "options": {"temperature": 0, "num_predict": 6},
+    }
+    chunks = ndjson(server, "/api/generate", body)
+    assert all(set(c) == {"model", "created_at", "done", "response"} for c in chunks[:-1])
+    assert_final(chunks[-1], "length")
+    assert chunks[-1]["eval_count"] == 6 and chunks[-1]["response"] == ""
+    text = "".join(c["response"] for c in chunks)
+    whole = post(server, "/api/generate", {**body, "stream": False}).json()
+    assert whole["response"] == text and whole["eval_count"] == 6 and whole["done"] is True
+    # A stop string ends it early; seeded sampling repeats itself.
+    stopped = post(server, "/api/generate", {**body, "stream": False, "options": {"temperature": 0, "stop": [","]}})
+    assert stopped.json()["done_reason"] == "stop" and "," not in stopped.json()["response"]
+    sampled = {"temperature": 1.0, "top_k": 20, "top_p": 0.9, "seed": 7, "num_predict": 8, "repeat_penalty": 1.1}
+    runs = [post(server, "/api/generate", {**body, "stream": False, "options": sampled}).json() for _ in range(2)]
+    assert runs[0]["response"] == runs[1]["response"] and runs[0]["eval_count"] == 8
+
+
+def test_generate_system_and_raw(server: Server) -> None:
+    # Without raw the prompt goes through the chat template, so it is answered like a chat turn.
+    templated = post(server, "/api/generate", {"model": MODEL, "prompt": FRANCE[0]["content"], "stream": False,
+                                                "options": GREEDY}).json()  # fmt: skip
+    assert templated["response"] == "The capital of France is Paris."
+    raw = post(server, "/api/generate", {"model": MODEL, "prompt": "def gcd(a, b):", "raw": True, "stream": False,
+                                          "options": {"temperature": 0, "num_predict": 12}}).json()  # fmt: skip
+    openai = post(server, "/v1/completions", {"model": MODEL, "prompt": "def gcd(a, b):", "temperature": 0,
+                                               "max_tokens": 12}).json()  # fmt: skip
+    assert raw["response"] == openai["choices"][0]["text"]
+    assert raw["prompt_eval_count"] < templated["prompt_eval_count"]
+
+
+def test_empty_prompt_or_messages_only_load(server: Server) -> None:
+    g = post(server, "/api/generate", {"model": MODEL}).json()
+    assert g["done"] is True and g["done_reason"] == "load" and g["response"] == ""
+    c = post(server, "/api/chat", {"model": MODEL, "messages": []}).json()
+    assert c["done"] is True and c["done_reason"] == "load" and c["message"]["content"] == ""
+
+
+def test_embed(server: Server) -> None:
+    r = post(server, "/api/embed", {"model": EMBED, "input": ["Why is the sky blue?", "Why is grass green?"]}).json()
+    assert r["model"] == EMBED and len(r["embeddings"]) == 2 and all(len(e) == 384 for e in r["embeddings"])
+    np.testing.assert_allclose(np.linalg.norm(r["embeddings"], axis=1), 1, atol=1e-5)
+    one = post(server, "/api/embed", {"model": f"{EMBED}:latest", "input": "Why is the sky blue?"}).json()
+    np.testing.assert_allclose(one["embeddings"][0], r["embeddings"][0], atol=1e-6)
+    assert one["prompt_eval_count"] > 3 and one["total_duration"] > 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"),
+    [
+        ("/api/chat", {"model": "llama3", "messages": FRANCE}, 404, "model"),
+        ("/api/chat", {"messages": FRANCE}, 400, "model"),
+        ("/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
+        ("/api/chat", {"model": MODEL, "messages": FRANCE, "options": {"temperature": "hot"}}, 400,
+         "options.temperature"),
+        ("/api/chat", {"model": MODEL, "messages": FRANCE, "options": {"top_p": 1.5}}, 400, "options.top_p"),
+        ("/api/chat", {"model": MODEL, "messages": FRANCE, "options": {"repeat_penalty": 0}}, 400,
+         "options.repeat_penalty"),
+        ("/api/chat", {"model": MODEL, "messages": FRANCE, "stream": "no"}, 400, "stream"),
+        ("/api/chat", {"model": MODEL, "messages": FRANCE, "format": "json"}, 400, "format"),
+        ("/api/chat", {"model": EMBED, "messages": FRANCE}, 400, "model"),
+        ("/api/generate", {"model": MODEL, "prompt": ["a"]}, 400, "prompt"),
+        ("/api/generate", {"model": MODEL, "prompt": "hi", "images": ["aGk="]}, 400, "images"),
+        ("/api/generate", {"model": "nope:7b", "prompt": "hi"}, 404, "model"),
+        ("/api/embed", {"model": EMBED, "input": ""}, 400, "input"),
+        ("/api/embed", {"model": EMBED, "input": [1, 2]}, 400, "input[0]"),
+        ("/api/embed", {"model": EMBED, "input": "x", "dimensions": 999}, 400, "dimensions"),
+        ("/api/embed", {"model": MODEL, "input": "x"}, 400, "model"),
+        ("/api/embed", {"model": "bge-m3", "input": "x"}, 404, "model"),
+    ],
+)  # fmt: skip
+def test_bad_input_in_the_envelope(server: Server, path: str, body: dict, status: int, param: str) -> None:
+    assert_error(post(server, path, body), status, param)
