@@ -76,8 +76,8 @@ def test_wicore_provider_with_base_url_uses_the_server(server: Server) -> None:
 
 
 def test_remote_errors_are_model_errors(server: Server) -> None:
-    with pytest.raises(ModelError, match="does not serve this model"):
-        get_model_runner(remote(server).model_copy(update={"model_name": "no-such-model"})).load()
+    with pytest.raises(ModelError, match="404.*no-such-model"):
+        get_model_runner(remote(server).model_copy(update={"model_name": "no-such-model"})).generate(FRANCE)
     closed = ModelConfig(provider="openai", model_name=MODEL, base_url=f"http://127.0.0.1:{free_port()}/v1")
     with pytest.raises(ModelError, match="cannot reach"):
         get_model_runner(closed).generate(FRANCE)

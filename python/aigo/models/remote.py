@@ -74,9 +74,10 @@ class OpenAIRunner(_HttpRunner):
         super().__init__(config)
 
     def _load(self) -> None:
-        served = [m.get("id") for m in self._json("GET", "/models").get("data", [])]
-        if self.config.model_name not in served:
-            raise ModelError(f"{self.name}: {self.base_url} does not serve this model; it serves {served}")
+        # Checks the server answers and accepts the key. The model itself is not looked up in the list:
+        # servers list only their chat models (WiCore) or some of their models, so the first call
+        # reports a missing model, with the server's own message.
+        self._json("GET", "/models")
 
     def _body(self, messages: list[Message], kw: dict[str, Any], stream: bool) -> dict[str, Any]:
         body = {"model": self.config.model_name, "messages": messages, "stream": stream, **self._options(kw)}
