@@ -11,11 +11,12 @@ from aigo.models import (
     HuggingFaceRunner,
     MixedModelRunner,
     ModelError,
+    OllamaRunner,
     OpenAIRunner,
     WiCoreRunner,
     get_model_runner,
 )
-from aigo.models.adapters import ChatAdapter, EmbeddingAdapter, TextGenerationAdapter
+from aigo.models.adapters import ChatAdapter, EmbeddingAdapter, TextGenerationAdapter, cosine
 from aigo.models.base import ModelConfig
 
 from tests.helpers import model_path
@@ -26,6 +27,7 @@ MODEL = "qwen2.5-coder-0.5b-instruct"
 EMBEDDER = "all-minilm-l6-v2"
 FRANCE = "What is the capital of France?"
 PARIS = "The capital of France is Paris."
+SHORT = "The capital of France"  # its first 4 tokens
 SEED_TEXTS = ["人工智能正在改变世界。", "深度学习是机器学习的一个分支。", "今天天气真好，我想去公园散步。"]
 
 
@@ -63,9 +65,9 @@ def test_openai_runner_against_server(server: Server) -> None:
     assert isinstance(runner, OpenAIRunner)
     runner.load()
     assert runner.generate(FRANCE, max_tokens=32) == PARIS
-    assert runner.chat([{"role": "user", "content": FRANCE}], max_tokens=32) == PARIS
-    pieces = list(runner.stream_generate(FRANCE, max_tokens=32))
-    assert len(pieces) > 1 and "".join(pieces) == PARIS
+    assert runner.chat([{"role": "user", "content": FRANCE}], max_tokens=4) == SHORT
+    pieces = list(runner.stream_generate(FRANCE, max_tokens=4))
+    assert len(pieces) > 1 and "".join(pieces) == SHORT
     assert runner.generate(FRANCE, max_tokens=2) == "The capital"
 
 
@@ -86,11 +88,42 @@ def test_remote_errors_are_model_errors(server: Server) -> None:
         get_model_runner(remote(server)).generate(FRANCE, top_p=5.0)
 
 
+def test_ollama_runner_against_server(server: Server, embedder: WiCoreRunner) -> None:
+    runner = get_model_runner(ModelConfig(provider="ollama", model_name=MODEL, base_url=server.url, temperature=0))
+    assert isinstance(runner, OllamaRunner)
+    runner.load()
+    assert runner.generate(FRANCE, max_tokens=32) == PARIS
+    assert runner.chat([{"role": "user", "content": FRANCE}], max_tokens=4) == SHORT
+    pieces = list(runner.stream_generate(FRANCE, max_tokens=4))
+    assert len(pieces) > 1 and "".join(pieces) == SHORT
+    assert "".join(runner.stream_chat([{"role": "user", "content": FRANCE}], max_tokens=2, stop=".")) == "The capital"
+    ollama_embedder = OllamaRunner(ModelConfig(provider="ollama", model_name=EMBEDDER, base_url=server.url))
+    remote_vectors = ollama_embedder.embed(SEED_TEXTS)
+    assert cosines(remote_vectors, embedder.embed(SEED_TEXTS)) > 0.9999
+    with pytest.raises(ModelError, match="no such model.*ollama pull llama2"):
+        OllamaRunner(ModelConfig(provider="ollama", model_name="llama2", base_url=server.url)).load()
+    with pytest.raises(ModelError, match="400.*cannot embed"):
+        runner.embed(["text"])
+
+
+def test_remote_embeddings(server: Server, embedder: WiCoreRunner) -> None:
+    config = ModelConfig(provider="openai", model_name=EMBEDDER, base_url=server.url + "/v1")
+    adapter = EmbeddingAdapter(config)
+    assert cosines(adapter.embed_batch(SEED_TEXTS), embedder.embed(SEED_TEXTS)) > 0.9999
+    similarities = adapter.compute_similarities("机器学习是什么？", SEED_TEXTS)
+    assert max(range(3), key=similarities.__getitem__) == 1, similarities
+
+
+def cosines(a: list[list[float]], b: list[list[float]]) -> float:
+    """The smallest cosine between matching rows."""
+    return min(cosine(x, y) for x, y in zip(a, b, strict=True))
+
+
 def test_local_runner_matches_server(local: WiCoreRunner, server: Server) -> None:
     assert local.generate(FRANCE) == PARIS
-    assert local.chat([{"role": "user", "content": FRANCE}]) == PARIS
-    assert "".join(local.stream_generate(FRANCE)) == PARIS
-    assert "".join(local.stream_chat([{"role": "user", "content": FRANCE}])) == PARIS
+    assert local.chat([{"role": "user", "content": FRANCE}], max_tokens=4) == SHORT
+    assert "".join(local.stream_generate(FRANCE, max_tokens=4)) == SHORT
+    assert "".join(local.stream_chat([{"role": "user", "content": FRANCE}], max_tokens=4)) == SHORT
     assert local.generate(FRANCE, max_tokens=2) == get_model_runner(remote(server)).generate(FRANCE, max_tokens=2)
 
 
@@ -109,7 +142,7 @@ def test_capability_errors(local: WiCoreRunner, embedder: WiCoreRunner) -> None:
 def test_huggingface_runner_local_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gguf = model_path(MODEL)
     runner = HuggingFaceRunner(ModelConfig(provider="huggingface", model_name=str(gguf), temperature=0))
-    assert runner.generate(FRANCE, max_tokens=32) == PARIS
+    assert runner.generate(FRANCE, max_tokens=2) == "The capital"
     # A hub id found in the local hub cache (the cache's layout: models--org--name/snapshots/<rev>/).
     snapshot = tmp_path / "hub" / "models--Qwen--Qwen2.5-Coder-0.5B-Instruct-GGUF" / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
@@ -135,15 +168,15 @@ def test_mixed_runner_falls_back(server: Server, local: WiCoreRunner, embedder: 
         routes={
             "generate": [dead, live],
             "chat": [dead, live],
-            "embed": [{"provider": "wicore", "model_name": EMBEDDER}],
+            "embed": [dead | {"model_name": EMBEDDER}, live | {"model_name": EMBEDDER}],
         },
     )
     runner = get_model_runner(config)
     assert isinstance(runner, MixedModelRunner)
     runner.load()  # the dead runner's failure to load is logged, not raised
     assert runner.generate(FRANCE, max_tokens=32) == PARIS
-    assert "".join(runner.stream_chat([{"role": "user", "content": FRANCE}], max_tokens=32)) == PARIS
-    assert "".join(runner.stream_generate(FRANCE, max_tokens=32)) == PARIS
+    assert "".join(runner.stream_chat([{"role": "user", "content": FRANCE}], max_tokens=4)) == SHORT
+    assert "".join(runner.stream_generate(FRANCE, max_tokens=4)) == SHORT
     assert len(runner.embed(["hello", "world"])) == 2
     only_dead = MixedModelRunner(ModelConfig(provider="mixed"), {"generate": [get_model_runner(ModelConfig(**dead))]})
     with pytest.raises(ModelError, match="every runner failed for generate.*cannot reach"):
@@ -164,7 +197,7 @@ def test_chat_and_generation_adapters(server: Server) -> None:
         chat.process([{"role": "user"}])
     generator = TextGenerationAdapter(remote(server))
     assert generator.generate(prompt=FRANCE, max_tokens=2) == "The capital"
-    assert generator.generate(prompt=FRANCE, max_tokens=32) == PARIS
+    assert generator.generate(prompt=FRANCE, max_tokens=4) == SHORT
 
 
 def test_embedding_adapter_seed_example(embedder: WiCoreRunner) -> None:

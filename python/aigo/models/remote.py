@@ -129,6 +129,8 @@ class OllamaRunner(_HttpRunner):
         opts = self._options(kw)
         options = {"temperature": opts["temperature"], "top_p": opts["top_p"], "num_predict": opts["max_tokens"]}
         options |= {k: opts[k] for k in ("stop", "seed") if k in opts}
+        if isinstance(options.get("stop"), str):  # Ollama takes a list only
+            options["stop"] = [options["stop"]]
         options |= self.config.extra.get("options", {})
         return {"model": self.config.model_name, "stream": stream, "options": options, **fields}
 
