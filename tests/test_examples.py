@@ -64,9 +64,10 @@ def test_generation_examples_use_the_server(server: Server, tmp_path: Path, scri
     assert len(out.stdout.strip()) > 0
 
 
-def test_embedding_example(tmp_path: Path) -> None:
-    # In-process: WiCore's /v1/embeddings had not landed when this was written.
-    out = run("04_embedding_adapter.py", tmp_path, None)
+def test_embedding_example(server: Server, tmp_path: Path) -> None:
+    before = requests_served(server)
+    out = run("04_embedding_adapter.py", tmp_path, server.url + "/v1")
+    assert requests_served(server) - before >= 4  # models, embed, embed_batch, compute_similarities
     lines = out.stdout.splitlines()
     assert lines[0] == "生成的向量维度: 384"
     sims = [float(line.rsplit(" ", 1)[1]) for line in lines[1:]]
@@ -94,9 +95,18 @@ def test_logger_example(tmp_path: Path) -> None:
     assert lines[2]["event"].endswith("连接失败") and lines[3]["user_id"] == 123 and lines[3]["action"] == "login"
 
 
-def test_vector_store_example(tmp_path: Path) -> None:
-    out = run("08_vector_store.py", tmp_path, None)
+def test_vector_store_example(server: Server, tmp_path: Path) -> None:
+    out = run("08_vector_store.py", tmp_path, server.url + "/v1")
     assert out.stdout.count("文档ID: ") == 2 and (tmp_path / "data" / "vectors.db").is_file()
-    # Run again on the same file: documents are upserted, not duplicated.
+    # Run again on the same file, in-process this time: documents are upserted, not duplicated, and
+    # the server's embeddings and the local engine's rank and score them alike.
     again = run("08_vector_store.py", tmp_path, None)
-    assert again.stdout == out.stdout
+
+    def ranked(stdout: str) -> list[str]:
+        return [line for line in stdout.splitlines() if line.startswith(("文档ID", "文本"))]
+
+    def scores(stdout: str) -> list[float]:
+        return [float(line.split(": ")[1]) for line in stdout.splitlines() if line.startswith("相似度")]
+
+    assert ranked(again.stdout) == ranked(out.stdout)
+    assert scores(again.stdout) == pytest.approx(scores(out.stdout), abs=2e-4)
