@@ -28,18 +28,22 @@ EMBEDDER = "all-minilm-l6-v2"
 FRANCE = "What is the capital of France?"
 PARIS = "The capital of France is Paris."
 SHORT = "The capital of France"  # its first 4 tokens
+KEY = "sk-aigo-test"
 SEED_TEXTS = ["人工智能正在改变世界。", "深度学习是机器学习的一个分支。", "今天天气真好，我想去公园散步。"]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     model_path(MODEL)
-    with serve(tmp_path_factory.mktemp("sdk-server")) as s:
+    # Auth on: every remote call below also proves the runners send the key.
+    with serve(tmp_path_factory.mktemp("sdk-server"), {"api": {"auth_enabled": True, "api_key": KEY}}) as s:
         yield s
 
 
 def remote(server: Server, **kw: object) -> ModelConfig:
-    return ModelConfig(provider="openai", model_name=MODEL, base_url=server.url + "/v1", temperature=0, **kw)
+    return ModelConfig(
+        provider="openai", model_name=MODEL, base_url=server.url + "/v1", api_key=KEY, temperature=0, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +76,7 @@ def test_openai_runner_against_server(server: Server) -> None:
 
 
 def test_wicore_provider_with_base_url_uses_the_server(server: Server) -> None:
-    config = ModelConfig(provider="wicore", model_name=MODEL, base_url=server.url + "/v1", temperature=0)
+    config = ModelConfig(provider="wicore", model_name=MODEL, base_url=server.url + "/v1", api_key=KEY, temperature=0)
     runner = get_model_runner(config)
     assert isinstance(runner, OpenAIRunner) and runner.generate(FRANCE, max_tokens=32) == PARIS
 
@@ -86,10 +90,14 @@ def test_remote_errors_are_model_errors(server: Server) -> None:
     # A request the server refuses (400 in its envelope) carries the server's message.
     with pytest.raises(ModelError, match="400.*top_p"):
         get_model_runner(remote(server)).generate(FRANCE, top_p=5.0)
+    for wrong_key in (None, "sk-wrong"):
+        with pytest.raises(ModelError, match="401"):
+            get_model_runner(remote(server).model_copy(update={"api_key": wrong_key})).load()
 
 
 def test_ollama_runner_against_server(server: Server, embedder: WiCoreRunner) -> None:
-    runner = get_model_runner(ModelConfig(provider="ollama", model_name=MODEL, base_url=server.url, temperature=0))
+    ollama = ModelConfig(provider="ollama", model_name=MODEL, base_url=server.url, api_key=KEY, temperature=0)
+    runner = get_model_runner(ollama)
     assert isinstance(runner, OllamaRunner)
     runner.load()
     assert runner.generate(FRANCE, max_tokens=32) == PARIS
@@ -97,17 +105,17 @@ def test_ollama_runner_against_server(server: Server, embedder: WiCoreRunner) ->
     pieces = list(runner.stream_generate(FRANCE, max_tokens=4))
     assert len(pieces) > 1 and "".join(pieces) == SHORT
     assert "".join(runner.stream_chat([{"role": "user", "content": FRANCE}], max_tokens=2, stop=".")) == "The capital"
-    ollama_embedder = OllamaRunner(ModelConfig(provider="ollama", model_name=EMBEDDER, base_url=server.url))
+    ollama_embedder = OllamaRunner(ollama.model_copy(update={"model_name": EMBEDDER}))
     remote_vectors = ollama_embedder.embed(SEED_TEXTS)
     assert cosines(remote_vectors, embedder.embed(SEED_TEXTS)) > 0.9999
     with pytest.raises(ModelError, match="no such model.*ollama pull llama2"):
-        OllamaRunner(ModelConfig(provider="ollama", model_name="llama2", base_url=server.url)).load()
+        OllamaRunner(ollama.model_copy(update={"model_name": "llama2"})).load()
     with pytest.raises(ModelError, match="400.*cannot embed"):
         runner.embed(["text"])
 
 
 def test_remote_embeddings(server: Server, embedder: WiCoreRunner) -> None:
-    config = ModelConfig(provider="openai", model_name=EMBEDDER, base_url=server.url + "/v1")
+    config = remote(server).model_copy(update={"model_name": EMBEDDER})
     adapter = EmbeddingAdapter(config)
     assert cosines(adapter.embed_batch(SEED_TEXTS), embedder.embed(SEED_TEXTS)) > 0.9999
     similarities = adapter.compute_similarities("机器学习是什么？", SEED_TEXTS)
