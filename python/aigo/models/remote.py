@@ -94,7 +94,11 @@ class OpenAIRunner(_HttpRunner):
             for line in response.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                for choice in json.loads(line[6:]).get("choices", []):
+                chunk = json.loads(line[6:])
+                if error := chunk.get("error"):  # a failure after the stream started: one error event
+                    message = error.get("message", error) if isinstance(error, dict) else error
+                    raise ModelError(f"{self.name}: the stream failed: {message}")
+                for choice in chunk.get("choices", []):
                     if piece := choice.get("delta", {}).get("content"):
                         yield piece
 
