@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -274,3 +276,69 @@ def test_auth_on_every_surface(tmp_path: Path) -> None:
             r = httpx.request(method, server.url + path, json=body, headers=ok, timeout=60)
             assert r.status_code == 200, (path, r.text)
         assert "secret-key" not in server.log.read_text()
+
+
+# -- the shared scheduler: loading, priorities ----------------------------------------------------------
+
+
+class FirstText(threading.Thread):
+    """A streaming request in the background, noting when its first non-empty text arrives."""
+
+    def __init__(self, url: str, body: dict) -> None:
+        super().__init__(daemon=True)
+        self.url, self.body = url, body
+        self.first: float | None = None
+        self.lines = 0
+
+    def run(self) -> None:
+        with httpx.stream("POST", self.url, json=self.body, timeout=120) as r:
+            for line in r.iter_lines():
+                self.lines += bool(line)
+                if self.first is None and ('"text":"' in line or '"response":"' in line) and '":""' not in line:
+                    self.first = time.time()
+
+
+def test_loading_and_priorities_across_surfaces(tmp_path: Path) -> None:
+    config = {
+        "scheduler": {"max_concurrent": 1, "max_batch_size": 1, "max_queue_size": 4},
+        "api": {"rate_limit_per_minute": 0},
+    }
+    with serve(tmp_path, config, wait=False) as server:
+        saw_loading = False
+        while True:
+            try:
+                r = httpx.get(server.url + "/api/v1/health", timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.02)
+                continue
+            if r.status_code == 200:
+                break
+            assert r.status_code == 503 and r.json()["status"] == "loading"
+            saw_loading = True
+            for path, body in (("/api/v1/embed", {"input": "x"}), ("/api/v1/generate", {"prompt": "x"})):
+                g = post(server, path, body)
+                assert g.status_code in (503, 200)
+                if g.status_code == 503:
+                    assert g.json()["error"]["code"] == "503"
+            time.sleep(0.02)
+        assert saw_loading
+
+        # One slot: a long AIgo stream holds it; low-priority Ollama requests queue, then an urgent AIgo one.
+        blocker = FirstText(server.url + "/api/v1/generate", {"prompt": GCD, "max_tokens": 40, "stream": True})
+        blocker.start()
+        while blocker.first is None:
+            time.sleep(0.01)
+        ollama_low = {"model": MODEL, "prompt": "Say hi", "priority": "low", "options": {"num_predict": 3}}
+        lows = [FirstText(server.url + "/api/generate", ollama_low) for _ in range(2)]
+        for low in lows:
+            low.start()
+            time.sleep(0.05)
+        urgent = FirstText(server.url + "/api/v1/generate", {"prompt": "Hi", "max_tokens": 3, "stream": True,
+                                                           "priority": "urgent"})  # fmt: skip
+        urgent.start()
+        for t in [blocker, urgent, *lows]:
+            t.join(120)
+        assert urgent.first is not None and all(low.first is not None for low in lows)
+        assert urgent.first < min(low.first for low in lows)  # type: ignore[type-var]
+        status = httpx.get(server.url + "/status").json()["scheduler"]
+        assert status["completed"] >= 4
