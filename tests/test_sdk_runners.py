@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from aigo.models import (
     CapabilityError,
     HuggingFaceRunner,
@@ -18,7 +19,6 @@ from aigo.models import (
 )
 from aigo.models.adapters import ChatAdapter, EmbeddingAdapter, TextGenerationAdapter, cosine
 from aigo.models.base import ModelConfig
-
 from tests.helpers import model_path
 from tests.server import Server, free_port, serve
 from wicore.models import registry

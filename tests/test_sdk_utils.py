@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+
 from aigo.modules.memory import MESSAGE_OVERHEAD_TOKENS, ConversationMemory, estimate_tokens
 from aigo.utils.config import ConfigManager
 from aigo.utils.logger import setup_logger
-
 from tests.helpers import model_path
 from wicore.config import Settings
 from wicore.tokenizer import Tokenizer

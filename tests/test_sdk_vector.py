@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from aigo.adapters.vector import VectorStore
 from aigo.models import ModelError
 from aigo.models.adapters import EmbeddingAdapter
 from aigo.models.base import ModelConfig
-
 from tests.server import free_port
 from wicore.models import registry
 
