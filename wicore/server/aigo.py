@@ -39,9 +39,9 @@ from wicore.server.protocol import (
     ChatMessage,
     DeltaMessage,
     PositiveInt,
+    SamplingRequest,
     UsageInfo,
     _Request,
-    _SamplingRequest,
 )
 
 PROVIDER = "wicore"
@@ -58,7 +58,7 @@ def model_id(name: str) -> str:
 # -- requests -----------------------------------------------------------------------------------------
 
 
-class _GenerationRequest(_SamplingRequest):
+class _GenerationRequest(SamplingRequest):
     """The OpenAI routes' sampling parameters (same names, defaults and checks), one sequence per request."""
 
     @field_validator("n")

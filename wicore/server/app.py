@@ -68,10 +68,10 @@ from wicore.server.protocol import (
     ModelCard,
     ModelList,
     RootResponse,
+    SamplingRequest,
     StatusResponse,
     TopLogprob,
     UsageInfo,
-    _SamplingRequest,
 )
 
 try:
@@ -266,7 +266,7 @@ class _Service:
     # -- running sequences -----------------------------------------------------------------------
 
     def new_seqs(
-        self, body: _SamplingRequest, prompts: list[list[int]], max_tokens: list[int],
+        self, body: SamplingRequest, prompts: list[list[int]], max_tokens: list[int],
         logprobs: int | None,
     ) -> tuple[str, list[_Seq]]:  # fmt: skip
         request_id = self.engine.new_request_id()
@@ -288,7 +288,7 @@ class _Service:
                 seqs.append(_Seq(index, engine_request, SequenceTimer(now)))
         return request_id, seqs
 
-    def single(self, body: _SamplingRequest, prompt_ids: list[int], prompt_param: str, max_param: str) -> _Seq:
+    def single(self, body: SamplingRequest, prompt_ids: list[int], prompt_param: str, max_param: str) -> _Seq:
         """The one engine sequence of an AIgo or Ollama request (those have no `n`)."""
         limit = self.max_tokens(len(prompt_ids), body.max_tokens, CHAT_DEFAULT_MAX_TOKENS, prompt_param, max_param)
         try:
@@ -481,7 +481,7 @@ class _Service:
             )
         texts = [body.input] if isinstance(body.input, str) else body.input
         try:
-            vectors, tokens = await self.embed(request, texts, body.dimensions, body.engine_priority, "input")  # type: ignore[arg-type]
+            vectors, tokens = await self.embed(request, texts, body.dimensions, body.engine_priority, "input")
         except _ClientGone:
             return Response(status_code=CLIENT_CLOSED)
         data = [

@@ -35,7 +35,7 @@ from wicore.server.app import (
     _Service,
 )
 from wicore.server.errors import APIError, validation_error
-from wicore.server.protocol import PositiveInt, _SamplingRequest
+from wicore.server.protocol import PositiveInt, SamplingRequest
 
 NDJSON = StreamFormat("application/x-ndjson", lambda e: json.dumps({"error": e.message}) + "\n", None)
 LOAD = "load"  # done_reason of a request that only loads the model
@@ -72,14 +72,14 @@ class Options(_OllamaRequest):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
 
-    def sampling(self, priority: str) -> _SamplingRequest:
+    def sampling(self, priority: str) -> SamplingRequest:
         """The OpenAI routes' parameters (and their range checks); a bad value is a 400 naming `options.X`."""
         names = {"repeat_penalty": "repetition_penalty", "num_predict": "max_tokens"}
         given = {names.get(k, k): v for k, v in self.model_dump(exclude_none=True).items()}
         if given.get("max_tokens", 1) < 0:
             del given["max_tokens"]
         try:
-            return _SamplingRequest.model_validate({**DEFAULT_OPTIONS, **given, "priority": priority})
+            return SamplingRequest.model_validate({**DEFAULT_OPTIONS, **given, "priority": priority})
         except ValidationError as e:
             back = {v: k for k, v in names.items()}
             errors = [{**err, "loc": ("options", *(back.get(str(p), p) for p in err["loc"]))} for err in e.errors()]

@@ -102,7 +102,7 @@ class ResponseFormat(_Request):
     type: Literal["text"]
 
 
-class _SamplingRequest(_Request):
+class SamplingRequest(_Request):
     """The parameters /v1/chat/completions and /v1/completions share."""
 
     model: str | None = None  # None: the served model (as llama-server and vLLM allow)
@@ -176,7 +176,7 @@ class _SamplingRequest(_Request):
         )
 
 
-class ChatCompletionRequest(_SamplingRequest):
+class ChatCompletionRequest(SamplingRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None  # OpenAI's newer name for max_tokens
     logprobs: bool = False
@@ -202,7 +202,7 @@ class ChatCompletionRequest(_SamplingRequest):
         return [{"role": m.role, "content": m.text()} for m in self.messages]
 
 
-class CompletionRequest(_SamplingRequest):
+class CompletionRequest(SamplingRequest):
     # A string, a batch of strings, token ids, or a batch of token-id lists (OpenAI's four shapes).
     prompt: str | list[str] | list[int] | list[list[int]]
     # OpenAI's defaults for the legacy endpoint (the seed's 512 / 0.7 are for chat).
