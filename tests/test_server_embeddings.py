@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,3 +166,20 @@ def test_embeddings_count_toward_the_in_flight_limit(tmp_path: Path) -> None:
         wait_for_status(server, lambda s: s["active"] == 0)
         r = httpx.post(server.url + "/v1/embeddings", json={"model": EMBED, "input": "x"}, timeout=30)
         assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
+        # A dead worker answers 503; its replacement loads the embedding model again on first use.
+        os.kill(server.worker_pid(), signal.SIGKILL)
+        time.sleep(0.5)
+        r = httpx.post(server.url + "/api/v1/embed", json={"input": "x"}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "503"
+        server.wait_ready(60)
+        r = httpx.post(server.url + "/api/v1/embed", json={"input": "x"}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["embedding"]) == 384
+
+
+def test_timeout_is_408(tmp_path: Path) -> None:
+    config = {"scheduler": {"request_timeout": 1e-6}, "api": {"rate_limit_per_minute": 0}}
+    with serve(tmp_path, config) as server:
+        for path, body in (("/v1/embeddings", {"input": "x"}), ("/api/v1/embed", {"input": "x"}),
+                           ("/api/embed", {"model": EMBED, "input": "x"})):  # fmt: skip
+            r = httpx.post(server.url + path, json=body, timeout=30)
+            assert r.status_code == 408 and "timed out" in r.json()["error"]["message"]
