@@ -18,7 +18,7 @@ from openai.types import CreateEmbeddingResponse
 from tests.helpers import model_path
 from tests.server import Server, serve
 from tests.test_server_limits import Streamer, chat, wait_for_status
-from wicore.engine.messages import EmbedRequest, Priority
+from wicore.engine.messages import EmbedOutput, EmbedRequest, Priority
 from wicore.engine.worker import Embedder
 from wicore.models import registry
 from wicore.models.embedding import EmbeddingModel
@@ -64,12 +64,14 @@ def test_embedder_runs_highest_priority_first_and_expires_late_requests(referenc
     embedder.add(EmbedRequest("high", TEXTS, 8, Priority.HIGH, now))
     embedder.add(EmbedRequest("cancelled", TEXTS, None, Priority.URGENT, now))
     assert embedder.cancel("cancelled") and not embedder.cancel("cancelled")
-    order = []
+    order: list[EmbedOutput] = []
+    steps = []
     while embedder.has_work():
-        out = embedder.step()
-        assert out is not None
-        order.append(out)
-    assert [o.request_id for o in order] == ["late", "high", "low"]
+        outputs = embedder.step()
+        steps.append([o.request_id for o in outputs])
+        order += outputs
+    # "high" and "low" ask for different dimensions, so they are not batched together.
+    assert steps == [["late", "high"], ["low"]]
     late, high, low = order
     assert late.embeddings is None and late.error is not None and "timed out" in late.error
     assert high.error is None and high.embeddings is not None and high.prompt_tokens > len(TEXTS) * 3
@@ -79,18 +81,37 @@ def test_embedder_runs_highest_priority_first_and_expires_late_requests(referenc
     truncated = reference[:, :8] / np.linalg.norm(reference[:, :8], axis=1, keepdims=True)
     np.testing.assert_allclose(vectors, truncated, atol=1e-5)
     np.testing.assert_allclose(np.array(low.embeddings), reference[:1], atol=1e-6)
-    assert embedder.step() is None
+    assert embedder.step() == []
+
+
+def test_embedder_batches_requests_with_the_same_dimensions(reference: np.ndarray) -> None:
+    embedder = Embedder()
+    now = time.time()
+    for i, text in enumerate(TEXTS):
+        embedder.add(EmbedRequest(f"r{i}", [text], None, Priority.NORMAL, now + i))
+    embedder.add(EmbedRequest("all", TEXTS, None, Priority.LOW, now))
+    embedder.add(EmbedRequest("short", TEXTS, 16, Priority.NORMAL, now - 1))
+    first = embedder.step()
+    assert [o.request_id for o in first] == ["short"]  # the earliest of the highest priority leads
+    batched = embedder.step()
+    assert [o.request_id for o in batched] == ["r0", "r1", "r2", "all"]
+    for i, out in enumerate(batched[:3]):
+        np.testing.assert_allclose(out.embeddings, reference[i : i + 1], atol=1e-5)
+        assert out.prompt_tokens == EmbeddingModel.load(EMBED).count_tokens([TEXTS[i]])[0]
+    np.testing.assert_allclose(batched[3].embeddings, reference, atol=1e-5)
+    assert batched[3].prompt_tokens == sum(o.prompt_tokens for o in batched[:3])
+    assert not embedder.has_work()
 
 
 def test_embedder_reports_bad_input_and_a_missing_model() -> None:
     embedder = Embedder()
     embedder.add(EmbedRequest("big", ["x"], 385))
-    out = embedder.step()
-    assert out is not None and out.embeddings is None and out.error is not None and "dimensions" in out.error
+    [out] = embedder.step()
+    assert out.embeddings is None and out.error is not None and "dimensions" in out.error
     missing = Embedder("nope")
     missing.add(EmbedRequest("r", ["x"]))
-    out = missing.step()
-    assert out is not None and out.error is not None and "unknown embedding model" in out.error
+    [out] = missing.step()
+    assert out.error is not None and "unknown embedding model" in out.error
 
 
 # -- /v1/embeddings -----------------------------------------------------------------------------------
@@ -136,6 +157,7 @@ def test_base64_wire_format_and_dimensions(server: Server, reference: np.ndarray
         ({"model": EMBED, "input": ""}, 400, "input"),
         ({"model": EMBED, "input": []}, 400, "input"),
         ({"model": EMBED, "input": ["ok", 5]}, 400, "input"),
+        ({"model": EMBED, "input": ["x"] * 2049}, 400, "input"),
         ({"model": EMBED}, 400, "input"),
         ({"model": EMBED, "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
         ({"model": "text-embedding-3-small", "input": "x"}, 404, "model"),

@@ -4,8 +4,8 @@ It owns every Mojo call, so the HTTP process's event loop never waits on
 model compute (Mojo calls hold the GIL).  Between steps it drains the request
 queue without blocking, which is how new requests join the running batch and
 cancellations take effect within one step.  Embedding requests wait in their
-own queue and run one per loop iteration, between scheduler steps, so a long
-batch of texts delays generation by one request's compute at most.
+own queue and run between scheduler steps, a bounded batch per loop iteration,
+so embedding delays generation by one batch's compute at most.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from wicore.tokenizer import Tokenizer
 
 STATS_INTERVAL = 0.1  # seconds between scheduler snapshots sent to the HTTP process
 EMBEDDING_MODEL = "all-minilm-l6-v2"
+MAX_EMBED_TEXTS = 256  # texts per embedding step: bounds how long one step delays generation
 
 log = logging.getLogger("wicore.worker")
 
@@ -68,28 +69,42 @@ class Embedder:
         self.pending = kept
         return found
 
-    def step(self) -> EmbedOutput | None:
-        """Run the highest-priority pending request (the earliest among equals)."""
+    def step(self) -> list[EmbedOutput]:
+        """Run the highest-priority pending request (the earliest among equals) in one batch with the
+        others asking for the same dimensions, up to MAX_EMBED_TEXTS texts: one forward pass for many
+        small concurrent requests.  Requests past their deadline end as timeouts first."""
+        now = time.time()
+        outputs = [
+            EmbedOutput(r.request_id, None, error=f"request timed out after {r.deadline - r.arrival:g} s")
+            for r in self.pending
+            if r.deadline is not None and now > r.deadline
+        ]
+        self.pending = [r for r in self.pending if r.deadline is None or now <= r.deadline]
         if not self.pending:
-            return None
-        request = max(self.pending, key=lambda r: (int(r.priority), -r.arrival))
-        self.pending.remove(request)
-        if request.deadline is not None and time.time() > request.deadline:
-            return EmbedOutput(
-                request.request_id, None,
-                error=f"request timed out after {request.deadline - request.arrival:g} s",
-            )  # fmt: skip
+            return outputs
+        order = sorted(self.pending, key=lambda r: (-int(r.priority), r.arrival))
+        batch, texts = [order[0]], list(order[0].texts)
+        for r in order[1:]:
+            if r.dimensions == order[0].dimensions and len(texts) + len(r.texts) <= MAX_EMBED_TEXTS:
+                batch.append(r)
+                texts += r.texts
+        self.pending = [r for r in self.pending if r not in batch]
         try:
             if self.model is None:
                 self.model = EmbeddingModel.load(self.model_name)
-            vectors = self.model.embed(request.texts, request.dimensions)
-            tokens = sum(self.model.count_tokens(request.texts))
+            vectors = self.model.embed(texts, order[0].dimensions).tolist()
+            tokens = self.model.count_tokens(texts)
         except (ValueError, registry.ModelError) as e:  # bad input, or the model is not pulled
-            return EmbedOutput(request.request_id, None, error=str(e))
-        except Exception:  # a bug or a kernel error: fail this request, keep serving
+            return outputs + [EmbedOutput(r.request_id, None, error=str(e)) for r in batch]
+        except Exception:  # a bug or a kernel error: fail these requests, keep serving
             log.error("embedding failed:\n%s", traceback.format_exc())
-            return EmbedOutput(request.request_id, None, error="internal engine error")
-        return EmbedOutput(request.request_id, vectors.tolist(), tokens)
+            return outputs + [EmbedOutput(r.request_id, None, error="internal engine error") for r in batch]
+        start = 0
+        for r in batch:
+            end = start + len(r.texts)
+            outputs.append(EmbedOutput(r.request_id, vectors[start:end], sum(tokens[start:end])))
+            start = end
+        return outputs
 
 
 def run(settings_data: dict[str, Any], requests: Queue, outputs: Queue) -> None:
@@ -124,9 +139,7 @@ def run(settings_data: dict[str, Any], requests: Queue, outputs: Queue) -> None:
                 msg = requests.get_nowait()
         except queue.Empty:
             pass
-        embedded = embedder.step()
-        if embedded is not None:
-            batch.append(embedded)
+        batch += embedder.step()
         if scheduler.has_work():
             try:
                 batch += scheduler.step()

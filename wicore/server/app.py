@@ -208,6 +208,7 @@ class StreamFormat:
 
 SSE = StreamFormat("text/event-stream", lambda e: _sse(e.body()), SSE_DONE)
 REFUSAL_WINDOW = 0.05  # seconds a streaming request waits for the engine client to accept or refuse it
+MAX_EMBED_INPUTS = 2048  # OpenAI's limit; one request is one engine batch, so this bounds its compute
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -454,6 +455,10 @@ class _Service:
         """The embeddings of `texts` (computed in the engine worker) and the tokens they were made from."""
         if not texts or any(not t for t in texts):
             raise APIError(400, f"{input_param}: expected non-empty text", param=input_param)
+        if len(texts) > MAX_EMBED_INPUTS:
+            raise APIError(
+                400, f"{input_param}: at most {MAX_EMBED_INPUTS} texts per request, got {len(texts)}", param=input_param
+            )
         size = self.embedding_dimensions
         if dimensions is not None and dimensions > size:
             raise APIError(
