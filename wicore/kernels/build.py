@@ -89,8 +89,22 @@ def load(name: str) -> ModuleType:
         assert spec is not None
         module = importlib.util.module_from_spec(spec)
         loader.exec_module(module)
+        _restore_environment()
         _loaded[name] = module
     return _loaded[name]
+
+
+# Loading a Mojo module sets these in the C environment (not in os.environ), e.g. PYTHONEXECUTABLE
+# pointing at the system interpreter: every Python subprocess started afterwards would lose its venv.
+_MOJO_ENV_VARS = ("PYTHONEXECUTABLE", "PYTHONPATH", "PYTHONHOME", "MOJO_PYTHON_LIBRARY")
+
+
+def _restore_environment() -> None:
+    for var in _MOJO_ENV_VARS:
+        if var in os.environ:
+            os.putenv(var, os.environ[var])
+        else:
+            os.unsetenv(var)
 
 
 def modules() -> list[str]:
