@@ -15,6 +15,7 @@ import pytest
 
 from tests.helpers import model_path
 from tests.server import Server, serve
+from tests.test_server_limits import wait_for_status
 from wicore.models import registry
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
@@ -282,20 +283,22 @@ def test_auth_on_every_surface(tmp_path: Path) -> None:
 
 
 class FirstText(threading.Thread):
-    """A streaming request in the background, noting when its first non-empty text arrives."""
+    """A streaming request in the background, noting when its first non-empty text arrives; setting
+    `hang_up` makes it close the connection (a client disconnect, which cancels the request)."""
 
     def __init__(self, url: str, body: dict) -> None:
         super().__init__(daemon=True)
         self.url, self.body = url, body
         self.first: float | None = None
-        self.lines = 0
+        self.hang_up = threading.Event()
 
     def run(self) -> None:
         with httpx.stream("POST", self.url, json=self.body, timeout=120) as r:
             for line in r.iter_lines():
-                self.lines += bool(line)
                 if self.first is None and ('"text":"' in line or '"response":"' in line) and '":""' not in line:
                     self.first = time.time()
+                if self.hang_up.is_set():
+                    return
 
 
 def test_loading_and_priorities_across_surfaces(tmp_path: Path) -> None:
@@ -324,7 +327,8 @@ def test_loading_and_priorities_across_surfaces(tmp_path: Path) -> None:
         assert saw_loading
 
         # One slot: a long AIgo stream holds it; low-priority Ollama requests queue, then an urgent AIgo one.
-        blocker = FirstText(server.url + "/api/v1/generate", {"prompt": GCD, "max_tokens": 40, "stream": True})
+        body = {"prompt": GCD, "max_tokens": 1000, "ignore_eos": True, "stream": True}
+        blocker = FirstText(server.url + "/api/v1/generate", body)
         blocker.start()
         while blocker.first is None:
             time.sleep(0.01)
@@ -336,9 +340,12 @@ def test_loading_and_priorities_across_surfaces(tmp_path: Path) -> None:
         urgent = FirstText(server.url + "/api/v1/generate", {"prompt": "Hi", "max_tokens": 3, "stream": True,
                                                            "priority": "urgent"})  # fmt: skip
         urgent.start()
+        queued = wait_for_status(server, lambda s: s["queue_length"] == 3)
+        assert queued["waiting_by_priority"] == {"low": 2, "normal": 0, "high": 0, "urgent": 1}
+        blocker.hang_up.set()  # frees the slot: the urgent request goes first
         for t in [blocker, urgent, *lows]:
             t.join(120)
         assert urgent.first is not None and all(low.first is not None for low in lows)
         assert urgent.first < min(low.first for low in lows)  # type: ignore[type-var]
-        status = httpx.get(server.url + "/status").json()["scheduler"]
-        assert status["completed"] >= 4
+        status = wait_for_status(server, lambda s: s["active"] == 0 and s["cancelled"] == 1)
+        assert status["active"] == 0 and status["cancelled"] == 1 and status["completed"] >= 3
