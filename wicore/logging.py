@@ -25,6 +25,21 @@ def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
+def json_handler(pre_chain: list[Processor], stream: Any = None) -> logging.Handler:
+    """A stdlib handler writing each record, after `pre_chain`, as one JSON line to `stream` (stderr)."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=pre_chain,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(ensure_ascii=False),
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter)
+    return handler
+
+
 def setup_logging(settings: LoggingSettings, stream: Any = None) -> None:
     """Send all logging to `stream` (stderr) as JSON lines at `settings.level`."""
     shared: list[Processor] = [
@@ -40,18 +55,8 @@ def setup_logging(settings: LoggingSettings, stream: Any = None) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(ensure_ascii=False),
-        ],
-    )
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers = [handler]
+    root.handlers = [json_handler(shared, stream)]
     root.setLevel(settings.level)
     # uvicorn installs its own handlers unless told not to; make sure its lines go through ours.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

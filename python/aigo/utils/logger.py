@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import IO
 
 import structlog
 from structlog.typing import Processor
+
+from wicore.logging import json_handler
 
 _CHAIN: list[Processor] = [
     structlog.stdlib.add_log_level,
@@ -24,18 +25,8 @@ def setup_logger(name: str, log_level: str | int = "INFO", stream: IO[str] | Non
     Only this logger is configured: the application's root logger and structlog's global
     configuration are left alone. Calling it again for the same name replaces its handler.
     """
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_CHAIN,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(ensure_ascii=False),
-        ],
-    )
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(formatter)
     logger = logging.getLogger(name)
-    logger.handlers = [handler]
+    logger.handlers = [json_handler(_CHAIN, stream)]
     logger.setLevel(log_level.upper() if isinstance(log_level, str) else log_level)
     logger.propagate = False  # the root logger would print each line a second time
     return logger
