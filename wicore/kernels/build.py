@@ -23,7 +23,7 @@ from types import ModuleType
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIR = REPO_ROOT / "mojo_kernels"
 BUILD_DIR = Path(os.environ.get("WICORE_BUILD_DIR", REPO_ROOT / ".wicore-build"))
-# A portable AVX2 + FMA build by default; WICORE_TARGET_CPU=native tunes for the build host.
+# A portable AVX2 + FMA build by default; WICORE_TARGET_CPU=x86-64-v4 (or znver4, ...) for AVX-512 hosts.
 TARGET_CPU = os.environ.get("WICORE_TARGET_CPU", "x86-64-v3")
 
 
