@@ -15,3 +15,11 @@ def model_path(name: str) -> Path:
         return registry.resolve(name)
     except registry.ModelError as e:
         pytest.fail(f"{e} (make test pulls it)")
+
+
+def embedding_path(name: str) -> Path:
+    """Folder of a bundled embedding model; fails (not skips) with the command that fixes it."""
+    try:
+        return registry.resolve_embedding(name)
+    except registry.ModelError as e:
+        pytest.fail(f"{e} (make test pulls it)")

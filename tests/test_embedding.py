@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import embedding_path
 from wicore.models import registry
 from wicore.models.embedding import MAX_BATCH_TOKENS, EmbeddingModel, _batches
 
@@ -22,10 +23,7 @@ EXPECTED = np.array([item["embedding"] for item in REFERENCE["items"]], dtype=np
 
 @pytest.fixture(scope="module")
 def model() -> EmbeddingModel:
-    try:
-        registry.resolve_embedding(MODEL)
-    except registry.ModelError as e:
-        pytest.fail(f"{e} (make test pulls it)")
+    embedding_path(MODEL)
     return EmbeddingModel.load(MODEL)
 
 

@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import model_path
+from tests.helpers import embedding_path, model_path
 from tests.server import Server, serve
-from wicore.models import registry
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -22,10 +21,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     model_path("qwen2.5-coder-0.5b-instruct")
-    try:
-        registry.resolve_embedding("all-minilm-l6-v2")
-    except registry.ModelError as e:
-        pytest.fail(f"{e} (make test pulls it)")
+    embedding_path("all-minilm-l6-v2")
     with serve(tmp_path_factory.mktemp("examples-server")) as s:
         yield s
 

@@ -19,7 +19,7 @@ from aigo.models import (
 )
 from aigo.models.adapters import ChatAdapter, EmbeddingAdapter, TextGenerationAdapter, cosine
 from aigo.models.base import ModelConfig
-from tests.helpers import model_path
+from tests.helpers import embedding_path, model_path
 from tests.server import Server, free_port, serve
 from wicore.models import registry
 
@@ -57,10 +57,7 @@ def local() -> WiCoreRunner:
 
 @pytest.fixture(scope="module")
 def embedder() -> WiCoreRunner:
-    try:
-        registry.resolve_embedding(EMBEDDER)
-    except registry.ModelError as e:
-        pytest.fail(f"{e} (make test pulls it)")
+    embedding_path(EMBEDDER)
     return WiCoreRunner(ModelConfig(provider="wicore", model_name=EMBEDDER))
 
 

@@ -16,8 +16,8 @@ from aigo.adapters.vector import VectorStore
 from aigo.models import ModelError
 from aigo.models.adapters import EmbeddingAdapter
 from aigo.models.base import ModelConfig
+from tests.helpers import embedding_path
 from tests.server import free_port
-from wicore.models import registry
 
 EMBEDDER = "all-minilm-l6-v2"
 # English versions of the seed's three documents.
@@ -44,10 +44,7 @@ READER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def adapter() -> EmbeddingAdapter:
-    try:
-        registry.resolve_embedding(EMBEDDER)
-    except registry.ModelError as e:
-        pytest.fail(f"{e} (make test pulls it)")
+    embedding_path(EMBEDDER)
     return EmbeddingAdapter(ModelConfig(provider="wicore", model_name=EMBEDDER))
 
 

@@ -13,10 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import model_path
+from tests.helpers import embedding_path, model_path
 from tests.server import Server, serve
 from tests.test_server_limits import wait_for_status
-from wicore.models import registry
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -29,10 +28,7 @@ GCD = "def gcd(a, b):"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     model_path(MODEL)
-    try:
-        registry.resolve_embedding(EMBED)
-    except registry.ModelError as e:
-        pytest.fail(f"{e} (make test pulls it)")
+    embedding_path(EMBED)
     with serve(tmp_path_factory.mktemp("aigo"), {"api": {"rate_limit_per_minute": 0}}) as s:
         yield s
 

@@ -15,12 +15,11 @@ import openai
 import pytest
 from openai.types import CreateEmbeddingResponse
 
-from tests.helpers import model_path
+from tests.helpers import embedding_path, model_path
 from tests.server import Server, serve
 from tests.test_server_limits import Streamer, chat, wait_for_status
 from wicore.engine.messages import EmbedOutput, EmbedRequest, Priority
 from wicore.engine.worker import Embedder
-from wicore.models import registry
 from wicore.models.embedding import EmbeddingModel
 
 EMBED = "all-minilm-l6-v2"
@@ -28,10 +27,7 @@ TEXTS = ["What is machine learning?", "机器学习是什么？", "def gcd(a, b)
 
 
 def embedding_model_path() -> Path:
-    try:
-        return registry.resolve_embedding(EMBED)
-    except registry.ModelError as e:
-        pytest.fail(f"{e} (make test pulls it)")
+    return embedding_path(EMBED)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import model_path
+from tests.helpers import embedding_path, model_path
 from tests.server import Server, serve
 from wicore.models import registry
 
@@ -27,10 +27,7 @@ FINAL_KEYS = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     model_path(MODEL)
-    try:
-        registry.resolve_embedding(EMBED)
-    except registry.ModelError as e:
-        pytest.fail(f"{e} (make test pulls it)")
+    embedding_path(EMBED)
     with serve(tmp_path_factory.mktemp("ollama"), {"api": {"rate_limit_per_minute": 0}}) as s:
         yield s
 
