@@ -87,3 +87,14 @@ def test_cli_generate_streams_chat_answer_with_stats() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "The capital of France is Paris."
     assert "decode:" in proc.stderr and "tokens/s" in proc.stderr
+
+
+def test_repeated_prompt_reuses_cached_blocks(llm: LLM) -> None:
+    prompt = llm.encode_chat([{"role": "user", "content": "Name three sorting algorithms."}])
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    cold, warm = Timings(), Timings()
+    first = "".join(llm.stream(prompt, params, cold))
+    second = "".join(llm.stream(prompt, params, warm))
+    assert second == first
+    assert cold.prompt_tokens > warm.prompt_tokens  # (the system prompt's block may be cached already)
+    assert warm.prompt_tokens == len(prompt) - (len(prompt) - 1) // 16 * 16  # only the last partial block

@@ -163,3 +163,36 @@ def test_prompt_too_long_is_refused(parts) -> None:
     req.prompt_ids = list(range(100, 1200))
     out = sched.add(req)
     assert out is not None and out.finish_reason == "error" and "context" in (out.error or "")
+
+
+def test_prefix_cache_reuses_a_shared_prompt_and_keeps_outputs_exact(parts) -> None:
+    system = (
+        "You are a careful assistant. You answer questions about programming languages in detail, "
+        "with short examples, and you say so when you are not sure."
+    )
+    prompts = [system + "\nWhat is Rust?", system + "\nWhat is Go?"]
+    alone = []
+    for i, p in enumerate(prompts):
+        s = make(parts, enable_prefix_caching=False)
+        s.add(request(s, str(i), p, max_tokens=12))
+        alone.append(tokens(run_all(s)[str(i)]))
+
+    sched = make(parts)
+    sched.add(request(sched, "0", prompts[0], max_tokens=12))
+    first = run_all(sched)["0"]
+    assert first[-1].cached_tokens == 0
+    sched.add(request(sched, "1", prompts[1], max_tokens=12))
+    second = run_all(sched)["1"]
+    ids = [sched.tokenizer.encode(p) for p in prompts]
+    common = next(i for i, (a, b) in enumerate(zip(*ids, strict=False)) if a != b)
+    shared = common // 16 * 16  # full 16-token blocks of the common prefix
+    assert shared >= 16 and second[-1].cached_tokens == shared
+    assert [tokens(first), tokens(second)] == alone
+    stats = sched.snapshot()
+    assert stats.prefix_cache_hits == shared and stats.prefix_cache_queries == sum(map(len, ids))
+    # The same prompt again: everything but the last block (whose last token must make logits).
+    sched.add(request(sched, "again", prompts[1], max_tokens=12))
+    again = run_all(sched)["again"]
+    n = len(ids[1])
+    assert again[-1].cached_tokens == (n - 1) // 16 * 16 and tokens(again) == alone[1]
+    assert sched.blocks.num_free == sched.blocks.num_blocks  # cached blocks are free to evict

@@ -121,7 +121,8 @@ def test_generate_matches_the_openai_completion(server: Server) -> None:
     openai_body = {"model": MODEL, "prompt": GCD, "max_tokens": 24, "temperature": 0}
     completion = post(server, "/v1/completions", openai_body).json()
     assert g["text"] == completion["choices"][0]["text"] and "while b" in g["text"]
-    assert g["usage"] == completion["usage"]
+    details = completion["usage"].pop("prompt_tokens_details")  # OpenAI's; not in the AIgo contract
+    assert g["usage"] == completion["usage"] and details["cached_tokens"] >= 0
 
 
 def test_generate_stops_on_a_stop_string(server: Server) -> None:
@@ -314,7 +315,11 @@ def test_loading_and_priorities_across_surfaces(tmp_path: Path) -> None:
                 break
             assert r.status_code == 503 and r.json()["status"] == "loading"
             saw_loading = True
-            for path, body in (("/api/v1/embed", {"input": "x"}), ("/api/v1/generate", {"prompt": "x"})):
+            # Short: one that is accepted as loading ends must finish well within the 30 s timeout.
+            for path, body in (
+                ("/api/v1/embed", {"input": "x"}),
+                ("/api/v1/generate", {"prompt": "x", "max_tokens": 4}),
+            ):
                 g = post(server, path, body)
                 assert g.status_code in (503, 200)
                 if g.status_code == 503:

@@ -168,3 +168,23 @@ def test_batch_of_16_equals_each_request_alone(client: openai.OpenAI) -> None:
     with ThreadPoolExecutor(16) as pool:
         together = list(pool.map(run, prompts))
     assert together == alone
+
+
+def test_repeated_prompt_reports_cached_tokens(server: Server, client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "List five prime numbers and say why each one is prime."}]
+    first = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=12)
+    chunks = client.chat.completions.create(
+        model=MODEL, messages=messages, temperature=0, max_tokens=12, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    second = [c for c in chunks if c.usage is not None][-1]
+    assert first.usage is not None and first.usage.prompt_tokens_details is not None
+    assert second.usage is not None and second.usage.prompt_tokens_details is not None
+    prompt = second.usage.prompt_tokens
+    # All full 16-token blocks but the one holding the last prompt token come from the cache.
+    assert second.usage.prompt_tokens_details.cached_tokens == (prompt - 1) // 16 * 16 > 0
+    assert first.usage.prompt_tokens_details.cached_tokens <= second.usage.prompt_tokens_details.cached_tokens
+    status = httpx.get(server.url + "/status").json()["scheduler"]
+    assert status["prefix_cache_hits"] >= second.usage.prompt_tokens_details.cached_tokens
+    metrics = httpx.get(server.url + "/metrics").text
+    assert "wicore:prefix_cache_hits_total" in metrics and "wicore:prefix_cache_queries_total" in metrics

@@ -45,6 +45,7 @@ class SchedulerSettings(_Section):
     max_batch_tokens: int = Field(256, ge=16, description="tokens per forward pass (chunked prefill budget)")
     request_timeout: float = Field(30.0, gt=0, description="seconds from arrival to the last token")
     aging_seconds: float = Field(5.0, gt=0, description="waiting this long raises a request one priority level")
+    enable_prefix_caching: bool = Field(True, description="reuse the KV blocks of prompts' common prefixes")
 
 
 class ModelSettings(_Section):

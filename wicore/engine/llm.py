@@ -108,6 +108,8 @@ class LLM:
             yield piece
 
     def _run(self, live: list[_Live], timings: Timings) -> Iterator[tuple[_Live, str]]:
+        for item in live:
+            self.runner.reuse_prefix(item.seq)
         try:
             while active := [item for item in live if not item.seq.finished]:
                 work = self._schedule([item.seq for item in active])

@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import numpy as np
 
-from wicore.engine.block_manager import BlockManager
+from wicore.engine.block_manager import BlockManager, chain_hashes
 from wicore.engine.sequence import Sequence
 from wicore.kernels.sampling import pack_logit_bias, pack_params, pack_ragged, sample, top_logprobs
 from wicore.models.transformer import ForwardBatch, KVCache, Transformer
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, num_blocks: int, block_size: int = 16) -> None:
+    def __init__(
+        self, model: Transformer, num_blocks: int, block_size: int = 16, enable_prefix_caching: bool = True
+    ) -> None:
         self.model = model
         self.kv = KVCache.allocate(model.config, num_blocks, block_size)
-        self.blocks = BlockManager(num_blocks, block_size)
+        self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching)
+
+    def reuse_prefix(self, seq: Sequence) -> int:
+        """Give a sequence with no KV the cached blocks of its longest cached prefix; returns the tokens
+        it no longer has to compute. At least its last token is always computed: it yields the logits."""
+        assert seq.num_computed == 0 and not seq.block_table
+        bs = self.blocks.block_size
+        if not self.blocks.enable_prefix_caching:
+            return 0
+        seq.block_hashes = chain_hashes(seq.token_ids, bs, seq.block_hashes)
+        seq.cached_blocks = self.blocks.match_prefix(seq.block_table, seq.block_hashes, (seq.num_tokens - 1) // bs)
+        seq.num_computed = bs * seq.cached_blocks
+        if not seq.output_ids:
+            seq.num_cached_prompt = seq.num_computed
+        return seq.num_computed
 
     def step(self, work: list[tuple[Sequence, int]]) -> list[Sequence]:
         """Run `n` not-yet-computed tokens of each (sequence, n); sample for those that reach their end.
@@ -25,8 +41,14 @@ class ModelRunner:
         batch = self._batch(work)
         logits = self.model.forward(batch, self.kv)
         sampled = []
+        bs = self.blocks.block_size
         for seq, n in work:
             seq.num_computed += n
+            full = seq.num_computed // bs
+            if full > seq.cached_blocks and self.blocks.enable_prefix_caching:  # blocks just filled: share them
+                seq.block_hashes = chain_hashes(seq.token_ids[: full * bs], bs, seq.block_hashes)
+                self.blocks.register(seq.block_table, seq.block_hashes[:full], seq.cached_blocks)
+                seq.cached_blocks = full
             if seq.num_computed == seq.num_tokens:
                 sampled.append(seq)
         if sampled:

@@ -11,6 +11,8 @@ Each call to `step()` is one engine iteration:
    long prompt), then prompt chunks in the remaining budget (chunked prefill);
    if the KV cache runs out, the lowest-priority, most recently admitted
    sequence is preempted (its blocks freed, recomputed later);
+   an admitted request starts from the longest prefix of its tokens found in
+   the prefix cache (KV blocks other requests computed), computing only the rest;
 4. run it, and turn sampled tokens into RequestOutputs (text, stop strings,
    lengths); finished sequences free their KV at once.
 New requests and cancellations are applied between steps by the worker, so a
@@ -133,6 +135,7 @@ class Scheduler:
             top_logprobs=seq.output_top_logprobs[start:],
             prompt_tokens=len(seq.prompt_ids),
             completion_tokens=len(seq.output_ids),
+            cached_tokens=seq.num_cached_prompt,
         )
 
     # -- one engine iteration -----------------------------------------------------------------
@@ -172,10 +175,16 @@ class Scheduler:
             # Highest effective priority; among equals, the earliest arrival.
             best = max(queues, key=lambda q: (q[0].effective_priority(now, aging), -q[0].request.arrival))
             item = best[0]
+            seq = item.seq
+            cached = self.runner.reuse_prefix(seq)
             # Room for the whole prompt, so an admitted request is not stuck halfway through prefill.
-            if not self.blocks.can_hold(item.seq.block_table, item.seq.num_tokens + 1):
+            if not self.blocks.can_hold(seq.block_table, seq.num_tokens + 1):
+                self.blocks.release(seq.block_table)
+                seq.preempt()
                 return
             best.popleft()
+            self.stats.prefix_cache_queries += seq.num_tokens
+            self.stats.prefix_cache_hits += cached
             item.admitted_at = now
             self._wait_time_sum += now - item.request.arrival
             self._admitted += 1

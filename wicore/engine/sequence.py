@@ -28,6 +28,9 @@ class Sequence:
     output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # when params.logprobs
     block_table: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
+    num_cached_prompt: int = 0  # prompt tokens whose K/V came from the prefix cache
+    block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache hashes of full blocks, as far as known
+    cached_blocks: int = 0  # leading blocks of block_table findable in the prefix cache
     finish_reason: FinishReason | None = None
     rng_seed: int = -1  # the request's seed, or a random one: fixed for the sequence's life
 
@@ -56,6 +59,7 @@ class Sequence:
     def preempt(self) -> None:
         """Drop the cached state; the caller releases the blocks. Tokens are recomputed on resume."""
         self.num_computed = 0
+        self.cached_blocks = 0
 
     @property
     def finished(self) -> bool:

@@ -44,7 +44,9 @@ def _load(settings: Settings) -> tuple[Scheduler, Ready]:
     max_model_len = min(settings.model.max_model_len, config.context_length)
     block_size = 16
     tokens = max(settings.model.kv_cache_tokens, max_model_len)
-    runner = ModelRunner(Transformer(config, weights), -(-tokens // block_size), block_size)
+    runner = ModelRunner(
+        Transformer(config, weights), -(-tokens // block_size), block_size, settings.scheduler.enable_prefix_caching
+    )
     scheduler = Scheduler(runner, tokenizer, settings.scheduler, max_model_len)
     return scheduler, Ready(settings.model.name, max_model_len, config.vocab_size)
 

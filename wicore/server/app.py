@@ -104,6 +104,12 @@ class _Seq:
         self.top_logprobs += out.top_logprobs
 
 
+def _cached_tokens(seqs: list[_Seq], n: int) -> int:
+    """Prompt tokens served from the prefix cache, counted once per prompt as usage counts prompts
+    (choice index = prompt * n + j: the first choice of each prompt stands for it)."""
+    return sum(s.timer.cached_tokens for s in seqs[::n])
+
+
 async def _merge(gens: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:
     """The outputs of several engine streams as they come, tagged with the stream's position.
 
@@ -530,7 +536,7 @@ class _Service:
                 )
                 for s in seqs
             ]
-            usage = UsageInfo.of(len(prompt_ids), sum(len(s.tokens) for s in seqs))
+            usage = UsageInfo.of(len(prompt_ids), sum(len(s.tokens) for s in seqs), _cached_tokens(seqs, body.n))
             return ChatCompletionResponse(id=response_id, created=created, model=model, choices=choices, usage=usage)
 
         def chunk(choice: ChatCompletionChunkChoice) -> str:
@@ -561,7 +567,7 @@ class _Service:
                         )  # type: ignore[arg-type]
                     )
             if body.include_usage:
-                usage = UsageInfo.of(len(prompt_ids), completion_tokens)
+                usage = UsageInfo.of(len(prompt_ids), completion_tokens, _cached_tokens(seqs, body.n))
                 final = ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=usage)
                 yield _sse(final)
 
@@ -603,7 +609,7 @@ class _Service:
                 )
                 for s in seqs
             ]
-            usage = UsageInfo.of(prompt_tokens, sum(len(s.tokens) for s in seqs))
+            usage = UsageInfo.of(prompt_tokens, sum(len(s.tokens) for s in seqs), _cached_tokens(seqs, body.n))
             return CompletionResponse(id=response_id, created=created, model=model, choices=choices, usage=usage)
 
         def chunk(choice: CompletionChoice) -> str:
@@ -624,7 +630,7 @@ class _Service:
                     completion_tokens += out.completion_tokens
                     yield chunk(CompletionChoice(index=seq.index, text="", finish_reason=out.finish_reason))  # type: ignore[arg-type]
             if body.include_usage:
-                usage = UsageInfo.of(prompt_tokens, completion_tokens)
+                usage = UsageInfo.of(prompt_tokens, completion_tokens, _cached_tokens(seqs, body.n))
                 yield _sse(CompletionResponse(id=response_id, created=created, model=model, choices=[], usage=usage))
 
         return await self.respond(request, seqs, body.stream, build, events)

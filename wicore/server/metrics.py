@@ -44,10 +44,12 @@ class SequenceTimer:
         self.last_token: float | None = None
         self.gaps: list[float] = []
         self.prompt_tokens = 0
+        self.cached_tokens = 0
         self.completion_tokens = 0
 
     def on_output(self, out: RequestOutput, now: float) -> None:
         self.prompt_tokens = out.prompt_tokens or self.prompt_tokens
+        self.cached_tokens = out.cached_tokens or self.cached_tokens
         self.completion_tokens = out.completion_tokens or self.completion_tokens
         if not out.token_ids:
             return
@@ -91,9 +93,14 @@ class _SchedulerCollector(Collector):
             "Fraction of KV cache blocks in use (0-1).",
             used / s.kv_blocks_total if s.kv_blocks_total else 0.0,
         )
-        c = CounterMetricFamily(PREFIX + "num_preemptions", "Sequences preempted for KV cache space.", labels=labels)
-        c.add_metric([self._model], s.preempted)
-        yield c
+        for name, doc, value in (
+            ("num_preemptions", "Sequences preempted for KV cache space.", s.preempted),
+            ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries),
+            ("prefix_cache_hits", "Prompt tokens whose KV was found in the prefix cache.", s.prefix_cache_hits),
+        ):
+            c = CounterMetricFamily(PREFIX + name, doc, labels=labels)
+            c.add_metric([self._model], value)
+            yield c
 
 
 class Metrics:

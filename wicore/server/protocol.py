@@ -289,17 +289,24 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # prompt tokens whose KV came from the prefix cache
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # OpenAI's field; left out of the AIgo and Ollama surfaces, whose contracts do not have it.
+    prompt_tokens_details: PromptTokensDetails | None = Field(None, exclude_if=lambda v: v is None)
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int) -> UsageInfo:
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> UsageInfo:
         return cls(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=None if cached_tokens is None else PromptTokensDetails(cached_tokens=cached_tokens),
         )
 
 
@@ -477,6 +484,8 @@ class SchedulerSnapshot(BaseModel):
     kv_cache_usage: float  # fraction of KV blocks in use
     prompt_tokens_total: int
     generation_tokens_total: int
+    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int  # of those, tokens whose KV was reused
     active_request_ids: list[str]
 
     @classmethod
@@ -503,6 +512,8 @@ class SchedulerSnapshot(BaseModel):
             kv_cache_usage=used / stats.kv_blocks_total if stats.kv_blocks_total else 0.0,
             prompt_tokens_total=stats.prompt_tokens_total,
             generation_tokens_total=stats.generation_tokens_total,
+            prefix_cache_queries=stats.prefix_cache_queries,
+            prefix_cache_hits=stats.prefix_cache_hits,
             active_request_ids=list(stats.active_request_ids),
         )
 
