@@ -87,6 +87,7 @@ class RequestResult:
     e2el: float = 0.0
     itl: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the server took from its prefix cache
     output_tokens: int = 0
     error: str = ""
 
@@ -102,6 +103,7 @@ class LevelResult:
     output_throughput: float
     mean_output_tokens: float
     mean_prompt_tokens: float
+    mean_cached_tokens: float
     # metric name -> {"mean": ms, "p50": ms, ...}
     latency_ms: dict[str, dict[str, float]]
     errors: list[str]
@@ -129,6 +131,7 @@ def level_result(concurrency: int, results: list[RequestResult], duration: float
         output_throughput=output_tokens / duration,
         mean_output_tokens=output_tokens / len(ok) if ok else math.nan,
         mean_prompt_tokens=sum(r.prompt_tokens for r in ok) / len(ok) if ok else math.nan,
+        mean_cached_tokens=sum(r.cached_tokens for r in ok) / len(ok) if ok else math.nan,
         latency_ms={
             "ttft": summarize([r.ttft for r in ok]),
             "tpot": summarize(tpot),
@@ -174,6 +177,7 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any])
                 if usage := chunk.get("usage"):
                     result.output_tokens = int(usage["completion_tokens"])
                     result.prompt_tokens = int(usage["prompt_tokens"])
+                    result.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
     except (httpx.HTTPError, json.JSONDecodeError, KeyError) as e:
         result.error = f"{type(e).__name__}: {e}"
         return result
@@ -326,15 +330,16 @@ def cell(stats: dict[str, float]) -> str:
 def markdown_table(levels: list[LevelResult]) -> str:
     stats = "mean / p50 / p90 / p99"
     head = (
-        "| concurrency | ok / sent | duration s | req/s | output tok/s | mean out tok "
+        "| concurrency | ok / sent | duration s | req/s | output tok/s | mean out tok | mean prompt tok (cached) "
         f"| TTFT ms {stats} | TPOT ms {stats} | ITL ms {stats} | E2EL ms {stats} |"
     )
-    rows = [head, "|" + "---|" * 10]
+    rows = [head, "|" + "---|" * 11]
     for lv in levels:
         lat = lv.latency_ms
         rows.append(
             f"| {lv.concurrency} | {lv.completed} / {lv.num_prompts} | {lv.duration_s:.1f} "
             f"| {lv.request_throughput:.2f} | {lv.output_throughput:.1f} | {lv.mean_output_tokens:.1f} "
+            f"| {lv.mean_prompt_tokens:.1f} ({lv.mean_cached_tokens:.1f}) "
             f"| {cell(lat['ttft'])} | {cell(lat['tpot'])} | {cell(lat['itl'])} | {cell(lat['e2el'])} |"
         )
     return "\n".join(rows)
