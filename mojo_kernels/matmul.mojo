@@ -17,14 +17,19 @@ from std.os import abort
 from std.python import PythonObject
 from std.python.bindings import PythonModuleBuilder
 from std.runtime import initialize_runtime
+from std.sys import size_of
+from std.sys.intrinsics import prefetch, PrefetchOptions
 from max.algorithm import sync_parallelize
 
 from common import F32Ptr, I8Ptr, free_f32, num_threads, ptr, scratch_f32
 
 comptime W = 8  # float32 lanes in an AVX2 register
 comptime F32x = SIMD[DType.float32, W]
-comptime MR = 4  # rows of x per micro-kernel tile
-comptime NR = 2  # weight rows per micro-kernel tile
+# Weight rows per micro-kernel tile for 4-row and 3-row x tiles: 4x3 and 3x4 keep 12
+# accumulators in flight (FMA latency 4 x 2 pipes needs >= 8).
+comptime NR4 = 3
+comptime NR3 = 4
+comptime PANEL_STEP = 12  # panel rows: a multiple of both tile widths
 # Up to this many x rows, weights are dequantised in registers and reused across rows (decode
 # batches); above, a dequantised panel feeds a register-tiled micro-kernel (prefill).
 comptime SMALL_M = 8
@@ -44,13 +49,24 @@ def _micro[mr: Int, nr: Int](x: F32Ptr, ldx: Int, w: F32Ptr, ldw: Int, K: Int, d
     var acc = Array[F32x, mr * nr](fill=F32x(0))
     var k8 = K - K % W
     for k in range(0, k8, W):
-        var xv = Array[F32x, mr](fill=F32x(0))
-        comptime for i in range(mr):
-            xv[i] = x.unsafe_load[width=W](i * ldx + k)
-        comptime for j in range(nr):
-            var wv = w.unsafe_load[width=W](j * ldw + k)
+        # Hold the shorter side in registers and stream the other one: 12 accumulators
+        # + 3 held + 1 streamed vector fit the 16 ymm registers.
+        comptime if mr <= nr:
+            var xv = Array[F32x, mr](fill=F32x(0))
             comptime for i in range(mr):
-                acc[i * nr + j] = wv.fma(xv[i], acc[i * nr + j])
+                xv[i] = x.unsafe_load[width=W](i * ldx + k)
+            comptime for j in range(nr):
+                var wv = w.unsafe_load[width=W](j * ldw + k)
+                comptime for i in range(mr):
+                    acc[i * nr + j] = wv.fma(xv[i], acc[i * nr + j])
+        else:
+            var wv = Array[F32x, nr](fill=F32x(0))
+            comptime for j in range(nr):
+                wv[j] = w.unsafe_load[width=W](j * ldw + k)
+            comptime for i in range(mr):
+                var xv = x.unsafe_load[width=W](i * ldx + k)
+                comptime for j in range(nr):
+                    acc[i * nr + j] = wv[j].fma(xv, acc[i * nr + j])
     comptime for i in range(mr):
         comptime for j in range(nr):
             dst[unsafe_offset=i * ldd + j] = acc[i * nr + j].reduce_add() + _dot_tail(
@@ -58,37 +74,68 @@ def _micro[mr: Int, nr: Int](x: F32Ptr, ldx: Int, w: F32Ptr, ldw: Int, K: Int, d
             )
 
 
-def _tile_rows[mr: Int](x: F32Ptr, ldx: Int, w: F32Ptr, ldw: Int, nrows: Int, K: Int, dst: F32Ptr, ldd: Int):
+def _tile_rows[mr: Int](
+    x: F32Ptr, ldx: Int, w: F32Ptr, ldw: Int, nrows: Int, K: Int, dst: F32Ptr, ldd: Int,
+    pf: I8Ptr, pf_lines: Int, pf_per_tile: Int,
+) -> Int:
+    """mr rows of x against nrows panel rows. Each tile also prefetches pf_per_tile of the
+    pf_lines cache lines at pf (the next panel's weights), so DRAM reads overlap the FMAs;
+    returns how many lines are left."""
+    comptime nr = NR4 if mr == 4 else NR3
+    var left = pf_lines
     var j = 0
-    while j + NR <= nrows:
-        _micro[mr, NR](x, ldx, w.unsafe_offset(j * ldw), ldw, K, dst.unsafe_offset(j), ldd)
-        j += NR
     while j < nrows:
-        _micro[mr, 1](x, ldx, w.unsafe_offset(j * ldw), ldw, K, dst.unsafe_offset(j), ldd)
-        j += 1
+        var stop = max(0, left - pf_per_tile)
+        while left > stop:
+            left -= 1
+            prefetch[PrefetchOptions().for_read().high_locality().to_data_cache()](pf.unsafe_offset(left * 64))
+        if j + nr <= nrows:
+            _micro[mr, nr](x, ldx, w.unsafe_offset(j * ldw), ldw, K, dst.unsafe_offset(j), ldd)
+            j += nr
+        else:
+            _micro[mr, 1](x, ldx, w.unsafe_offset(j * ldw), ldw, K, dst.unsafe_offset(j), ldd)
+            j += 1
+    return left
 
 
-def _gemm_panel(x: F32Ptr, M: Int, K: Int, w: F32Ptr, ldw: Int, nrows: Int, dst: F32Ptr, N: Int):
-    """dst[:, :nrows] (row stride N) = x[M, K] @ w[nrows, K]^T."""
+def _gemm_panel(
+    x: F32Ptr, M: Int, K: Int, w: F32Ptr, ldw: Int, nrows: Int, dst: F32Ptr, N: Int,
+    pf: I8Ptr, pf_bytes: Int,
+):
+    """dst[:, :nrows] (row stride N) = x[M, K] @ w[nrows, K]^T, prefetching pf[:pf_bytes].
+
+    Rows of x go in tiles of 4 and 3 (17 = 4 + 4 + 3 + 3 + 3), never a thin 1- or 2-row
+    tile unless M < 6: a thin tile loads as much of the panel per FMA as a full one."""
+    var threes = (4 - M % 4) % 4
+    if 3 * threes > M:
+        threes = 0
+    var tiles = (M - 3 * threes + 3) // 4 + threes
+    var pf_lines = (pf_bytes + 63) // 64
+    var per_tile = pf_lines // (tiles * (nrows // NR3 + 1)) + 1
     var i = 0
-    while i + MR <= M:
-        _tile_rows[MR](x.unsafe_offset(i * K), K, w, ldw, nrows, K, dst.unsafe_offset(i * N), N)
-        i += MR
-    var rest = M - i
-    var xo = x.unsafe_offset(i * K)
-    var oo = dst.unsafe_offset(i * N)
-    if rest == 3:
-        _tile_rows[3](xo, K, w, ldw, nrows, K, oo, N)
-    elif rest == 2:
-        _tile_rows[2](xo, K, w, ldw, nrows, K, oo, N)
-    elif rest == 1:
-        _tile_rows[1](xo, K, w, ldw, nrows, K, oo, N)
+    while i < M:
+        var rest = M - i
+        var xo = x.unsafe_offset(i * K)
+        var oo = dst.unsafe_offset(i * N)
+        if rest > 3 * threes and rest >= 4:
+            pf_lines = _tile_rows[4](xo, K, w, ldw, nrows, K, oo, N, pf, pf_lines, per_tile)
+            i += 4
+        elif rest >= 3:
+            pf_lines = _tile_rows[3](xo, K, w, ldw, nrows, K, oo, N, pf, pf_lines, per_tile)
+            i += 3
+        elif rest == 2:
+            pf_lines = _tile_rows[2](xo, K, w, ldw, nrows, K, oo, N, pf, pf_lines, per_tile)
+            i += 2
+        else:
+            pf_lines = _tile_rows[1](xo, K, w, ldw, nrows, K, oo, N, pf, pf_lines, per_tile)
+            i += 1
 
 
 def _panel_rows(K: Int) -> Int:
-    # Keep the float32 panel around 128 KB so it stays in L2 beside the x tiles.
+    # Keep the float32 panel around 128 KB so it stays in L2 beside the x tiles; a whole
+    # number of 3- and 4-wide tiles.
     var nb = (32 * 1024) // K
-    return max(NR, min(64, nb - nb % NR))
+    return max(PANEL_STEP, min(60, nb - nb % PANEL_STEP))
 
 
 def _add_bias(dst: F32Ptr, bias: F32Ptr, M: Int, N: Int, n0: Int, n1: Int):
@@ -192,7 +239,10 @@ def _matmul_q[G: Int, HAS_MIN: Bool](
             var n0 = p * nb
             var rows = min(nb, N - n0)
             _dequant_panel[G, HAS_MIN](q, sc, mn, K, n0, rows, panel)
-            _gemm_panel(x, M, K, panel, K, rows, dst.unsafe_offset(n0), N)
+            # This thread's next panel of int8 weights is prefetched during the FMAs.
+            var nxt = min(N, n0 + nt * nb)
+            var pf_rows = max(0, min(nb, N - nxt))
+            _gemm_panel(x, M, K, panel, K, rows, dst.unsafe_offset(n0), N, q.unsafe_offset(nxt * K), pf_rows * K)
             p += nt
         free_f32(panel)
 
@@ -210,12 +260,17 @@ def _matmul_dense[DT: DType](x: F32Ptr, w: Pointer[Scalar[DT], MutAnyOrigin], ds
         while p < npanels:
             var n0 = p * nb
             var rows = min(nb, N - n0)
+            var nxt = min(N, n0 + nt * nb)
+            var pf = I8Ptr(unsafe_from_address=Int(w.unsafe_offset(nxt * K)))
+            var pf_bytes = max(0, min(nb, N - nxt)) * K * size_of[DT]()
             comptime if DT == DType.float32:
-                _gemm_panel(x, M, K, rebind[F32Ptr](w).unsafe_offset(n0 * K), K, rows, dst.unsafe_offset(n0), N)
+                _gemm_panel(
+                    x, M, K, rebind[F32Ptr](w).unsafe_offset(n0 * K), K, rows, dst.unsafe_offset(n0), N, pf, pf_bytes
+                )
             else:
                 for i in range(rows * K):
                     panel[unsafe_offset=i] = w[unsafe_offset=n0 * K + i].cast[DType.float32]()
-                _gemm_panel(x, M, K, panel, K, rows, dst.unsafe_offset(n0), N)
+                _gemm_panel(x, M, K, panel, K, rows, dst.unsafe_offset(n0), N, pf, pf_bytes)
             p += nt
         free_f32(panel)
 
