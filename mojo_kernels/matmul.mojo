@@ -7,9 +7,10 @@ Two paths:
 - M <= SMALL_M (decode, small batches): memory-bound, so each weight group is read
   once per 4 rows of x and turned into float32 in registers; per group the int8 x
   float dot is scaled once.
-- M > 1 (prefill, batches): compute-bound, so a panel of NB weight rows is
-  dequantised once into a float32 scratch that stays in L2, then a 4x2
-  register-blocked micro-kernel multiplies it with every row of x.
+- M > SMALL_M (prefill, batches): compute-bound, so a panel of weight rows is
+  dequantised once into a float32 scratch that stays in L2, then 4x3 / 3x4
+  register-blocked micro-kernels multiply it with every row of x, while the
+  thread's next panel of weights is prefetched from DRAM.
 Both split the output rows N over the cores.
 """
 from std.collections import Array

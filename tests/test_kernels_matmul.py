@@ -13,7 +13,8 @@ from wicore.kernels.matmul import matmul
 from wicore.models.quant import DenseWeight, QuantWeight, concat_rows, repack
 
 RNG = np.random.default_rng(1234)
-M_SIZES = [1, 2, 5, 13, 37]
+# 9, 16, 17, 33: panel path with 4- and 3-row tiles (17 = 4 + 4 + 3 + 3 + 3).
+M_SIZES = [1, 2, 5, 9, 13, 16, 17, 33, 37]
 
 
 def _quant(n: int, k: int, group: int, with_min: bool) -> QuantWeight:
@@ -53,7 +54,7 @@ def test_dense_odd_shapes(dtype: type, m: int) -> None:
 def test_large_parallel_shapes() -> None:
     # Big enough to run on every core, with panels that do not divide N.
     w = _quant(1153, 896, 32, False)
-    for m in (1, 19):
+    for m in (1, 16, 17, 19):
         _check(RNG.standard_normal((m, 896)).astype(np.float32), w)
 
 
