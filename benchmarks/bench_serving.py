@@ -13,7 +13,7 @@ level sends `--num-prompts` streamed chat completions (`temperature: 0`, `max_to
 
 Output tokens come from each response's final usage chunk, never from counting chunks (a chunk
 may carry several tokens, or none while a multi-byte character is incomplete). Prompts are a fixed
-list of requests for long answers, shuffled by `--seed`; by default generation stops at EOS
+list of requests for long answers, shuffled by `--seed` and numbered so none repeats; by default generation stops at EOS
 as any OpenAI client's would, so the mean output tokens per request is reported beside the
 throughput. `--ignore-eos` sends the vLLM extension field that WiCore also accepts, making every
 request generate exactly `--max-tokens`.
@@ -208,16 +208,22 @@ def request_body(prompt: str, args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
-def prompts_for(num: int, seed: int) -> list[str]:
-    """The same deterministic prompt sequence for every level, so levels differ only in concurrency."""
+def prompts_for(num: int, seed: int, first: int) -> list[str]:
+    """The same deterministic prompt sequence for every level, so levels differ only in concurrency.
+
+    Each request is numbered (`first`, `first` + 1, ... across the whole run) at the start of its
+    message, so no request repeats an earlier one: the server's prefix cache can only reuse what real
+    traffic shares, the chat template's system prompt, and a later level gains nothing from an earlier."""
     order = list(PROMPTS)
     random.Random(seed).shuffle(order)
-    return [order[i % len(order)] for i in range(num)]
+    return [f"Request {first + i}: {order[i % len(order)]}" for i in range(num)]
 
 
-async def run_level(client: httpx.AsyncClient, url: str, concurrency: int, args: argparse.Namespace) -> LevelResult:
+async def run_level(
+    client: httpx.AsyncClient, url: str, concurrency: int, first: int, args: argparse.Namespace
+) -> LevelResult:
     num = args.num_prompts or max(8, 2 * concurrency)
-    prompts = prompts_for(num, args.seed)
+    prompts = prompts_for(num, args.seed, first)
     arrivals = random.Random(args.seed + 1)  # Poisson gaps, reproducible
     gate = asyncio.Semaphore(concurrency)
 
@@ -247,8 +253,10 @@ async def run_all(base_url: str, args: argparse.Namespace) -> list[LevelResult]:
         if not warm.ok:
             raise RuntimeError(f"warm-up request failed: {warm.error}")
         levels = []
+        sent = 0
         for concurrency in args.concurrency:
-            result = await run_level(client, url, concurrency, args)
+            result = await run_level(client, url, concurrency, sent, args)
+            sent += result.num_prompts
             print(
                 f"concurrency {concurrency}: {result.completed}/{result.num_prompts} ok in "
                 f"{result.duration_s:.1f} s, {result.output_throughput:.1f} output tokens/s",
