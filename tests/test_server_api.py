@@ -96,6 +96,14 @@ def test_stop_seed_n_logprobs(client: openai.OpenAI) -> None:
     content = lp.choices[0].logprobs.content
     assert len(content) == 4 and all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
     assert content[0].token == content[0].top_logprobs[0].token  # greedy picks the most likely
+    chinese = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "用中文说：你好，世界"}], temperature=0, max_tokens=48,
+        logprobs=True,
+    )  # fmt: skip
+    assert chinese.choices[0].finish_reason == "stop"  # not cut inside a character
+    tokens = chinese.choices[0].logprobs.content
+    text = bytes(b for t in tokens for b in t.bytes).decode()
+    assert text == chinese.choices[0].message.content + "<|im_end|>"  # the stop token has its logprob too
 
 
 def test_models_health_status_root_metrics(server: Server, client: openai.OpenAI) -> None:

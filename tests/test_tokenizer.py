@@ -128,6 +128,16 @@ def test_stream_decoder_adds_up_to_decode(model: tuple[str, Tokenizer, dict]) ->
     assert held_back > 0
 
 
+def test_token_bytes_join_to_the_text(model: tuple[str, Tokenizer, dict]) -> None:
+    _, tok, ref = model
+    split = 0
+    for e in ref["encode"]:
+        pieces = [tok.token_bytes(i) for i in e["ids"]]
+        assert b"".join(pieces).decode() == e["decoded_with_special"], e["text"]
+        split += sum(tok.decode([i], skip_special_tokens=False) == "\ufffd" for i in e["ids"])
+    assert split > 0  # some tokens are part of a character, where decoding one alone cannot work
+
+
 def test_stream_decoder_on_broken_utf8(model: tuple[str, Tokenizer, dict]) -> None:
     """Cut and gapped token sequences leave partial characters; the stream must still match decode()."""
     _, tok, _ = model

@@ -223,6 +223,11 @@ class Tokenizer:
             self._pieces[token_id] = piece
         return piece
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token adds to decoded text (part of a character for a split multi-byte one)."""
+        piece = self._piece(token_id)
+        return bytes([piece]) if isinstance(piece, int) else piece if isinstance(piece, bytes) else piece.encode()
+
     def stream_decoder(self, skip_special_tokens: bool = True) -> StreamDecoder:
         """A fresh incremental decoder for one sequence of generated tokens."""
         return StreamDecoder(self, skip_special_tokens)

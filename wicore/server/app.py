@@ -413,17 +413,22 @@ class _Service:
     def chat_logprobs(
         self, token_ids: list[int], logprobs: list[float], top: list[list[tuple[int, float]]]
     ) -> ChatChoiceLogprobs:
+        # `bytes` are the token's own bytes: joined over a response they give its UTF-8 text, also
+        # where a character is split across tokens (whose `token` text then shows U+FFFD).
+        token_bytes = self.engine.tokenizer.token_bytes
         content = []
         for k, (token_id, lp) in enumerate(zip(token_ids, logprobs, strict=False)):
-            text = self.token_text(token_id)
             alternatives = [
-                TopLogprob(token=(t := self.token_text(i)), logprob=max(v, MIN_LOGPROB), bytes=list(t.encode()))
+                TopLogprob(token=self.token_text(i), logprob=max(v, MIN_LOGPROB), bytes=list(token_bytes(i)))
                 for i, v in (top[k] if k < len(top) else [])
             ]
             content.append(
                 ChatLogprob(
-                    token=text, logprob=max(lp, MIN_LOGPROB), bytes=list(text.encode()), top_logprobs=alternatives
-                )
+                    token=self.token_text(token_id),
+                    logprob=max(lp, MIN_LOGPROB),
+                    bytes=list(token_bytes(token_id)),
+                    top_logprobs=alternatives,
+                )  # fmt: skip
             )
         return ChatChoiceLogprobs(content=content)
 
