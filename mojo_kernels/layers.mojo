@@ -1,4 +1,4 @@
-"""Row-wise layer kernels: rmsnorm, fused residual + rmsnorm, rope, silu * up, softmax.
+"""Row-wise layer kernels: rmsnorm, fused residual + rmsnorm, rope, silu/gelu * up, softmax.
 
 All arrays are float32, C-contiguous and shape-checked by wicore/kernels/layers.py.
 These run ~100 times per decoded token on one row, so they stay single-threaded
@@ -213,29 +213,42 @@ def rope(
     _ = table^
 
 
-def _silu_mul_row(g: F32Ptr, u: F32Ptr, dst: F32Ptr, f: Int):
+def _act[GELU: Bool, w: Int](g: SIMD[DType.float32, w]) -> SIMD[DType.float32, w]:
+    comptime if GELU:
+        # GELU's tanh approximation, the one Gemma is trained with (gelu_pytorch_tanh), as
+        # g * sigmoid(2z) = 0.5 g (1 + tanh(z)): no cancellation where tanh(z) nears -1.
+        return g / (1.0 + exp(-1.5957691216057308 * (g + 0.044715 * g * g * g)))
+    else:
+        return g / (1.0 + exp(-g))  # SiLU
+
+
+def _glu_row[GELU: Bool](g: F32Ptr, u: F32Ptr, dst: F32Ptr, f: Int):
     var i = 0
     while i + W <= f:
-        var gv = g.unsafe_load[width=W](i)
-        dst.unsafe_store(i, gv / (1.0 + exp(-gv)) * u.unsafe_load[width=W](i))
+        dst.unsafe_store(i, _act[GELU, W](g.unsafe_load[width=W](i)) * u.unsafe_load[width=W](i))
         i += W
     while i < f:
-        var gv = g[unsafe_offset=i]
-        dst.unsafe_store(i, gv / (1.0 + exp(-gv)) * u[unsafe_offset=i])
+        dst.unsafe_store(i, _act[GELU, 1](g[unsafe_offset=i]) * u[unsafe_offset=i])
         i += 1
 
 
-def silu_mul(gu_obj: PythonObject, out_obj: PythonObject, m_obj: PythonObject, f_obj: PythonObject) raises:
+def glu_mul(
+    gu_obj: PythonObject, out_obj: PythonObject, m_obj: PythonObject, f_obj: PythonObject, gelu_obj: PythonObject
+) raises:
     var gu = ptr[DType.float32](gu_obj)
     var dst = ptr[DType.float32](out_obj)
     var m = Int(py=m_obj)
     var f = Int(py=f_obj)
+    var gelu = Int(py=gelu_obj) != 0
 
-    def row(r: Int) {imm gu, imm dst, imm f}:
+    def row(r: Int) {imm gu, imm dst, imm f, imm gelu}:
         var g = gu.unsafe_offset(2 * f * r)
-        _silu_mul_row(g, g.unsafe_offset(f), dst.unsafe_offset(f * r), f)
+        if gelu:
+            _glu_row[True](g, g.unsafe_offset(f), dst.unsafe_offset(f * r), f)
+        else:
+            _glu_row[False](g, g.unsafe_offset(f), dst.unsafe_offset(f * r), f)
 
-    _for_rows(row, m, m * f // 2)  # ~0.5 ns per output (exp and a division)
+    _for_rows(row, m, m * f // 2)  # ~0.5 ns per output (exp or tanh, and a division)
 
 
 def _softmax_row(x: F32Ptr, n: Int):
@@ -292,7 +305,7 @@ def PyInit_layers() abi("C") -> PythonObject:
         m.def_function[rmsnorm]("rmsnorm", docstring="out = x / sqrt(mean(x^2) + eps) * w, rows of [M, K]")
         m.def_function[add_rmsnorm]("add_rmsnorm", docstring="x += delta; out = rmsnorm(x)")
         m.def_function[rope]("rope", docstring="rotary embedding in place on x [T, H, D]")
-        m.def_function[silu_mul]("silu_mul", docstring="out = silu(gate) * up, gate_up [M, 2F]")
+        m.def_function[glu_mul]("glu_mul", docstring="out = act(gate) * up, gate_up [M, 2F], act SiLU or GELU-tanh")
         m.def_function[softmax]("softmax", docstring="row softmax in place on x [M, N]")
         return m.finalize()
     except e:

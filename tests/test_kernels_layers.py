@@ -110,6 +110,15 @@ def test_silu_mul(rng: np.random.Generator, m: int, f: int) -> None:
     np.testing.assert_allclose(out, ref.silu_mul(gate_up), rtol=2e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("m,f", ROW_SHAPES)
+def test_gelu_tanh_mul(rng: np.random.Generator, m: int, f: int) -> None:
+    gate_up = _f32(rng, m, 2 * f, scale=4.0)
+    gate_up[0, :2] = [-120.0, 120.0]  # tanh saturates: 0 and x
+    out = np.full((m, f), np.nan, np.float32)
+    layers.gelu_tanh_mul(gate_up, out)
+    np.testing.assert_allclose(out, ref.gelu_tanh_mul(gate_up), rtol=2e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("m,n", [*ROW_SHAPES, (5, 1)])
 def test_softmax(rng: np.random.Generator, m: int, n: int) -> None:
     x = _f32(rng, m, n, scale=20.0) + 1000.0  # naive exp would overflow

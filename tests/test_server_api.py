@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -13,6 +14,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from tests.helpers import model_path
 from tests.server import Server, serve
+from wicore.tokenizer import Tokenizer
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -196,3 +198,18 @@ def test_repeated_prompt_reports_cached_tokens(server: Server, client: openai.Op
     assert status["prefix_cache_hits"] >= second.usage.prompt_tokens_details.cached_tokens
     metrics = httpx.get(server.url + "/metrics").text
     assert "wicore:prefix_cache_hits_total" in metrics and "wicore:prefix_cache_queries_total" in metrics
+
+
+def test_serves_gemma3_completions_and_refuses_chat_without_a_template(tmp_path: Path) -> None:
+    """The second bundled model, a base Gemma 3: completions equal transformers' greedy text; it has no
+    chat template, so chat is a 400 naming `messages`."""
+    gemma = "gemma-3-270m"
+    tokenizer = Tokenizer.from_gguf(model_path(gemma))
+    case = json.loads((Path(__file__).parent / "data" / "gemma3_reference.json").read_text())["cases"][1]
+    with serve(tmp_path, {"model": {"name": gemma}}) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        r = client.completions.create(model=gemma, prompt=case["prompt"], temperature=0, max_tokens=12)
+        assert r.choices[0].text == tokenizer.decode(case["greedy_ids"][:12])
+        assert r.usage is not None and r.usage.prompt_tokens == len(case["prompt_ids"])  # BOS included
+        chat = httpx.post(server.url + "/v1/chat/completions", json={"messages": FRANCE}, timeout=30)
+        assert chat.status_code == 400 and chat.json()["error"]["param"] == "messages"

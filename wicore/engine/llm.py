@@ -44,6 +44,8 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     timings: Timings = field(default_factory=Timings)
+    # Per generated token, the `params.logprobs` most likely (token id, logprob), when asked for.
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
 
 @dataclass
@@ -97,6 +99,7 @@ class LLM:
                 finish_reason=item.seq.finish_reason.value if item.seq.finish_reason else "length",
                 prompt_tokens=len(item.seq.prompt_ids),
                 timings=timings,
+                top_logprobs=item.seq.output_top_logprobs,
             )
             for item in live
         ]

@@ -75,12 +75,21 @@ def rope(x: np.ndarray, positions: np.ndarray, theta: float, neox: bool, n_rot: 
 
 def silu_mul(gate_up: np.ndarray, out: np.ndarray) -> None:
     """out = silu(gate) * up, where gate_up float32 [M, 2F] holds gate then up; out float32 [M, F]."""
+    _glu_mul(gate_up, out, gelu=False)
+
+
+def gelu_tanh_mul(gate_up: np.ndarray, out: np.ndarray) -> None:
+    """out = gelu_tanh(gate) * up (Gemma's MLP), shapes as silu_mul."""
+    _glu_mul(gate_up, out, gelu=True)
+
+
+def _glu_mul(gate_up: np.ndarray, out: np.ndarray, gelu: bool) -> None:
     m, f2 = _dims(gate_up, "gate_up", 2)
     if f2 % 2:
         raise ValueError(f"gate_up: last dim must be even (gate then up), got {f2}")
     _check(out, _F32, "out", (m, f2 // 2))
     _writable(out, "out")
-    build.load("layers").silu_mul(gate_up, out, m, f2 // 2)
+    build.load("layers").glu_mul(gate_up, out, m, f2 // 2, int(gelu))
 
 
 def softmax(x: np.ndarray) -> None:

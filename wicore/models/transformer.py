@@ -1,10 +1,15 @@
-"""The decoder forward pass shared by llama and qwen2, read top to bottom.
+"""The decoder forward pass shared by llama, qwen2 and gemma3, read top to bottom.
 
 One call runs any mix of sequences: prompt chunks (prefill) and single tokens
 (decode) are laid end to end as T tokens; each token knows its sequence (a row
 of the block tables), its position, and the KV-cache slot it writes.  Logits
 are computed only for the rows the caller asks for (the last token of each
 sequence that samples next).
+
+Gemma 3 adds to the llama block: scaled token embeddings, an RMSNorm on each
+query and key head, RMSNorms on the attention and MLP outputs before they join
+the residual stream, a GELU-gated MLP, and local layers that attend within a
+sliding window with their own RoPE base.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wicore.kernels.attention import paged_attention
-from wicore.kernels.layers import add_rmsnorm, rmsnorm, rope, silu_mul
+from wicore.kernels.layers import add_rmsnorm, gelu_tanh_mul, rmsnorm, rope, silu_mul
 from wicore.kernels.matmul import matmul
 from wicore.models.config import ModelConfig
 from wicore.models.weights import ModelWeights
@@ -67,29 +72,43 @@ class Transformer:
         scale = 1.0 / math.sqrt(c.head_dim)
 
         x = w.token_embd.rows(batch.tokens)  # the residual stream [T, dim]
+        if c.embed_scale != 1.0:
+            x *= np.float32(c.embed_scale)
         h = np.empty_like(x)  # normalised input of the next block
         rmsnorm(x, w.layers[0].attn_norm, c.rms_eps, h)
+        glu = gelu_tanh_mul if c.ffn_act == "gelu_tanh" else silu_mul
         for i, layer in enumerate(w.layers):
-            # Attention: project, rotate, store K/V, attend over the cache.
+            local = c.is_local(i)
+            # Attention: project, (normalise heads,) rotate, store K/V, attend over the cache.
             qkv = matmul(h, layer.wqkv, bias=layer.bqkv)
             q = np.ascontiguousarray(qkv[:, :q_dim]).reshape(n_tok, c.n_heads, c.head_dim)
             k = np.ascontiguousarray(qkv[:, q_dim : q_dim + kv_dim]).reshape(n_tok, c.n_kv_heads, c.head_dim)
-            rope(q, batch.positions, c.rope_theta, c.rope_neox)
-            rope(k, batch.positions, c.rope_theta, c.rope_neox)
+            if layer.q_norm is not None and layer.k_norm is not None:
+                for heads, norm in ((q, layer.q_norm), (k, layer.k_norm)):
+                    rows = heads.reshape(-1, c.head_dim)
+                    rmsnorm(rows, norm, c.rms_eps, rows)
+            theta = c.rope_theta_local if local else c.rope_theta
+            rope(q, batch.positions, theta, c.rope_neox)
+            rope(k, batch.positions, theta, c.rope_neox)
             kv.k[i][batch.slots] = k
             kv.v[i][batch.slots] = qkv[:, q_dim + kv_dim :].reshape(n_tok, c.n_kv_heads, c.head_dim)
             attn = np.empty_like(q)
             paged_attention(
-                q, kv.k[i], kv.v[i], batch.block_tables, batch.token_seq, batch.positions, attn, kv.block_size, scale
-            )
+                q, kv.k[i], kv.v[i], batch.block_tables, batch.token_seq, batch.positions, attn, kv.block_size, scale,
+                c.sliding_window if local else 0,
+            )  # fmt: skip
             attn_out = matmul(attn.reshape(n_tok, q_dim), layer.wo)
+            if layer.post_attn_norm is not None:
+                rmsnorm(attn_out, layer.post_attn_norm, c.rms_eps, attn_out)
             add_rmsnorm(x, attn_out, layer.ffn_norm, c.rms_eps, h)
 
-            # SiLU-gated MLP.
+            # Gated MLP (SiLU, or GELU for Gemma).
             gate_up = matmul(h, layer.w_gate_up)
             act = np.empty((n_tok, c.ffn_dim), dtype=np.float32)
-            silu_mul(gate_up, act)
+            glu(gate_up, act)
             mlp_out = matmul(act, layer.w_down)
+            if layer.post_ffn_norm is not None:
+                rmsnorm(mlp_out, layer.post_ffn_norm, c.rms_eps, mlp_out)
             next_norm = w.layers[i + 1].attn_norm if i + 1 < c.n_layers else w.output_norm
             add_rmsnorm(x, mlp_out, next_norm, c.rms_eps, h)
 

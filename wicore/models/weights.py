@@ -20,6 +20,11 @@ class LayerWeights:
     ffn_norm: np.ndarray
     w_gate_up: Weight  # rows: ffn gate, then ffn up
     w_down: Weight
+    # Gemma 3 only: RMSNorm of each query/key head, and of the attention and MLP outputs.
+    q_norm: np.ndarray | None = None
+    k_norm: np.ndarray | None = None
+    post_attn_norm: np.ndarray | None = None
+    post_ffn_norm: np.ndarray | None = None
 
 
 @dataclass
@@ -52,6 +57,10 @@ class _Tensors:
 
 def load_weights(reader: gguf.GGUFReader, config: ModelConfig) -> ModelWeights:
     t = _Tensors(reader)
+
+    def optional(name: str) -> np.ndarray | None:
+        return t.vector(name) if t.has(name) else None
+
     layers = []
     for i in range(config.n_layers):
         p = f"blk.{i}."
@@ -65,6 +74,10 @@ def load_weights(reader: gguf.GGUFReader, config: ModelConfig) -> ModelWeights:
                 ffn_norm=t.vector(p + "ffn_norm.weight"),
                 w_gate_up=concat_rows([t.matrix(p + "ffn_gate.weight"), t.matrix(p + "ffn_up.weight")]),
                 w_down=t.matrix(p + "ffn_down.weight"),
+                q_norm=optional(p + "attn_q_norm.weight"),
+                k_norm=optional(p + "attn_k_norm.weight"),
+                post_attn_norm=optional(p + "post_attention_norm.weight"),
+                post_ffn_norm=optional(p + "post_ffw_norm.weight"),
             )
         )
     token_embd = t.matrix("token_embd.weight")
