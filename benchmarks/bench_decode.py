@@ -49,7 +49,8 @@ def wicore_runner(model: str, ids: list[int], gen: int, threads: int) -> Callabl
     from wicore.engine.llm import LLM, Timings
     from wicore.engine.sampling import SamplingParams
 
-    llm = LLM(model, max_model_len=len(ids) + gen + 16, max_batch_tokens=len(ids))
+    # No prefix cache: every repetition prefills the whole prompt, as llama.cpp's (reset) does below.
+    llm = LLM(model, max_model_len=len(ids) + gen + 16, max_batch_tokens=len(ids), enable_prefix_caching=False)
     params = SamplingParams(temperature=0.0, max_tokens=gen, ignore_eos=True)
 
     def once() -> tuple[float, float]:

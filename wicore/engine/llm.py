@@ -63,6 +63,7 @@ class LLM:
         kv_cache_tokens: int = 16384,
         block_size: int = 16,
         max_batch_tokens: int = 512,
+        enable_prefix_caching: bool = True,
     ) -> None:
         path = registry.resolve(model)
         self.config, meta, weights = load_prepared(path)
@@ -72,7 +73,7 @@ class LLM:
         self.max_model_len = min(max_model_len, self.config.context_length)
         self.max_batch_tokens = max_batch_tokens
         num_blocks = -(-max(kv_cache_tokens, self.max_model_len) // block_size)
-        self.runner = ModelRunner(self.model, num_blocks, block_size)
+        self.runner = ModelRunner(self.model, num_blocks, block_size, enable_prefix_caching)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages), add_special_tokens=False)
