@@ -19,7 +19,7 @@ from std.sys.intrinsics import prefetch, PrefetchOptions
 from max.algorithm import sync_parallelize
 from common import F32Ptr, I32Ptr, ptr, num_threads
 
-comptime W = 8  # float32 lanes of an AVX2 register
+comptime W = 8  # 8 float32 lanes on every target: the register transposes below are written for 8
 comptime Vec = SIMD[DType.float32, W]
 comptime TILE = 32  # keys per online-softmax step (measured: 16 and 64 a little slower)
 comptime IntPtr = Pointer[Int, MutAnyOrigin]

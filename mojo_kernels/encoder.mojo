@@ -15,7 +15,7 @@ from std.runtime import initialize_runtime
 from max.algorithm import sync_parallelize
 from common import F32Ptr, free_f32, num_threads, ptr, scratch_f32
 
-comptime W = 8  # float32 lanes in an AVX2 register (the build targets x86-64-v3)
+comptime W = 8  # 8 float32 lanes on every target: the register transposes below are written for 8
 comptime V = SIMD[DType.float32, W]
 # Waking the thread pool costs ~15-25 us: threads only for calls with more than ~50 us of
 # single-threaded work. Each kernel passes an estimate of its work in ns (one Zen 3 core).

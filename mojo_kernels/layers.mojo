@@ -11,10 +11,9 @@ from std.python import PythonObject
 from std.python.bindings import PythonModuleBuilder
 from std.runtime import initialize_runtime
 from max.algorithm import sync_parallelize
-from common import F32Ptr, ptr, num_threads
+from common import F32Ptr, ptr, num_threads, F32_LANES
 
-# AVX2: 8 float32 lanes (the build targets x86-64-v3).
-comptime W = 8
+comptime W = F32_LANES  # float32 lanes of the target's vector registers
 comptime V = SIMD[DType.float32, W]
 # Threads pay off once a call has more than ~50 us of single-threaded work: waking the pool
 # costs ~15-25 us. Each kernel passes an estimate of its work in ns, measured on one Zen 3 core.
@@ -156,10 +155,12 @@ def _rotate_normal(x: F32Ptr, c: F32Ptr, s: F32Ptr, half: Int):
     var i = 0
     while i + W <= half:
         var pair = x.unsafe_load[width=2 * W](2 * i).deinterleave()
+        var even = rebind[V](pair[0])  # (2W)/2 lanes, which the compiler does not fold to W
+        var odd = rebind[V](pair[1])
         var cv = c.unsafe_load[width=W](i)
         var sv = s.unsafe_load[width=W](i)
-        var r0 = pair[0] * cv - pair[1] * sv
-        var r1 = pair[0] * sv + pair[1] * cv
+        var r0 = even * cv - odd * sv
+        var r1 = even * sv + odd * cv
         x.unsafe_store(2 * i, r0.interleave(r1))
         i += W
     while i < half:

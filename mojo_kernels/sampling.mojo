@@ -15,9 +15,9 @@ from std.python.bindings import PythonModuleBuilder
 from std.builtin.sort import sort
 from std.runtime import initialize_runtime
 from max.algorithm import sync_parallelize
-from common import data_addr, num_threads
+from common import data_addr, num_threads, F32_LANES
 
-comptime W = 8  # float32 lanes in an AVX2 register
+comptime W = F32_LANES  # float32 lanes of the target's vector registers
 comptime BLOCK = 256  # elements per partial sum of the draw
 comptime BAND = 1024  # most tokens sorted at once (the stdlib sort slows down past ~2k)
 # Untracked origins: the pointers live in a struct shared by the worker threads.
@@ -179,7 +179,9 @@ def is_kept(v: Float32, i: Int, ev: Float32, lb: Float32, ib: Int, min_p: Float3
 
 
 def kept_block_sums(l: F32Ptr, e: F32Ptr, V: Int, lb: Float32, ib: Int, min_p: Float32, blocks: F64Ptr):
-    var lane = SIMD[DType.int32, W](0, 1, 2, 3, 4, 5, 6, 7)
+    var lane = SIMD[DType.int32, W](0)
+    comptime for j in range(W):
+        lane[j] = Int32(j)
     var i = 0
     var blk = 0
     while i < V:

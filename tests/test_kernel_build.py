@@ -20,8 +20,21 @@ def test_cache_key_follows_the_sources(tmp_path: Path, monkeypatch: pytest.Monke
     assert build.source_hash() == first
     (src / "a.mojo").write_text("def f(): return\n")
     assert build.source_hash() != first
-    monkeypatch.setattr(build, "TARGET_CPU", "x86-64-v4")
+    monkeypatch.setattr(build, "TARGET", build.Target("x86-64-v4", "+avx512vnni", "avx512-vnni"))
     assert build.source_hash() != first
+
+
+def test_target_follows_the_feature_flags_not_the_cpu_name() -> None:
+    avx2 = {"avx2", "fma", "bmi2"}
+    avx512 = avx2 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+    assert [t.isa for t in build.host_targets(avx2)] == ["avx2"]
+    assert [t.isa for t in build.host_targets(avx512)] == ["avx2"]  # no VNNI: the AVX2 path is the tested one
+    zen4 = build.host_targets(avx512 | {"avx512_vnni", "avx512_bf16"})
+    assert [(t.cpu, t.features) for t in zen4] == [("x86-64-v4", "+avx512vnni,+avx512bf16"), ("x86-64-v3", "")]
+    # A VM's model number can hide AMX from Mojo's host detection; the flags show it.
+    spr = build.host_targets(avx512 | {"avx512_vnni", "amx_tile", "amx_int8", "amx_bf16"})
+    assert [t.isa for t in spr] == ["amx", "avx512-vnni", "avx2"]
+    assert spr[0].cpu == "sapphirerapids"
 
 
 def test_every_family_builds_and_is_listed() -> None:

@@ -1,71 +1,114 @@
-"""Matmul kernel vs numpy, for every weight layout, on odd shapes; repack vs gguf's dequantiser."""
+"""Matmul kernel vs numpy on odd shapes, for every weight format and every ISA path this host runs.
+
+Quantised weights are random GGUF blocks run through the real repack; the reference
+dequantises them with the repack's own numpy code, which is checked against gguf's
+dequantiser on the real model's tensors.
+"""
 
 from __future__ import annotations
 
 import gguf
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize
 
 from tests.helpers import model_path
 from tests.references import matmul as ref
+from wicore.kernels import build
 from wicore.kernels.matmul import matmul
-from wicore.models.quant import DenseWeight, QuantWeight, concat_rows, repack
+from wicore.models.quant import DenseWeight, QuantWeight, SplitWeight, concat_rows, repack
 
 RNG = np.random.default_rng(1234)
-# 9, 16, 17, 33: panel path with 4- and 3-row tiles (17 = 4 + 4 + 3 + 3 + 3).
-M_SIZES = [1, 2, 5, 9, 13, 16, 17, 33, 37]
+# 9, 16, 17, 33: panel path with 4- and 3-row tiles (17 = 4 + 4 + 3 + 3 + 3); <= 8: int8 path.
+M_SIZES = [1, 2, 5, 8, 9, 16, 17, 33]
+# GGUF type -> (bytes per block, weights per block, byte offsets of float16 scales)
+BLOCKS = {QT.Q8_0: (34, 32, (0,)), QT.Q5_0: (22, 32, (0,)), QT.Q6_K: (210, 256, (208,)), QT.Q4_K: (144, 256, (0, 2))}
+# K values per block size: 96 and 288 are not whole 64-weight chunks (the padded tail).
+K_SIZES = {32: [32, 96, 288, 896], 256: [256, 768]}
 
 
-def _quant(n: int, k: int, group: int, with_min: bool) -> QuantWeight:
-    return QuantWeight(
-        q=RNG.integers(-32, 32, size=(n, k), dtype=np.int8),
-        scale=RNG.uniform(0.001, 0.02, size=(n, k // group)).astype(np.float32),
-        min=RNG.uniform(-0.1, 0.1, size=(n, k // group)).astype(np.float32) if with_min else None,
-        group=group,
-    )
+@pytest.fixture(params=build.host_targets(build.cpu_flags()), ids=lambda t: t.isa)
+def isa(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once per kernel build this CPU can execute (AVX2 always, AVX-512 VNNI, AMX)."""
+    monkeypatch.setattr(build, "TARGET", request.param)
+    return request.param.isa
 
 
-def _check(x: np.ndarray, w, bias=None) -> None:
+def random_blocks(qtype: QT, n: int, k: int) -> np.ndarray:
+    """Raw GGUF data of an [n, k] tensor: random bytes with finite, model-sized float16 scales."""
+    size, per, scale_at = BLOCKS[qtype]
+    raw = RNG.integers(0, 256, size=(n * k // per, size), dtype=np.uint8)
+    for at in scale_at:
+        raw[:, at : at + 2] = RNG.uniform(0.0005, 0.02, size=(len(raw), 1)).astype(np.float16).view(np.uint8)
+    return raw.reshape(n, -1)
+
+
+def exact_int8_rows(m: int, k: int) -> np.ndarray:
+    """x whose Q8_0 quantisation is exact (each block of 32 is a scale times integers reaching 127),
+    so the int8 decode path and the float path must both match the reference to float rounding."""
+    kp = -(-k // 32) * 32
+    q = RNG.integers(-127, 128, size=(m, kp // 32, 32)).astype(np.float32)
+    q[:, :, 0] = 127
+    x = q * RNG.uniform(0.01, 1.0, size=(m, kp // 32, 1)).astype(np.float32)
+    return np.ascontiguousarray(x.reshape(m, kp)[:, :k])
+
+
+def _check(x: np.ndarray, w, bias=None, rtol: float = 1e-4) -> None:
     got = matmul(x, w, bias=bias)
     want = ref.matmul(x, w, bias)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * float(np.abs(want).max()))
 
 
-@pytest.mark.parametrize("group,with_min", [(32, False), (32, True), (16, False), (16, True)])
+@pytest.mark.parametrize("qtype", list(BLOCKS), ids=lambda t: t.name)
 @pytest.mark.parametrize("m", M_SIZES)
-def test_quant_layouts_odd_shapes(group: int, with_min: bool, m: int) -> None:
-    for n, k in [(1, group), (7, 3 * group), (131, 5 * group), (97, 29 * group)]:
-        w = _quant(n, k, group, with_min)
-        x = RNG.standard_normal((m, k)).astype(np.float32)
-        _check(x, w)
-        _check(x, w, bias=RNG.standard_normal(n).astype(np.float32))
+def test_quant_formats_odd_shapes(isa: str, qtype: QT, m: int) -> None:
+    for k in K_SIZES[BLOCKS[qtype][1]]:
+        for n in (1, 7, 131):
+            w = repack(random_blocks(qtype, n, k), qtype, (n, k))
+            x = exact_int8_rows(m, k)
+            _check(x, w)
+            _check(x, w, bias=RNG.standard_normal(n).astype(np.float32))
+
+
+@pytest.mark.parametrize("qtype", list(BLOCKS), ids=lambda t: t.name)
+def test_decode_path_quantises_activations_like_q8_0(isa: str, qtype: QT) -> None:
+    """Any x: rows of a small batch go through int8 blocks of 32, as llama.cpp's Q8_0 activations."""
+    k = 768
+    w = repack(random_blocks(qtype, 97, k), qtype, (97, k))
+    x = RNG.standard_normal((3, k)).astype(np.float32)
+    got = matmul(x, w)
+    want = ref.matmul(ref.quantize_q8_0(x), w)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("m", M_SIZES)
-def test_dense_odd_shapes(dtype: type, m: int) -> None:
+def test_dense_odd_shapes(isa: str, dtype: type, m: int) -> None:
     for n, k in [(1, 1), (3, 7), (67, 37), (129, 203)]:
         w = DenseWeight(RNG.standard_normal((n, k)).astype(dtype))
         x = RNG.standard_normal((m, k)).astype(np.float32)
         _check(x, w)
 
 
-def test_large_parallel_shapes() -> None:
-    # Big enough to run on every core, with panels that do not divide N.
-    w = _quant(1153, 896, 32, False)
-    for m in (1, 16, 17, 19):
-        _check(RNG.standard_normal((m, 896)).astype(np.float32), w)
+def test_large_parallel_shapes(isa: str) -> None:
+    # Big enough to run on every core, with panels and thread shares that do not divide N.
+    w = repack(random_blocks(QT.Q5_0, 1153, 896), QT.Q5_0, (1153, 896))
+    for m in (1, 4, 16, 17, 19):
+        _check(exact_int8_rows(m, 896), w)
 
 
-def test_fused_rows_keep_each_part_exact() -> None:
-    parts = [_quant(5, 64, 32, False), _quant(3, 64, 16, False), _quant(4, 64, 32, True)]
+def test_mixed_formats_split_and_write_side_by_side(isa: str) -> None:
+    parts = [repack(random_blocks(t, n, 256), t, (n, 256)) for t, n in [(QT.Q5_0, 5), (QT.Q5_0, 3), (QT.Q8_0, 4)]]
     fused = concat_rows(parts)
+    assert isinstance(fused, SplitWeight) and [p.fmt for p in fused.parts] == ["q5_0", "q8_0"]
     np.testing.assert_array_equal(fused.dequantize(), np.concatenate([p.dequantize() for p in parts]))
+    for m in (1, 12):
+        _check(exact_int8_rows(m, 256), fused, bias=RNG.standard_normal(12).astype(np.float32))
 
 
 def test_bad_arguments_raise() -> None:
-    w = _quant(8, 64, 32, False)
+    w = repack(random_blocks(QT.Q8_0, 8, 64), QT.Q8_0, (8, 64))
     with pytest.raises(ValueError, match="x: expected shape"):
         matmul(np.zeros((2, 63), np.float32), w)
     with pytest.raises(ValueError, match="x: expected dtype float32"):
@@ -74,6 +117,8 @@ def test_bad_arguments_raise() -> None:
         matmul(np.zeros((64, 2), np.float32).T, w)
     with pytest.raises(ValueError, match="bias"):
         matmul(np.zeros((2, 64), np.float32), w, bias=np.zeros(7, np.float32))
+    with pytest.raises(ValueError, match="lo"):
+        QuantWeight("q5_0", (8, 64), {"lo": np.zeros((8, 31), np.uint8), "hi": w.planes["qs"], "d": w.planes["d"]})
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +130,7 @@ def qwen_tensors() -> dict[str, gguf.ReaderTensor]:
 @pytest.mark.parametrize(
     "name", ["blk.0.attn_q.weight", "blk.0.attn_v.weight", "blk.0.ffn_down.weight", "blk.11.ffn_down.weight"]
 )
-def test_repack_of_real_blocks_is_exact(qwen_tensors: dict, name: str) -> None:
+def test_repack_of_real_blocks_is_exact_and_no_larger(qwen_tensors: dict, name: str) -> None:
     """Q5_0, Q8_0, Q6_K and Q4_K tensors of the real model against gguf's own dequantiser."""
     t = qwen_tensors[name]
     k, n = (int(d) for d in t.shape)
@@ -93,4 +138,6 @@ def test_repack_of_real_blocks_is_exact(qwen_tensors: dict, name: str) -> None:
     raw = np.asarray(t.data[:rows])
     w = repack(raw, t.tensor_type, (rows, k))
     np.testing.assert_array_equal(w.dequantize(), dequantize(raw, t.tensor_type).reshape(rows, k))
-    _check(RNG.standard_normal((3, k)).astype(np.float32), w)
+    # Q4_K's 6-bit sub-scales take a byte each: 0.578 bytes per weight instead of 0.5625.
+    assert w.nbytes <= raw.nbytes * (1.03 if t.tensor_type == QT.Q4_K else 1.0)
+    _check(exact_int8_rows(3, k), w)

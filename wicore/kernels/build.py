@@ -1,9 +1,13 @@
-"""Build the Mojo kernels into CPython extension modules, cached by source hash.
+"""Build the Mojo kernels into CPython extension modules for the CPU at hand, cached by source hash.
 
 Each kernel family is one file in `mojo_kernels/` with its own `PyInit_<name>`
 (matmul, layers, attention, sampling), so a family can be built and tested on
-its own.  Every module is rebuilt when any `.mojo` file (or the target CPU, or
-the compiler) changes; otherwise the cached `.so` is imported directly.  A
+its own.  The target is chosen from the CPU's feature flags, not its name (VMs
+report odd model numbers, and Mojo's host detection misses AMX): AVX2 + FMA
+(`x86-64-v3`), AVX-512 with VNNI (`x86-64-v4` + features), or AMX on top.
+`WICORE_TARGET=portable` forces the AVX2 build, any other value is taken as a
+`--target-cpu` name.  Every module is rebuilt when any `.mojo` file, the target
+or the compiler changes; otherwise the cached `.so` is imported directly.  A
 file lock keeps concurrent processes from building the same thing twice.
 """
 
@@ -17,18 +21,69 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIR = REPO_ROOT / "mojo_kernels"
 BUILD_DIR = Path(os.environ.get("WICORE_BUILD_DIR", REPO_ROOT / ".wicore-build"))
-# A portable AVX2 + FMA build by default; WICORE_TARGET_CPU=x86-64-v4 (or znver4, ...) for AVX-512 hosts.
-TARGET_CPU = os.environ.get("WICORE_TARGET_CPU", "x86-64-v3")
 
 
 class KernelBuildError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Target:
+    """A `mojo build` target: CPU name, extra features, and the ISA path the kernels take on it."""
+
+    cpu: str
+    features: str
+    isa: str  # "avx2", "avx512-vnni", "amx": reported by benchmarks and /status
+
+    @property
+    def key(self) -> str:
+        return f"{self.cpu}{self.features}"
+
+
+PORTABLE = Target("x86-64-v3", "", "avx2")
+_AVX512 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def host_targets(flags: set[str]) -> list[Target]:
+    """Every target this CPU can run, best first (the portable AVX2 build last)."""
+    targets = []
+    if _AVX512 <= flags and "avx512_vnni" in flags:
+        features = "+avx512vnni" + (",+avx512bf16" if "avx512_bf16" in flags else "")
+        if {"amx_tile", "amx_int8", "amx_bf16"} <= flags:
+            targets.append(Target("sapphirerapids", "", "amx"))
+        targets.append(Target("x86-64-v4", features, "avx512-vnni"))
+    targets.append(PORTABLE)
+    return targets
+
+
+def _default_target() -> Target:
+    chosen = os.environ.get("WICORE_TARGET", "native")
+    if chosen == "native":
+        return host_targets(cpu_flags())[0]
+    if chosen == "portable":
+        return PORTABLE
+    return Target(chosen, "", chosen)
+
+
+TARGET = _default_target()
 
 
 def _mojo() -> str:
@@ -39,12 +94,13 @@ def _mojo() -> str:
     return found
 
 
-def source_hash() -> str:
+def source_hash(target: Target | None = None) -> str:
+    target = target or TARGET
     h = hashlib.sha256()
     for path in sorted(SOURCE_DIR.glob("*.mojo")):
         h.update(path.name.encode())
         h.update(path.read_bytes())
-    h.update(TARGET_CPU.encode())
+    h.update(target.key.encode())
     try:
         from importlib.metadata import version
 
@@ -54,9 +110,10 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def build(name: str, force: bool = False) -> Path:
-    """Compile kernel module `name` if its cached build is stale; return the `.so` path."""
-    out = BUILD_DIR / source_hash() / f"{name}.so"
+def build(name: str, force: bool = False, target: Target | None = None) -> Path:
+    """Compile kernel module `name` for `target` (default TARGET) if its cached build is stale."""
+    target = target or TARGET
+    out = BUILD_DIR / source_hash(target) / f"{name}.so"
     if out.exists() and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -67,8 +124,10 @@ def build(name: str, force: bool = False) -> Path:
         tmp = out.with_suffix(".tmp.so")
         cmd = [
             _mojo(), "build", str(SOURCE_DIR / f"{name}.mojo"), "--emit", "shared-lib",
-            "-I", str(SOURCE_DIR), "--target-cpu", TARGET_CPU, "-o", str(tmp),
+            "-I", str(SOURCE_DIR), "--target-cpu", target.cpu, "-o", str(tmp),
         ]  # fmt: skip
+        if target.features:
+            cmd += ["--target-features", target.features]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             errors = "\n".join(line for line in proc.stderr.splitlines() if "rashpad" not in line)
@@ -77,12 +136,12 @@ def build(name: str, force: bool = False) -> Path:
     return out
 
 
-_loaded: dict[str, ModuleType] = {}
+_loaded: dict[tuple[str, Target], ModuleType] = {}
 
 
 def load(name: str) -> ModuleType:
-    """Build kernel module `name` if needed, then import it."""
-    if name not in _loaded:
+    """Build kernel module `name` for TARGET if needed, then import it."""
+    if (name, TARGET) not in _loaded:
         path = build(name)
         loader = importlib.machinery.ExtensionFileLoader(name, str(path))
         spec = importlib.util.spec_from_file_location(name, path, loader=loader)
@@ -90,8 +149,8 @@ def load(name: str) -> ModuleType:
         module = importlib.util.module_from_spec(spec)
         loader.exec_module(module)
         _restore_environment()
-        _loaded[name] = module
-    return _loaded[name]
+        _loaded[name, TARGET] = module
+    return _loaded[name, TARGET]
 
 
 # Loading a Mojo module sets these in the C environment (not in os.environ), e.g. PYTHONEXECUTABLE

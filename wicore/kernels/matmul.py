@@ -1,4 +1,4 @@
-"""out[M, N] = x[M, K] @ W[N, K]^T (+ bias), W quantised (QuantWeight) or dense (DenseWeight)."""
+"""out[M, N] = x[M, K] @ W[N, K]^T (+ bias), W quantised (QuantWeight, SplitWeight) or dense (DenseWeight)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from wicore.kernels import build
 from wicore.kernels._arrays import require
-from wicore.models.quant import DenseWeight, QuantWeight, Weight
+from wicore.models.quant import DenseWeight, QuantWeight, SplitWeight, Weight
 
 _EMPTY = np.zeros(1, dtype=np.float32)
 
@@ -21,15 +21,18 @@ def matmul(x: np.ndarray, weight: Weight, out: np.ndarray | None = None, bias: n
         require(out, np.float32, "out", (m, n))
     if bias is not None:
         require(bias, np.float32, "bias", (n,))
-    has_bias = int(bias is not None)
     kernels = build.load("matmul")
-    if isinstance(weight, QuantWeight):
-        mins = weight.min if weight.min is not None else _EMPTY
-        dims = np.array([m, n, k, weight.group, int(weight.min is not None), has_bias], dtype=np.int32)
-        kernels.matmul_q(x, weight.q, weight.scale, mins, _EMPTY if bias is None else bias, out, dims)
-    elif isinstance(weight, DenseWeight):
-        dims = np.array([m, n, k, int(weight.w.dtype == np.float16), has_bias], dtype=np.int32)
+    if isinstance(weight, DenseWeight):
+        dims = np.array([m, n, k, int(weight.w.dtype == np.float16), int(bias is not None)], dtype=np.int32)
         kernels.matmul_dense(x, weight.w, _EMPTY if bias is None else bias, out, dims)
-    else:
-        raise ValueError(f"weight: unsupported type {type(weight).__name__}")
+        return out
+    col = 0
+    for part in weight.parts if isinstance(weight, SplitWeight) else [weight]:
+        if not isinstance(part, QuantWeight):
+            raise ValueError(f"weight: unsupported type {type(part).__name__}")
+        rows = part.shape[0]
+        part_bias = _EMPTY if bias is None else bias[col : col + rows]
+        dims = np.array([m, int(bias is not None), n, col], dtype=np.int64)
+        kernels.matmul_q(x, part.descriptor, part_bias, out, dims)
+        col += rows
     return out

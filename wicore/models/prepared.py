@@ -21,11 +21,11 @@ import gguf
 import numpy as np
 
 from wicore.models.config import ModelConfig, read_metadata
-from wicore.models.quant import DenseWeight, QuantWeight, Weight
+from wicore.models.quant import DenseWeight, QuantWeight, SplitWeight, Weight
 from wicore.models.registry import wicore_home
 from wicore.models.weights import LayerWeights, ModelWeights, load_weights
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _cache_dir(path: Path) -> Path:
@@ -62,16 +62,16 @@ def load_prepared(path: Path) -> tuple[ModelConfig, dict[str, Any], ModelWeights
     def array(name: str) -> np.ndarray:
         return np.load(cache / f"{name}.npy", mmap_mode="r")
 
+    def quant(name: str, spec: dict[str, Any]) -> QuantWeight:
+        return QuantWeight(spec["format"], tuple(spec["shape"]), {p: array(f"{name}.{p}") for p in spec["planes"]})
+
     def weight(name: str) -> Weight:
         spec = index[name]
         if spec["kind"] == "dense":
             return DenseWeight(array(f"{name}.w"))
-        return QuantWeight(
-            q=array(f"{name}.q"),
-            scale=array(f"{name}.scale"),
-            min=array(f"{name}.min") if spec["min"] else None,
-            group=spec["group"],
-        )
+        if spec["kind"] == "split":
+            return SplitWeight([quant(f"{name}.{i}", part) for i, part in enumerate(spec["parts"])])
+        return quant(name, spec)
 
     def part(name: str, value_type: type) -> Any:
         if name not in index:
@@ -105,6 +105,11 @@ def _prepare(path: Path, cache: Path) -> None:
     tmp.mkdir(parents=True)
     index: dict[str, Any] = {}
 
+    def save_quant(name: str, value: QuantWeight) -> dict[str, Any]:
+        for plane, a in value.planes.items():
+            np.save(tmp / f"{name}.{plane}.npy", a)
+        return {"kind": "quant", "format": value.fmt, "shape": list(value.shape), "planes": list(value.planes)}
+
     def save(name: str, value: Weight | np.ndarray | None) -> None:
         if value is None:
             return
@@ -114,12 +119,10 @@ def _prepare(path: Path, cache: Path) -> None:
         elif isinstance(value, DenseWeight):
             np.save(tmp / f"{name}.w.npy", value.w)
             index[name] = {"kind": "dense"}
+        elif isinstance(value, SplitWeight):
+            index[name] = {"kind": "split", "parts": [save_quant(f"{name}.{i}", p) for i, p in enumerate(value.parts)]}
         else:
-            np.save(tmp / f"{name}.q.npy", value.q)
-            np.save(tmp / f"{name}.scale.npy", value.scale)
-            if value.min is not None:
-                np.save(tmp / f"{name}.min.npy", value.min)
-            index[name] = {"kind": "quant", "group": value.group, "min": value.min is not None}
+            index[name] = save_quant(name, value)
 
     save("token_embd", weights.token_embd)
     save("output_norm", weights.output_norm)
