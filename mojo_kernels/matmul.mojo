@@ -1,22 +1,20 @@
 """Matmul of float32 activations by GGUF-quantised or dense weights: dst[M, N] = x[M, K] @ W[N, K]^T (+ bias).
 
 Quantised weights stay at their GGUF size in the load-time layout of `wicore/models/quant.py`:
-unsigned integers u (4, 5, 6 or 8 bits) in 64-weight chunks, low nibbles in one plane and the
-high bits in another, with per-group scales; value = scale * (u - offset), or scale * u + min
-(Q4_K). Q8_0 keeps its signed bytes.
+tiles of 16 weight rows, interleaved so that 4 consecutive weights of each of the 16 rows fill
+one 64-byte register (the VNNI / AMX B layout): unsigned integers u (4, 5, 6 or 8 bits; low
+nibbles in one plane, high bits in another) with per-group scales, value = scale * (u - offset),
+or scale * u + min (Q4_K). Q8_0 keeps its signed bytes.
 
-Two paths:
-- M <= SMALL_M (decode, small batches): memory-bound. x is quantised once per call to int8
-  blocks of 32 (llama.cpp's Q8_0), and each 64-weight chunk is unpacked once in registers and
-  multiplied into every row of x with integer dot products: VNNI `vpdpbusd` (u8 x s8 -> s32)
-  where the target has it, AVX2 `vpmaddubsw` + `vpmaddwd` otherwise. The offset cancels through
-  the accumulator's start value (-offset x the sum of x's bytes), a Q4_K min through x's block
-  sums, and one float FMA per 4 lanes applies weight scale x activation scale.
-- M > SMALL_M (prefill, batches): compute-bound, so a panel of weight rows is
-  dequantised once into a float32 scratch that stays in L2, then 4x3 / 3x4
-  register-blocked micro-kernels multiply it with every row of x, while the
-  thread's next panel of weights is prefetched from DRAM.
-Both split the output rows N over the cores.
+x is quantised once per call to int8 blocks of 32 (llama.cpp's Q8_0). For each tile and each
+group of 32 weights, the 8 quads of the tile are unpacked once and multiplied into up to 4 rows
+of x at a time: the x row's 4 bytes are broadcast, and one integer dot-product instruction adds
+4 products into each of the 16 row lanes (VNNI `vpdpbusd`, u8 x s8 -> s32, or AVX2 `vpmaddubsw`
++ `vpmaddwd`). The offset cancels through the accumulator's start value (-offset x the sum of the
+x block), a Q4_K min through the block sum; one float FMA per group applies weight scale x
+activation scale to 16 outputs at once, with no horizontal sums. Every row of x goes the same
+way whatever M is, so a token's logits do not depend on the batch it ran in.
+Dense (F32/F16) weights go through a float32 panel GEMM. Both split the output rows over the cores.
 """
 from std.collections import Array
 from std.memory import bitcast
@@ -38,9 +36,6 @@ comptime F32x = SIMD[DType.float32, W]
 comptime NR4 = 3
 comptime NR3 = 4
 comptime PANEL_STEP = 12  # panel rows: a multiple of both tile widths
-# Up to this many x rows, weights are unpacked in registers and reused across rows (decode
-# batches); above, a dequantised panel feeds a register-tiled micro-kernel (prefill).
-comptime SMALL_M = 8
 # Below this many weights a matmul runs on one thread: dispatch costs ~20 us.
 comptime PARALLEL_MIN_WEIGHTS = 64 * 1024
 
@@ -49,7 +44,6 @@ comptime Q8_0 = 0
 comptime Q5_0 = 1
 comptime Q6_K = 2
 comptime Q4_K = 3
-comptime CHUNK = 64  # weights per unpacked chunk: one 512-bit register of bytes
 comptime HAS_VNNI = CompilationTarget.has_vnni() and CompilationTarget.has_avx512f()
 
 # Untracked: the planes belong to numpy arrays the Python weight object keeps alive.
@@ -169,10 +163,6 @@ def _add_bias(dst: F32Ptr, bias: F32Ptr, M: Int, N: Int, n0: Int, n1: Int):
 
 
 
-def _group[FMT: Int]() -> Int:
-    return 16 if FMT == Q6_K else 32
-
-
 def _offset[FMT: Int]() -> Int:
     """What the integer path subtracts from u: Q8_0's bytes are biased to unsigned only for VNNI."""
     comptime if FMT == Q8_0:
@@ -190,72 +180,71 @@ struct QW(ImplicitlyCopyable):
 
     var fmt: Int
     var N: Int
-    var Kp: Int  # K rounded up to whole 64-weight chunks (the planes are padded with zeros)
+    var K: Int  # a multiple of 32
     var a: U8Ptr  # Q8_0 bytes, or the low nibbles
     var b: U8Ptr  # Q5_0 / Q6_K high bits
-    var s: U8Ptr  # per-group scales: f16 (Q8_0, Q5_0), int8 (Q6_K) or uint8 (Q4_K)
+    var s: U8Ptr  # per-group scales: f16 (Q8_0, Q5_0), int8 (Q6_K, per 16) or uint8 (Q4_K)
     var m: U8Ptr  # Q4_K per-group mins (uint8)
-    var sup: F16Ptr  # K-quants: f16 super-block scale per 256 (Q4_K: scale, min scale)
+    var sup: F16Ptr  # K-quants: f16 super-block scales per 256 (Q4_K: scale, then min scale)
 
 
 @always_inline
-def _unpack[FMT: Int](w: QW, n: Int, c: Int) -> U8x64:
-    """Chunk c of row n as 64 bytes: byte j = weight c*64 + j."""
+def _unpack[FMT: Int](w: QW, t: Int, g: Int) -> Array[U8x64, 8]:
+    """Group g (32 weights) of tile t: quad q is byte 4r + j = u of weight 4q + j of row r."""
+    var q = Array[U8x64, 8](fill=U8x64(0))
+    var G = w.K // 32
     comptime if FMT == Q8_0:
-        return w.a.unsafe_load[width=64](n * w.Kp + c * CHUNK)
-    var lo = w.a.unsafe_load[width=32](n * (w.Kp // 2) + c * 32)
-    var u = (lo & 0xF).join(lo >> 4)
+        var base = (t * G + g) * 512
+        comptime for i in range(8):
+            q[i] = w.a.unsafe_load[width=64](base + 64 * i)
+            comptime if HAS_VNNI:
+                q[i] ^= 0x80  # signed -> unsigned for vpdpbusd; the offset 128 cancels
+        return q^
+    var base = (t * G + g) * 256
+    comptime for p in range(4):
+        var lo = w.a.unsafe_load[width=64](base + 64 * p)
+        q[2 * p] = lo & 0xF
+        q[2 * p + 1] = lo >> 4
     comptime if FMT == Q5_0:
-        # 8 bytes: bit t of byte j is the fifth bit of weight t*8 + j.
-        var h = bitcast[DType.uint64, 1](w.b.unsafe_load[width=8](n * (w.Kp // 8) + c * 8))
-        var bits = (SIMD[DType.uint64, 8](h[0]) >> SIMD[DType.uint64, 8](0, 1, 2, 3, 4, 5, 6, 7)) & 0x0101010101010101
-        u |= bitcast[DType.uint8, 64](bits) << 4
+        # bit q of byte 4r + j: the fifth bit of weight 4q + j of row r
+        var h = w.b.unsafe_load[width=64]((t * G + g) * 64)
+        comptime for i in range(8):
+            q[i] |= ((h >> UInt8(i)) & 1) << 4
     elif FMT == Q6_K:
-        # 16 bytes: bits 2s, 2s+1 of byte j are the top bits of weight s*16 + j.
-        var h2 = bitcast[DType.uint64, 2](w.b.unsafe_load[width=16](n * (w.Kp // 4) + c * 16))
-        var h4 = h2.join(h2)
-        var bits = (h4.join(h4) >> SIMD[DType.uint64, 8](0, 0, 2, 2, 4, 4, 6, 6)) & 0x0303030303030303
-        u |= bitcast[DType.uint8, 64](bits) << 4
-    return u
+        # bits 2s, 2s+1 of byte 4r + j of half k: the top bits of weight 4(4k + s) + j
+        comptime for k in range(2):
+            var h = w.b.unsafe_load[width=64]((t * G + g) * 128 + 64 * k)
+            comptime for s in range(4):
+                q[4 * k + s] |= ((h >> UInt8(2 * s)) & 3) << 4
+    return q^
 
 
 @always_inline
-def _gscale[FMT: Int](w: QW, n: Int, g: Int) -> Float32:
-    """Scale of group g (G weights) of row n."""
+def _scales[FMT: Int](w: QW, t: Int, g: Int) -> F32x16:
+    """Scales of group g of the tile's 16 rows (Q6_K: of its first 16 weights)."""
+    var G = w.K // 32
     comptime if FMT == Q8_0 or FMT == Q5_0:
-        return Pointer[Float16, MutAnyOrigin](unsafe_from_address=Int(w.s))[unsafe_offset=n * (w.Kp // 32) + g].cast[
-            DType.float32
-        ]()
+        var d = Pointer[Float16, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
+        return d.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]()
     elif FMT == Q6_K:
-        var sub = Pointer[Int8, MutAnyOrigin](unsafe_from_address=Int(w.s))[unsafe_offset=n * (w.Kp // 16) + g]
-        return w.sup[unsafe_offset=n * (w.Kp // 256) + g // 16].cast[DType.float32]() * sub.cast[DType.float32]()
-    var sub = w.s[unsafe_offset=n * (w.Kp // 32) + g]
-    return w.sup[unsafe_offset=n * (w.Kp // 128) + (g // 8) * 2].cast[DType.float32]() * sub.cast[DType.float32]()
+        return _q6_scales(w, t, 2 * g)
+    var sup = w.sup.unsafe_load[width=16]((t * (w.K // 256) + g // 8) * 32).cast[DType.float32]()
+    return w.s.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]() * sup
 
 
 @always_inline
-def _gmin[FMT: Int](w: QW, n: Int, g: Int) -> Float32:
-    """Q4_K's per-group offset (value = scale * u + min); 0 for the other formats."""
-    comptime if FMT == Q4_K:
-        var sub = w.m[unsafe_offset=n * (w.Kp // 32) + g]
-        return -w.sup[unsafe_offset=n * (w.Kp // 128) + (g // 8) * 2 + 1].cast[DType.float32]() * sub.cast[
-            DType.float32
-        ]()
-    return 0
+def _q6_scales(w: QW, t: Int, h: Int) -> F32x16:
+    """Q6_K: scales of half-group h (16 weights) of the tile's rows."""
+    var sc = Pointer[Int8, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
+    var sup = w.sup.unsafe_load[width=16]((t * (w.K // 256) + h // 16) * 16).cast[DType.float32]()
+    return sc.unsafe_load[width=16]((t * (w.K // 16) + h) * 16).cast[DType.float32]() * sup
 
 
 @always_inline
-def _lane_scales[FMT: Int](w: QW, n: Int, c: Int) -> F32x16:
-    """Weight scale of each int32 lane of a chunk's dot product (lane l covers weights 4l..4l+3)."""
-    comptime if _group[FMT]() == 32:
-        return F32x16(
-            SIMD[DType.float32, 8](_gscale[FMT](w, n, 2 * c)).join(SIMD[DType.float32, 8](_gscale[FMT](w, n, 2 * c + 1)))
-        )
-    var s01 = SIMD[DType.float32, 4](_gscale[FMT](w, n, 4 * c)).join(SIMD[DType.float32, 4](_gscale[FMT](w, n, 4 * c + 1)))
-    var s23 = SIMD[DType.float32, 4](_gscale[FMT](w, n, 4 * c + 2)).join(
-        SIMD[DType.float32, 4](_gscale[FMT](w, n, 4 * c + 3))
-    )
-    return s01.join(s23)
+def _mins(w: QW, t: Int, g: Int) -> F32x16:
+    """Q4_K: the min of group g of the tile's rows (value = scale * u + min)."""
+    var dmin = w.sup.unsafe_load[width=16]((t * (w.K // 256) + g // 8) * 32 + 16).cast[DType.float32]()
+    return w.m.unsafe_load[width=16]((t * (w.K // 32) + g) * 16).cast[DType.float32]() * -dmin
 
 
 @always_inline
@@ -267,9 +256,9 @@ def _maddubs(u: SIMD[DType.uint8, 32], x: SIMD[DType.int8, 32]) -> SIMD[DType.in
 
 @always_inline
 def _dot[FMT: Int](acc: I32x16, u: U8x64, x: I8x64) -> I32x16:
-    """acc + sums of 4 adjacent products of the chunk's weights and x's bytes."""
+    """acc + per lane, the sum of 4 adjacent products of u and x's bytes."""
     comptime if HAS_VNNI:
-        return llvm_intrinsic["llvm.x86.avx512.vpdpbusd.512", I32x16](acc, bitcast[DType.int8, 64](u ^ 0x80 if FMT == Q8_0 else u), x)
+        return llvm_intrinsic["llvm.x86.avx512.vpdpbusd.512", I32x16](acc, bitcast[DType.int8, 64](u), x)
     elif FMT == Q8_0:
         # Signed x signed without VNNI: |w| x (x with w's sign), llama.cpp's trick; |w| <= 128 fits.
         var q = bitcast[DType.int8, 64](u)
@@ -284,215 +273,137 @@ def _dot[FMT: Int](acc: I32x16, u: U8x64, x: I8x64) -> I32x16:
         )
 
 
-def _quantize_x(x: F32Ptr, M: Int, K: Int, Kp: Int, offset: Int, xq: I8Ptr, xoff: I32Ptr, xsl: F32Ptr, xgs: F32Ptr):
-    """x rows as int8 blocks of 32 (zero-padded to Kp) with, per 4-byte lane, the block scale
-    (xsl) and -offset x the bytes' sum (xoff, the dot product's start value), and per block
-    scale x sum (xgs, for Q4_K mins)."""
+@always_inline
+def _quad(xq: I32Ptr, i: Int) -> I8x64:
+    """x's 4 bytes i, broadcast to the 16 row lanes."""
+    return bitcast[DType.int8, 64](I32x16(xq[unsafe_offset=i]))
+
+
+def _quantize_x(x: F32Ptr, M: Int, K: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr):
+    """x rows as int8 blocks of 32: scale max|x| / 127 per block (xs), sum of each 16 bytes (xsum)."""
     for i in range(M):
-        for blk in range(Kp // 32):
-            var base = blk * 32
-            var v = SIMD[DType.float32, 32](0)
-            if base + 32 <= K:
-                v = x.unsafe_load[width=32](i * K + base)
-            else:
-                for j in range(max(0, K - base)):
-                    v[j] = x[unsafe_offset=i * K + base + j]
+        for blk in range(K // 32):
+            var v = x.unsafe_load[width=32](i * K + blk * 32)
             var amax = abs(v).reduce_max()
-            var d = amax / 127.0
             var inv: Float32 = 127.0 / amax if amax > 0 else 0.0
             var qf = round(v * inv)
-            xq.unsafe_store(i * Kp + base, qf.cast[DType.int8]())
+            xq.unsafe_store(i * K + blk * 32, qf.cast[DType.int8]())
             var q32 = qf.cast[DType.int32]()
-            var lanes = i * (Kp // 4) + blk * 8
-            comptime for l in range(8):
-                xoff[unsafe_offset=lanes + l] = Int32(-offset) * q32.slice[4, offset=4 * l]().reduce_add()
-                xsl[unsafe_offset=lanes + l] = d
-            xgs[unsafe_offset=i * (Kp // 32) + blk] = d * q32.reduce_add().cast[DType.float32]()
+            xs[unsafe_offset=i * (K // 32) + blk] = amax / 127.0
+            xsum[unsafe_offset=i * (K // 16) + 2 * blk] = q32.slice[16, offset=0]().reduce_add()
+            xsum[unsafe_offset=i * (K // 16) + 2 * blk + 1] = q32.slice[16, offset=16]().reduce_add()
 
 
-@always_inline
-def _block_scales[FMT: Int](w: QW, n: Int, sb: Int) -> F32x16:
-    """Scales of the groups of weights 256*sb .. 256*sb+255 of row n, in one load: 8 groups of 32
-    (lanes 0-7, repeated in 8-15) or 16 of 16."""
-    comptime if FMT == Q8_0 or FMT == Q5_0:
-        var d = Pointer[Float16, MutAnyOrigin](unsafe_from_address=Int(w.s)).unsafe_load[width=8](n * (w.Kp // 32) + 8 * sb)
-        var f = d.cast[DType.float32]()
-        return f.join(f)
-    elif FMT == Q6_K:
-        var sc = Pointer[Int8, MutAnyOrigin](unsafe_from_address=Int(w.s)).unsafe_load[width=16](n * (w.Kp // 16) + 16 * sb)
-        return sc.cast[DType.float32]() * w.sup[unsafe_offset=n * (w.Kp // 256) + sb].cast[DType.float32]()
-    var sc = w.s.unsafe_load[width=8](n * (w.Kp // 32) + 8 * sb).cast[DType.float32]()
-    var f = sc * w.sup[unsafe_offset=n * (w.Kp // 128) + 2 * sb].cast[DType.float32]()
-    return f.join(f)
-
-
-@always_inline
-def _chunk_lanes[G: Int, j: Int](s: F32x16) -> F32x16:
-    """Lane scales of chunk j of a block (lane l covers weights 4l..4l+3) from _block_scales."""
-    comptime if G == 32:
-        comptime a = 2 * j
-        comptime b = 2 * j + 1
-        return s.shuffle[a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b]()
-    comptime a = 4 * j
-    comptime b = 4 * j + 1
-    comptime c = 4 * j + 2
-    comptime d = 4 * j + 3
-    return s.shuffle[a, a, a, a, b, b, b, b, c, c, c, c, d, d, d, d]()
-
-
-@always_inline
-def _chunk[FMT: Int, mr: Int](
-    w: QW, n: Int, c: Int, sv: F32x16, xq: I8Ptr, xoff: I32Ptr, xsl: F32Ptr, mut acc: Array[F32x16, mr]
+def _tile_rows[FMT: Int, mr: Int](
+    w: QW, t: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, dst: F32Ptr, ldo: Int
 ):
-    """acc[i] += chunk c of row n times x row i, per lane, scaled (sv: the weights' lane scales)."""
-    var lanes = w.Kp // 4
-    var u = _unpack[FMT](w, n, c)
-    comptime for i in range(mr):
-        var d = _dot[FMT](
-            xoff.unsafe_load[width=16](i * lanes + c * 16), u, xq.unsafe_load[width=64](i * w.Kp + c * CHUNK)
-        )
-        acc[i] = d.cast[DType.float32]().fma(sv * xsl.unsafe_load[width=16](i * lanes + c * 16), acc[i])
-
-
-def _rows_q[FMT: Int, mr: Int](
-    w: QW, xq: I8Ptr, xoff: I32Ptr, xsl: F32Ptr, xgs: F32Ptr, dst: F32Ptr, ldo: Int, n0: Int, n1: Int
-):
-    """Up to 4 x rows against weight rows n0..n1: each chunk is unpacked once and used for every row.
-    Scales are read per block of 256 weights (one vector load), Q4_K mins applied per block."""
-    comptime G = _group[FMT]()
-    var nsb = w.Kp // 256
-    var nc = w.Kp // CHUNK
-    for n in range(n0, n1):
-        var acc = Array[F32x16, mr](fill=F32x16(0))
-        var corr = Array[SIMD[DType.float32, 8], mr](fill=SIMD[DType.float32, 8](0))
-        for sb in range(nsb):
-            var sg = _block_scales[FMT](w, n, sb)
-            comptime for j in range(4):
-                _chunk[FMT, mr](w, n, 4 * sb + j, _chunk_lanes[G, j](sg), xq, xoff, xsl, acc)
-            comptime if FMT == Q4_K:
-                var dmin = w.sup[unsafe_offset=n * (w.Kp // 128) + 2 * sb + 1].cast[DType.float32]()
-                var mins = w.m.unsafe_load[width=8](n * (w.Kp // 32) + 8 * sb).cast[DType.float32]() * -dmin
-                comptime for i in range(mr):
-                    corr[i] = mins.fma(xgs.unsafe_load[width=8](i * (w.Kp // 32) + 8 * sb), corr[i])
-        # Q8_0 / Q5_0 rows need not be whole blocks of 256 (K-quants always are).
-        for c in range(4 * nsb, nc):
-            _chunk[FMT, mr](w, n, c, _lane_scales[FMT](w, n, c), xq, xoff, xsl, acc)
-        comptime for i in range(mr):
-            dst[unsafe_offset=i * ldo + n] = acc[i].reduce_add() + corr[i].reduce_add()
-
-
-def _rows_q_tiles[FMT: Int](
-    w: QW, xq: I8Ptr, xoff: I32Ptr, xsl: F32Ptr, xgs: F32Ptr, dst: F32Ptr, M: Int, ldo: Int, n0: Int, n1: Int
-):
-    var lanes = w.Kp // 4
-    var i = 0
-    while i < M:
-        var rest = M - i
-        var q = xq.unsafe_offset(i * w.Kp)
-        var o = xoff.unsafe_offset(i * lanes)
-        var s = xsl.unsafe_offset(i * lanes)
-        var g = xgs.unsafe_offset(i * (w.Kp // 32))
-        var d = dst.unsafe_offset(i * ldo)
-        if rest >= 4:
-            _rows_q[FMT, 4](w, q, o, s, g, d, ldo, n0, n1)
-        elif rest == 3:
-            _rows_q[FMT, 3](w, q, o, s, g, d, ldo, n0, n1)
-        elif rest == 2:
-            _rows_q[FMT, 2](w, q, o, s, g, d, ldo, n0, n1)
+    """dst[i, 16t .. 16t+15] for mr rows of x: each group of the tile is unpacked once for all rows."""
+    var G = w.K // 32
+    var acc = Array[F32x16, mr](fill=F32x16(0))
+    var x32 = I32Ptr(unsafe_from_address=Int(xq))
+    comptime off = Int32(_offset[FMT]())
+    for g in range(G):
+        var u = _unpack[FMT](w, t, g)
+        comptime if FMT == Q6_K:
+            # Two scales per group: one accumulator per 16 weights.
+            var s0 = _q6_scales(w, t, 2 * g)
+            var s1 = _q6_scales(w, t, 2 * g + 1)
+            comptime for i in range(mr):
+                var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
+                var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
+                var d0 = I32x16(-off * h[unsafe_offset=0])
+                var d1 = I32x16(-off * h[unsafe_offset=1])
+                comptime for q in range(4):
+                    d0 = _dot[FMT](d0, u[q], _quad(x, q))
+                    d1 = _dot[FMT](d1, u[4 + q], _quad(x, 4 + q))
+                var sx = xs[unsafe_offset=i * G + g]
+                acc[i] = d0.cast[DType.float32]().fma(s0 * sx, acc[i])
+                acc[i] = d1.cast[DType.float32]().fma(s1 * sx, acc[i])
         else:
-            _rows_q[FMT, 1](w, q, o, s, g, d, ldo, n0, n1)
-        i += 4
+            var sc = _scales[FMT](w, t, g)
+            comptime for i in range(mr):
+                var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
+                var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
+                var d = I32x16(-off * (h[unsafe_offset=0] + h[unsafe_offset=1]))
+                comptime for q in range(8):
+                    d = _dot[FMT](d, u[q], _quad(x, q))
+                var sx = xs[unsafe_offset=i * G + g]
+                acc[i] = d.cast[DType.float32]().fma(sc * sx, acc[i])
+                comptime if FMT == Q4_K:
+                    var blocksum = (h[unsafe_offset=0] + h[unsafe_offset=1]).cast[DType.float32]()
+                    acc[i] = _mins(w, t, g).fma(F32x16(sx * blocksum), acc[i])
+    var rows = min(16, w.N - 16 * t)
+    comptime for i in range(mr):
+        if rows == 16:
+            dst.unsafe_store(i * ldo + 16 * t, acc[i])
+        else:
+            for r in range(rows):
+                dst[unsafe_offset=i * ldo + 16 * t + r] = acc[i][r]
 
 
-def _dequant_panel[FMT: Int](w: QW, n0: Int, nrows: Int, panel: F32Ptr):
-    """Rows n0..n0+nrows as float32, row stride Kp."""
-    comptime G = _group[FMT]()
-    for r in range(nrows):
-        var n = n0 + r
-        for c in range(w.Kp // CHUNK):
-            var u = _unpack[FMT](w, n, c)
-            comptime for j in range(CHUNK // G):
-                var s = _gscale[FMT](w, n, c * (CHUNK // G) + j)
-                var m = _gmin[FMT](w, n, c * (CHUNK // G) + j)
-                var part = u.slice[G, offset=j * G]()
-                var v: SIMD[DType.float32, G]
-                comptime if FMT == Q8_0:
-                    v = bitcast[DType.int8, G](part).cast[DType.float32]()
-                elif FMT == Q4_K:
-                    v = part.cast[DType.float32]()
-                else:
-                    v = part.cast[DType.float32]() - Float32(_offset[FMT]())
-                panel.unsafe_store(r * w.Kp + c * CHUNK + j * G, v.fma(SIMD[DType.float32, G](s), SIMD[DType.float32, G](m)))
+def _tiles[FMT: Int](w: QW, t0: Int, t1: Int, M: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, dst: F32Ptr, ldo: Int):
+    """Tiles t0..t1 against every row of x, 4 rows at a time."""
+    for t in range(t0, t1):
+        var i = 0
+        while i < M:
+            var q = xq.unsafe_offset(i * w.K)
+            var s = xs.unsafe_offset(i * (w.K // 32))
+            var h = xsum.unsafe_offset(i * (w.K // 16))
+            var d = dst.unsafe_offset(i * ldo)
+            var rest = M - i
+            if rest >= 4:
+                _tile_rows[FMT, 4](w, t, q, s, h, d, ldo)
+            elif rest == 3:
+                _tile_rows[FMT, 3](w, t, q, s, h, d, ldo)
+            elif rest == 2:
+                _tile_rows[FMT, 2](w, t, q, s, h, d, ldo)
+            else:
+                _tile_rows[FMT, 1](w, t, q, s, h, d, ldo)
+            i += 4
 
 
-def _matmul_q[FMT: Int](w: QW, x: F32Ptr, dst: F32Ptr, M: Int, K: Int, ldo: Int):
-    var N = w.N
-    var Kp = w.Kp
-    var nt = num_threads() if N * K >= PARALLEL_MIN_WEIGHTS else 1
-    if M <= SMALL_M:
-        var xq = I8Ptr(unsafe_from_address=Int(scratch_f32(M * Kp // 4)))
-        var xoff = I32Ptr(unsafe_from_address=Int(scratch_f32(M * Kp // 4)))
-        var xsl = scratch_f32(M * Kp // 4)
-        var xgs = scratch_f32(M * Kp // 32)
-        _quantize_x(x, M, K, Kp, _offset[FMT](), xq, xoff, xsl, xgs)
-        var chunk = (N + nt - 1) // nt
+def _matmul_q[FMT: Int](w: QW, x: F32Ptr, dst: F32Ptr, M: Int, ldo: Int):
+    var K = w.K
+    var tiles = (w.N + 15) // 16
+    var nt = min(tiles, num_threads()) if w.N * K * M >= PARALLEL_MIN_WEIGHTS else 1
+    var xq = I8Ptr(unsafe_from_address=Int(scratch_f32(M * K // 4)))
+    var xs = scratch_f32(M * K // 32)
+    var xsum = I32Ptr(unsafe_from_address=Int(scratch_f32(M * K // 16)))
+    _quantize_x(x, M, K, xq, xs, xsum)
 
-        def rows(t: Int) {imm w, imm xq, imm xoff, imm xsl, imm xgs, imm dst, imm M, imm ldo, imm N, imm chunk}:
-            _rows_q_tiles[FMT](w, xq, xoff, xsl, xgs, dst, M, ldo, t * chunk, min(N, (t + 1) * chunk))
+    def work(th: Int) {imm w, imm xq, imm xs, imm xsum, imm dst, imm M, imm ldo, imm tiles, imm nt}:
+        _tiles[FMT](w, th * tiles // nt, (th + 1) * tiles // nt, M, xq, xs, xsum, dst, ldo)
 
-        sync_parallelize(rows, nt)
-        free_f32(F32Ptr(unsafe_from_address=Int(xq)))
-        free_f32(F32Ptr(unsafe_from_address=Int(xoff)))
-        free_f32(xsl)
-        free_f32(xgs)
-        return
-    var nb = _panel_rows(Kp)
-    var npanels = (N + nb - 1) // nb
-    var row_bytes = (Kp if FMT == Q8_0 else Kp // 2)
-
-    def panels(t: Int) {imm w, imm x, imm dst, imm M, imm N, imm K, imm Kp, imm ldo, imm nb, imm npanels, imm nt, imm row_bytes}:
-        var panel = scratch_f32(nb * Kp)
-        var p = t
-        while p < npanels:
-            var n0 = p * nb
-            var rows = min(nb, N - n0)
-            _dequant_panel[FMT](w, n0, rows, panel)
-            # This thread's next panel of packed weights is prefetched during the FMAs.
-            var nxt = min(N, n0 + nt * nb)
-            var pf_rows = max(0, min(nb, N - nxt))
-            var pf = I8Ptr(unsafe_from_address=Int(w.a) + nxt * row_bytes)
-            _gemm_panel(x, M, K, panel, Kp, rows, dst.unsafe_offset(n0), ldo, pf, pf_rows * row_bytes)
-            p += nt
-        free_f32(panel)
-
-    sync_parallelize(panels, nt)
+    sync_parallelize(work, nt)
+    free_f32(F32Ptr(unsafe_from_address=Int(xq)))
+    free_f32(xs)
+    free_f32(F32Ptr(unsafe_from_address=Int(xsum)))
 
 
 def matmul_q(x: PythonObject, desc: PythonObject, bias: PythonObject, dst: PythonObject, dims: PythonObject) raises:
-    """Quantised matmul. desc is int64 [fmt, N, K, Kp, a, b, s, m, sup] (quant.py `descriptor`);
+    """Quantised matmul. desc is int64 [fmt, N, K, a, b, s, m, sup] (quant.py `descriptor`);
     dims is int64 [M, has_bias, ldo, col0]: output row stride and first column, so the parts of a
     split matrix write side by side."""
     var e = ptr[DType.int64](desc)
     var d = ptr[DType.int64](dims)
     var w = QW(
-        Int(e[unsafe_offset=0]), Int(e[unsafe_offset=1]), Int(e[unsafe_offset=3]),
-        U8Ptr(unsafe_from_address=Int(e[unsafe_offset=4])), U8Ptr(unsafe_from_address=Int(e[unsafe_offset=5])),
-        U8Ptr(unsafe_from_address=Int(e[unsafe_offset=6])), U8Ptr(unsafe_from_address=Int(e[unsafe_offset=7])),
-        F16Ptr(unsafe_from_address=Int(e[unsafe_offset=8])),
+        Int(e[unsafe_offset=0]), Int(e[unsafe_offset=1]), Int(e[unsafe_offset=2]),
+        U8Ptr(unsafe_from_address=Int(e[unsafe_offset=3])), U8Ptr(unsafe_from_address=Int(e[unsafe_offset=4])),
+        U8Ptr(unsafe_from_address=Int(e[unsafe_offset=5])), U8Ptr(unsafe_from_address=Int(e[unsafe_offset=6])),
+        F16Ptr(unsafe_from_address=Int(e[unsafe_offset=7])),
     )  # fmt: skip
-    var K = Int(e[unsafe_offset=2])
     var M = Int(d[unsafe_offset=0])
     var ldo = Int(d[unsafe_offset=2])
     var xp = ptr[DType.float32](x)
     var op = ptr[DType.float32](dst).unsafe_offset(Int(d[unsafe_offset=3]))
     if w.fmt == Q8_0:
-        _matmul_q[Q8_0](w, xp, op, M, K, ldo)
+        _matmul_q[Q8_0](w, xp, op, M, ldo)
     elif w.fmt == Q5_0:
-        _matmul_q[Q5_0](w, xp, op, M, K, ldo)
+        _matmul_q[Q5_0](w, xp, op, M, ldo)
     elif w.fmt == Q6_K:
-        _matmul_q[Q6_K](w, xp, op, M, K, ldo)
+        _matmul_q[Q6_K](w, xp, op, M, ldo)
     elif w.fmt == Q4_K:
-        _matmul_q[Q4_K](w, xp, op, M, K, ldo)
+        _matmul_q[Q4_K](w, xp, op, M, ldo)
     else:
         raise Error("unsupported weight format")
     if d[unsafe_offset=1] != 0:

@@ -113,6 +113,17 @@ def gemma() -> LLM:
     return LLM(GEMMA, max_model_len=2048, kv_cache_tokens=4096)
 
 
+# The matmuls quantise activations to int8 blocks of 32, as llama.cpp does (its Q8_0 / Q8_K), so
+# logprobs move by more than float rounding. Measured on these four prompts, largest move of a
+# reference top-10 logprob: WiCore 0.17-0.39 nats, llama.cpp (llama-server, same GGUF) 0.21-0.29
+# with one reference top-10 token dropping out of its top 10. Both keep every top-1 token.
+LOGPROB_TOLERANCE = 0.5
+# A greedy step may pick another token only where the float32 reference nearly tied: WiCore
+# departs at 0.04 and 0.03 nats (Once upon a time: step 4, The capital of France: step 11);
+# llama.cpp departs at steps 30 and 15 of the same prompts.
+NEAR_TIE = 0.1
+
+
 @pytest.mark.parametrize("case", json.loads(GEMMA_REFERENCE.read_text())["cases"], ids=lambda c: c["prompt"][:16])
 def test_gemma3_matches_transformers(gemma: LLM, case: dict) -> None:
     """Gemma 3 (q/k norms, sandwich norms, GELU, 512-token sliding window on local layers; the last
@@ -122,7 +133,13 @@ def test_gemma3_matches_transformers(gemma: LLM, case: dict) -> None:
     [first] = gemma.generate([ids], SamplingParams(temperature=0.0, max_tokens=1, logprobs=10))
     got = dict(first.top_logprobs[0])
     want = dict(case["top_logprobs"])
-    assert list(got) == list(want)
-    np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-3)  # measured: within 4e-5
-    [out] = gemma.generate([ids], SamplingParams(temperature=0.0, max_tokens=len(case["greedy_ids"]), ignore_eos=True))
-    assert out.token_ids == case["greedy_ids"]
+    assert next(iter(got)) == next(iter(want))
+    for token, logprob in want.items():
+        assert abs(got.get(token, -np.inf) - logprob) <= LOGPROB_TOLERANCE, (token, got.get(token), logprob)
+    greedy = case["greedy_ids"]
+    [out] = gemma.generate([ids], SamplingParams(temperature=0.0, max_tokens=len(greedy), ignore_eos=True))
+    same = next((i for i, (a, b) in enumerate(zip(out.token_ids, greedy, strict=True)) if a != b), len(greedy))
+    if same < len(greedy):
+        [step] = gemma.generate([ids + greedy[:same]], SamplingParams(temperature=0.0, max_tokens=1, logprobs=5))
+        top = dict(step.top_logprobs[0])
+        assert top[out.token_ids[same]] - top.get(greedy[same], -np.inf) <= NEAR_TIE, (same, top)

@@ -208,8 +208,10 @@ def test_serves_gemma3_completions_and_refuses_chat_without_a_template(tmp_path:
     case = json.loads((Path(__file__).parent / "data" / "gemma3_reference.json").read_text())["cases"][1]
     with serve(tmp_path, {"model": {"name": gemma}}) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-        r = client.completions.create(model=gemma, prompt=case["prompt"], temperature=0, max_tokens=12)
-        assert r.choices[0].text == tokenizer.decode(case["greedy_ids"][:12])
+        # 8 tokens: the float32 reference nearly ties at step 11, where int8 activations may pick the
+        # other token (test_generate.py, NEAR_TIE).
+        r = client.completions.create(model=gemma, prompt=case["prompt"], temperature=0, max_tokens=8)
+        assert r.choices[0].text == tokenizer.decode(case["greedy_ids"][:8])
         assert r.usage is not None and r.usage.prompt_tokens == len(case["prompt_ids"])  # BOS included
         chat = httpx.post(server.url + "/v1/chat/completions", json={"messages": FRANCE}, timeout=30)
         assert chat.status_code == 400 and chat.json()["error"]["param"] == "messages"

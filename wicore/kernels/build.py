@@ -65,7 +65,7 @@ def cpu_flags() -> set[str]:
 def host_targets(flags: set[str]) -> list[Target]:
     """Every target this CPU can run, best first (the portable AVX2 build last)."""
     targets = []
-    if _AVX512 <= flags and "avx512_vnni" in flags:
+    if flags >= _AVX512 and "avx512_vnni" in flags:
         features = "+avx512vnni" + (",+avx512bf16" if "avx512_bf16" in flags else "")
         if {"amx_tile", "amx_int8", "amx_bf16"} <= flags:
             targets.append(Target("sapphirerapids", "", "amx"))

@@ -25,7 +25,7 @@ from wicore.models.quant import DenseWeight, QuantWeight, SplitWeight, Weight
 from wicore.models.registry import wicore_home
 from wicore.models.weights import LayerWeights, ModelWeights, load_weights
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def _cache_dir(path: Path) -> Path:

@@ -3,24 +3,26 @@
 Each quantised format these models use is small unsigned integers u times a
 per-group scale: value = scale * (u - offset), or scale * u + min for Q4_K
 (Q8_0 keeps its signed bytes: value = scale * q).  The load-time repack keeps
-every bit and every scale of the file, only moves them so that one 64-weight
-chunk unpacks into one 512-bit register of bytes with a few shifts and masks:
+every bit and every scale of the file and only moves them: rows go in tiles of
+16, and within a tile the weights of a group of 32 are interleaved so that
+"4 consecutive weights of each of the 16 rows" (a quad, byte 4r + j) fills one
+64-byte register, the layout VNNI dot products and AMX tiles read.  Planes,
+each [tiles, bytes per tile], per group of 32 weights of a tile:
 
-    lo  uint8 [N, Kp/2]  byte j of chunk c: weight c*64 + j (low nibble), c*64 + 32 + j (high)
-    hi  uint8            Q5_0: [N, Kp/8], bit t of byte j = 5th bit of weight t*8 + j
-                         Q6_K: [N, Kp/4], bits 2s..2s+1 of byte j = top bits of weight s*16 + j
-    qs  int8  [N, Kp]    Q8_0's bytes as they are
-    d   float16          Q8_0 / Q5_0: scale per 32 weights; Q6_K: super-scale per 256;
-                         Q4_K: (scale, min) super-scales per 256
-    sc  int8 / uint8     K-quants: sub-scale per group (16 for Q6_K, 32 for Q4_K)
-    mn  uint8            Q4_K: sub-min per 32
+    qs  int8   Q8_0: 8 quads (512 bytes)
+    lo  uint8  4 x 64 bytes: low nibbles of quads 0, 2, 4, 6, high nibbles of quads 1, 3, 5, 7
+    hi  uint8  Q5_0: 64 bytes, bit q of byte 4r + j = the fifth bit of quad q's weight
+               Q6_K: 2 x 64 bytes, bits 2s..2s+1 of half k = the top bits of quad 4k + s
+    d   f16    Q8_0 / Q5_0: 16 scales per group; Q6_K: 16 super-scales per 256 weights;
+               Q4_K: 16 super-scales, then 16 super-mins, per 256 weights
+    sc  int8 / uint8  K-quants: 16 sub-scales per group (Q6_K: per 16 weights)
+    mn  uint8  Q4_K: 16 sub-mins per group
 
-Kp is K rounded up to whole chunks (K = 896, 4864, 640, 2048 need none); the
-padding is zero weights.  Bytes per weight: Q8_0 1.0625, Q5_0 0.6875, Q6_K
-0.8203 (as in the file), Q4_K 0.578 (the file's 0.5625 packs two 6-bit
-sub-scales into 12 bits; bytes are cheaper to read).  Matrices of one format
-fuse into one matmul (q|k|v, gate|up); parts of different formats stay a
-SplitWeight whose parts write side by side.
+Rows past N (to a whole tile) are zero.  Bytes per weight: Q8_0 1.0625, Q5_0
+0.6875, Q6_K 0.8203 (as in the file), Q4_K 0.578 (the file's 0.5625 packs two
+6-bit sub-scales into 12 bits; bytes are cheaper to read).  Matrices of one
+format fuse into one matmul (q|k|v, gate|up) when the first part fills whole
+tiles; other parts stay side by side in a SplitWeight.
 
 F32 and F16 tensors are kept dense, as they are in the file.
 """
@@ -35,7 +37,7 @@ from gguf import GGMLQuantizationType as QT
 from wicore.kernels._arrays import require
 
 QK_K = 256
-CHUNK = 64
+R = 16  # weight rows per tile
 # format -> (kernel code, GGUF type, group of a scale, offset subtracted from u, planes)
 FORMATS: dict[str, tuple[int, QT, int, int, tuple[str, ...]]] = {
     "q8_0": (0, QT.Q8_0, 32, 0, ("qs", "d")),
@@ -44,21 +46,32 @@ FORMATS: dict[str, tuple[int, QT, int, int, tuple[str, ...]]] = {
     "q4_k": (3, QT.Q4_K, 32, 0, ("lo", "sc", "mn", "d")),
 }
 _BY_TYPE = {spec[1]: name for name, spec in FORMATS.items()}
-_EMPTY = np.zeros(1, dtype=np.uint8)
 
 
-def _round_up(k: int) -> int:
-    return -(-k // CHUNK) * CHUNK
+def _tiles(n: int) -> int:
+    return -(-n // R)
+
+
+def _plane_dtypes(fmt: str, k: int) -> dict[str, tuple[type, int]]:
+    """Plane name -> (dtype, elements per tile)."""
+    return {
+        "qs": (np.int8, k * R),
+        "lo": (np.uint8, k * R // 2),
+        "hi": (np.uint8, k * R // (8 if fmt == "q5_0" else 4)),
+        "sc": (np.int8 if fmt == "q6_k" else np.uint8, k // FORMATS[fmt][2] * R),
+        "mn": (np.uint8, k // 32 * R),
+        "d": (np.float16, k // 32 * R if fmt in ("q8_0", "q5_0") else k // QK_K * R * (2 if fmt == "q4_k" else 1)),
+    }
 
 
 @dataclass
 class QuantWeight:
-    """A GGUF-quantised matrix in the kernel layout; logical shape [N, K]."""
+    """A GGUF-quantised matrix in the kernel's tiled layout; logical shape [N, K]."""
 
     fmt: str
     shape: tuple[int, int]
     planes: dict[str, np.ndarray]
-    # int64 [code, N, K, Kp, addresses of qs|lo, hi, sc|d, mn, d]: computed once, read by the kernel.
+    # int64 [code, N, K, addresses of qs|lo, hi, sc|d, mn, d]: computed once, read by the kernel.
     descriptor: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -66,16 +79,15 @@ class QuantWeight:
         if self.fmt not in FORMATS:
             raise ValueError(f"quantised weight: unknown format {self.fmt!r}")
         n, k = self.shape = (int(self.shape[0]), int(self.shape[1]))
-        kp = _round_up(k)
-        code, _, group, _, names = FORMATS[self.fmt]
-        if k % group:
-            raise ValueError(f"quantised weight: K={k} is not a multiple of the {self.fmt} group ({group})")
-        expected = _plane_shapes(self.fmt, n, kp)
+        code, _, _, _, names = FORMATS[self.fmt]
+        if k % 32 or (self.fmt in ("q6_k", "q4_k") and k % QK_K):
+            raise ValueError(f"quantised weight: K={k} is not a whole number of {self.fmt} blocks")
         if set(self.planes) != set(names):
             raise ValueError(f"quantised weight: {self.fmt} needs planes {names}, got {tuple(self.planes)}")
+        dtypes = _plane_dtypes(self.fmt, k)
         for name in names:
-            dtype, shape = expected[name]
-            require(self.planes[name], dtype, name, shape)
+            dtype, per_tile = dtypes[name]
+            require(self.planes[name], dtype, name, (_tiles(n), per_tile))
 
         def addr(name: str) -> int:
             return self.planes[name].__array_interface__["data"][0] if name in self.planes else 0
@@ -83,63 +95,56 @@ class QuantWeight:
         scales = "sc" if "sc" in self.planes else "d"
         supers = "d" if "sc" in self.planes else ""
         self.descriptor = np.array(
-            [code, n, k, kp, addr("qs") or addr("lo"), addr("hi"), addr(scales), addr("mn"), addr(supers)],
+            [code, n, k, addr("qs") or addr("lo"), addr("hi"), addr(scales), addr("mn"), addr(supers)],
             dtype=np.int64,
         )
-
-    def dequantize(self) -> np.ndarray:
-        n, k = self.shape
-        kp = _round_up(k)
-        _, _, group, offset, _ = FORMATS[self.fmt]
-        p = self.planes
-        if self.fmt == "q8_0":
-            u = p["qs"].astype(np.float32)
-        else:
-            lo = p["lo"].reshape(n, kp // CHUNK, 32)
-            u = np.concatenate([lo & 0x0F, lo >> 4], axis=2).astype(np.int16)
-            if self.fmt == "q5_0":
-                bits = np.unpackbits(p["hi"].reshape(n, kp // CHUNK, 8, 1), axis=3, bitorder="little")
-                u |= bits.transpose(0, 1, 3, 2).reshape(n, kp // CHUNK, CHUNK).astype(np.int16) << 4
-            elif self.fmt == "q6_k":
-                hi = p["hi"].reshape(n, kp // CHUNK, 1, 16) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
-                u |= (hi & 3).reshape(n, kp // CHUNK, CHUNK).astype(np.int16) << 4
-            u = u.reshape(n, kp).astype(np.float32) - offset
-        scale, mins = self._group_scales(n, kp, group)
-        w = u.reshape(n, kp // group, group) * scale[:, :, None]
-        if mins is not None:
-            w += mins[:, :, None]
-        return np.ascontiguousarray(w.reshape(n, kp)[:, :k])
-
-    def _group_scales(self, n: int, kp: int, group: int) -> tuple[np.ndarray, np.ndarray | None]:
-        p = self.planes
-        if self.fmt in ("q8_0", "q5_0"):
-            return p["d"].astype(np.float32), None
-        per_super = QK_K // group
-        if self.fmt == "q6_k":
-            return np.repeat(p["d"].astype(np.float32), per_super, axis=1) * p["sc"].astype(np.float32), None
-        d = p["d"].astype(np.float32).reshape(n, kp // QK_K, 2)
-        scale = np.repeat(d[:, :, 0], per_super, axis=1) * p["sc"].astype(np.float32)
-        return scale, -np.repeat(d[:, :, 1], per_super, axis=1) * p["mn"].astype(np.float32)
-
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        """Dequantised rows (embedding lookup) without touching the rest."""
-        sub = {name: np.ascontiguousarray(a[ids]) for name, a in self.planes.items()}
-        return QuantWeight(self.fmt, (len(ids), self.shape[1]), sub).dequantize()
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.planes.values())
 
+    def dequantize(self) -> np.ndarray:
+        return self.rows(np.arange(self.shape[0]))
 
-def _plane_shapes(fmt: str, n: int, kp: int) -> dict[str, tuple[type, tuple[int, int]]]:
-    return {
-        "qs": (np.int8, (n, kp)),
-        "lo": (np.uint8, (n, kp // 2)),
-        "hi": (np.uint8, (n, kp // 8 if fmt == "q5_0" else kp // 4)),
-        "sc": (np.int8 if fmt == "q6_k" else np.uint8, (n, kp // FORMATS[fmt][2])),
-        "mn": (np.uint8, (n, kp // 32)),
-        "d": (np.float16, (n, kp // 32 if fmt in ("q8_0", "q5_0") else kp // QK_K * (2 if fmt == "q4_k" else 1))),
-    }
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Dequantised rows (embedding lookup), reading only those rows' bytes."""
+        n, k = self.shape
+        g = k // 32
+        tile, lane = np.divmod(np.asarray(ids, dtype=np.int64), R)
+        _, _, group, offset, _ = FORMATS[self.fmt]
+        p = self.planes
+
+        def pick(name: str, *inner: int) -> np.ndarray:
+            """Plane `name` as [tiles, *inner, 16 rows, rest] -> the selected rows: [len(ids), *inner, rest]."""
+            a = p[name].reshape(len(p[name]), *inner, R, -1)
+            return np.moveaxis(a, 1 + len(inner), 1)[tile, lane]
+
+        if self.fmt == "q8_0":
+            u = pick("qs", g, 8).reshape(len(ids), k).astype(np.float32)
+        else:
+            lo = pick("lo", g, 4)  # [rows, g, 4, 4]
+            quads = np.stack([lo & 0x0F, lo >> 4], axis=3).reshape(len(ids), g, 8, 4).astype(np.int16)
+            if self.fmt == "q5_0":
+                hi = pick("hi", g)[:, :, None, :]  # [rows, g, 1, 4]
+                quads |= ((hi >> np.arange(8, dtype=np.uint8).reshape(1, 1, 8, 1)) & 1).astype(np.int16) << 4
+            elif self.fmt == "q6_k":
+                hi = pick("hi", g, 2)[:, :, :, None, :]  # [rows, g, 2, 1, 4]
+                shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 1, 4, 1)
+                quads |= ((hi >> shifts) & 3).reshape(len(ids), g, 8, 4).astype(np.int16) << 4
+            u = quads.reshape(len(ids), k).astype(np.float32) - offset
+        if self.fmt in ("q8_0", "q5_0"):
+            scale, mins = pick("d", g)[:, :, 0].astype(np.float32), None
+        elif self.fmt == "q6_k":
+            d = np.repeat(pick("d", k // QK_K)[:, :, 0].astype(np.float32), QK_K // 16, axis=1)
+            scale, mins = d * pick("sc", k // 16)[:, :, 0].astype(np.float32), None
+        else:
+            d = np.repeat(pick("d", k // QK_K, 2).astype(np.float32)[:, :, :, 0], QK_K // 32, axis=1)
+            scale = d[:, :, 0] * pick("sc", g)[:, :, 0].astype(np.float32)
+            mins = -d[:, :, 1] * pick("mn", g)[:, :, 0].astype(np.float32)
+        w = u.reshape(len(ids), k // group, group) * scale[:, :, None]
+        if mins is not None:
+            w += mins[:, :, None]
+        return w.reshape(len(ids), k)
 
 
 @dataclass
@@ -192,29 +197,42 @@ def _f16(b: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(b).view(np.float16).reshape(b.shape[0], -1)
 
 
-def _pack_nibbles(u: np.ndarray) -> np.ndarray:
-    """u [N, Kp] (< 16 after masking) -> [N, Kp/2]: chunk byte j = weight j | weight 32 + j << 4."""
-    n, kp = u.shape
-    c = u.reshape(n, kp // CHUNK, 2, 32)
-    return ((c[:, :, 0] & 0x0F) | ((c[:, :, 1] & 0x0F) << 4)).reshape(n, kp // 2)
+def _to_tiles(a: np.ndarray, n: int) -> np.ndarray:
+    """Per-row values [N, *inner] -> [tiles, *inner, 16 rows] flattened per tile (rows past N are 0)."""
+    padded = np.zeros((_tiles(n) * R, *a.shape[1:]), dtype=a.dtype)
+    padded[:n] = a
+    t = padded.reshape(_tiles(n), R, *a.shape[1:])
+    return np.ascontiguousarray(np.moveaxis(t, 1, -1)).reshape(_tiles(n), -1)
 
 
-def _pack_high(u: np.ndarray, bits: int) -> np.ndarray:
-    """The bits above the nibble of u [N, Kp]: 1 (Q5_0) or 2 (Q6_K) per weight, see the module doc."""
-    n, kp = u.shape
-    rows = CHUNK // (8 // bits)  # weights per plane byte row: 8 (1 bit) or 16 (2 bits)
-    hi = (u >> 4).reshape(n, kp // CHUNK, 8 // bits, rows).astype(np.uint8)
-    shifts = (np.arange(8 // bits, dtype=np.uint8) * bits).reshape(1, 1, -1, 1)
-    return np.bitwise_or.reduce(hi << shifts, axis=2).reshape(n, -1)
+def _quads(u: np.ndarray) -> np.ndarray:
+    """u [N, K] -> [N, K/32 groups, 8 quads, 4]: the order in which a tile lays out one row."""
+    return u.reshape(u.shape[0], -1, 8, 4)
 
 
-def _pad(a: np.ndarray, k: int, kp: int, per: int = 1) -> np.ndarray:
-    """Zero-pad the last axis of a per-weight (per=1) or per-group array from k to kp weights."""
-    if k == kp:
-        return np.ascontiguousarray(a)
-    out = np.zeros((a.shape[0], kp // per), dtype=a.dtype)
-    out[:, : k // per] = a
-    return out
+def _pack(u: np.ndarray, n: int, fmt: str) -> dict[str, np.ndarray]:
+    """Weights u [N, K] (unsigned, or Q8_0's signed bytes) as the qs | lo, hi planes."""
+    q = _quads(u)  # [N, g, 8, 4]
+
+    def tiled(per_row: np.ndarray) -> np.ndarray:
+        # [N, g, X, 4] -> tile planes where 4 bytes of each of the 16 rows sit side by side
+        t = np.zeros((_tiles(n) * R, *per_row.shape[1:]), dtype=per_row.dtype)
+        t[:n] = per_row
+        t = t.reshape(_tiles(n), R, *per_row.shape[1:])  # [T, 16, g, X, 4]
+        return np.ascontiguousarray(t.transpose(0, 2, 3, 1, 4)).reshape(_tiles(n), -1)
+
+    if fmt == "q8_0":
+        return {"qs": tiled(q)}
+    pairs = q.reshape(q.shape[0], q.shape[1], 4, 2, 4)
+    planes = {"lo": tiled(((pairs[:, :, :, 0] & 0x0F) | ((pairs[:, :, :, 1] & 0x0F) << 4)).astype(np.uint8))}
+    if fmt == "q5_0":
+        bits = ((q >> 4) & 1).astype(np.uint8) << np.arange(8, dtype=np.uint8).reshape(1, 1, 8, 1)
+        planes["hi"] = tiled(np.bitwise_or.reduce(bits, axis=2)[:, :, None, :])
+    elif fmt == "q6_k":
+        top = ((q >> 4) & 3).astype(np.uint8).reshape(q.shape[0], q.shape[1], 2, 4, 4)
+        shifted = top << (np.arange(4, dtype=np.uint8) * 2).reshape(1, 1, 1, 4, 1)
+        planes["hi"] = tiled(np.bitwise_or.reduce(shifted, axis=3))
+    return planes
 
 
 def repack(raw: np.ndarray, qtype: QT, shape: tuple[int, int]) -> Weight:
@@ -230,31 +248,27 @@ def repack(raw: np.ndarray, qtype: QT, shape: tuple[int, int]) -> Weight:
     if qtype not in _BY_TYPE:
         raise ValueError(f"unsupported tensor type {qtype.name}")
     fmt = _BY_TYPE[qtype]
-    kp = _round_up(k)
     b = raw.reshape(-1).view(np.uint8).reshape(n, -1)
     if fmt == "q8_0":
         blocks = b.reshape(n, k // 32, 34)
-        planes = {"qs": _pad(blocks[:, :, 2:].reshape(n, k).view(np.int8), k, kp), "d": _f16(blocks[:, :, :2])}
-        planes["d"] = _pad(planes["d"], k, kp, 32)
+        planes = _pack(np.ascontiguousarray(blocks[:, :, 2:]).view(np.int8).reshape(n, k), n, fmt)
+        planes["d"] = _to_tiles(_f16(blocks[:, :, :2]), n)
     elif fmt == "q5_0":
         blocks = b.reshape(n, k // 32, 22)
         qh = np.ascontiguousarray(blocks[:, :, 2:6]).view(np.uint32)  # [n, k/32, 1]
         fifth = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
         qs = blocks[:, :, 6:]
-        u = _pad((np.concatenate([qs & 0x0F, qs >> 4], axis=2) | (fifth << 4)).reshape(n, k), k, kp)
-        planes = {"lo": _pack_nibbles(u), "hi": _pack_high(u, 1), "d": _pad(_f16(blocks[:, :, :2]), k, kp, 32)}
+        u = (np.concatenate([qs & 0x0F, qs >> 4], axis=2) | (fifth << 4)).reshape(n, k)
+        planes = _pack(u, n, fmt)
+        planes["d"] = _to_tiles(_f16(blocks[:, :, :2]), n)
     elif fmt == "q6_k":
         blocks = b.reshape(n, k // QK_K, 210)
         ql = blocks[:, :, :128].reshape(n, -1, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(1, 1, 1, 2, 1)
         ql = (ql & 0x0F).reshape(n, -1, 2, 4, 32)
         qh = blocks[:, :, 128:192].reshape(n, -1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 1, 4, 1)
-        u = (ql | ((qh & 3) << 4)).reshape(n, k)
-        planes = {
-            "lo": _pack_nibbles(u),
-            "hi": _pack_high(u, 2),
-            "sc": np.ascontiguousarray(blocks[:, :, 192:208].reshape(n, -1)).view(np.int8),
-            "d": _f16(blocks[:, :, 208:210]),
-        }
+        planes = _pack((ql | ((qh & 3) << 4)).reshape(n, k), n, fmt)
+        planes["sc"] = _to_tiles(np.ascontiguousarray(blocks[:, :, 192:208].reshape(n, -1)).view(np.int8), n)
+        planes["d"] = _to_tiles(_f16(blocks[:, :, 208:210]), n)
     else:
         blocks = b.reshape(n, k // QK_K, 144)
         s = blocks[:, :, 4:16].reshape(n, -1, 3, 4)
@@ -262,13 +276,10 @@ def repack(raw: np.ndarray, qtype: QT, shape: tuple[int, int]) -> Weight:
         sc = np.concatenate([sd & 0x3F, (smd & 0x0F) | ((sd >> 2) & 0x30)], axis=2)
         mn = np.concatenate([sm & 0x3F, (smd >> 4) | ((sm >> 2) & 0x30)], axis=2)
         qs = blocks[:, :, 16:].reshape(n, -1, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(1, 1, 1, 2, 1)
-        u = (qs & 0x0F).reshape(n, k)
-        planes = {
-            "lo": _pack_nibbles(u),
-            "sc": np.ascontiguousarray(sc.reshape(n, -1)),
-            "mn": np.ascontiguousarray(mn.reshape(n, -1)),
-            "d": _f16(blocks[:, :, 0:4]),
-        }
+        planes = _pack((qs & 0x0F).reshape(n, k), n, fmt)
+        planes["sc"] = _to_tiles(sc.reshape(n, -1), n)
+        planes["mn"] = _to_tiles(mn.reshape(n, -1), n)
+        planes["d"] = _to_tiles(_f16(blocks[:, :, 0:4]).reshape(n, -1, 2), n)
     return QuantWeight(fmt, (n, k), planes)
 
 
@@ -289,7 +300,8 @@ def concat_rows(weights: list[Weight]) -> Weight:
         parts += w.parts if isinstance(w, SplitWeight) else [w]
     merged: list[QuantWeight] = []
     for w in parts:
-        if merged and merged[-1].fmt == w.fmt:
+        # Tiles hold 16 rows: parts fuse only where the first one ends on a tile boundary.
+        if merged and merged[-1].fmt == w.fmt and merged[-1].shape[0] % R == 0:
             last = merged.pop()
             w = QuantWeight(
                 w.fmt,
