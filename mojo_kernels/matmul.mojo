@@ -27,7 +27,7 @@ from std.sys.info import CompilationTarget
 from std.sys.intrinsics import prefetch, PrefetchOptions
 from max.algorithm import sync_parallelize
 
-from common import F32Ptr, I32Ptr, I8Ptr, free_f32, num_threads, ptr, scratch_f32, F32_LANES
+from common import F32Ptr, I32Ptr, I8Ptr, free_f32, num_threads, ptr, scratch_f32, F32_LANES, pool_run, pool_start, pool_worker_loop
 
 comptime W = F32_LANES  # float32 lanes of the target's vector registers
 comptime F32x = SIMD[DType.float32, W]
@@ -208,14 +208,21 @@ def _unpack[FMT: Int](w: QW, t: Int, g: Int) -> Array[U8x64, 8]:
     comptime if FMT == Q5_0:
         # bit q of byte 4r + j: the fifth bit of weight 4q + j of row r
         var h = w.b.unsafe_load[width=64]((t * G + g) * 64)
+        # Move bit i to bit 4 with one shift, then one masked OR (a single vpternlog on AVX-512).
         comptime for i in range(8):
-            q[i] |= ((h >> UInt8(i)) & 1) << 4
+            comptime if i <= 4:
+                q[i] |= (h << UInt8(4 - i)) & 0x10
+            else:
+                q[i] |= (h >> UInt8(i - 4)) & 0x10
     elif FMT == Q6_K:
         # bits 2s, 2s+1 of byte 4r + j of half k: the top bits of weight 4(4k + s) + j
         comptime for k in range(2):
             var h = w.b.unsafe_load[width=64]((t * G + g) * 128 + 64 * k)
             comptime for s in range(4):
-                q[4 * k + s] |= ((h >> UInt8(2 * s)) & 3) << 4
+                comptime if s <= 2:
+                    q[4 * k + s] |= (h << UInt8(4 - 2 * s)) & 0x30
+                else:
+                    q[4 * k + s] |= (h >> UInt8(2 * s - 4)) & 0x30
     return q^
 
 
@@ -294,6 +301,27 @@ def _quantize_x(x: F32Ptr, M: Int, K: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr):
             xsum[unsafe_offset=i * (K // 16) + 2 * blk + 1] = q32.slice[16, offset=16]().reduce_add()
 
 
+# Bytes ahead of the group being multiplied that its planes are prefetched: the tiles of a thread's
+# share lie end to end, so this streams through them (the hardware prefetcher alone reached about
+# half the read bandwidth of one core).
+comptime PREFETCH_BYTES = 4096
+
+
+@always_inline
+def _prefetch_ahead[FMT: Int](w: QW, group: Int):
+    """Prefetch the planes of the group PREFETCH_BYTES ahead of `group` (counted over the whole matrix)."""
+    comptime lo_bytes = 512 if FMT == Q8_0 else 256
+    comptime hi_bytes = 64 if FMT == Q5_0 else (128 if FMT == Q6_K else 0)
+    comptime ahead = PREFETCH_BYTES // lo_bytes
+    comptime opts = PrefetchOptions().for_read().high_locality().to_data_cache()
+    comptime for line in range(lo_bytes // 64):
+        prefetch[opts](w.a.unsafe_offset((group + ahead) * lo_bytes + 64 * line))
+    comptime for line in range(hi_bytes // 64):
+        prefetch[opts](w.b.unsafe_offset((group + ahead) * hi_bytes + 64 * line))
+    # Scales: 16 to 32 bytes a group, so one line every few groups; prefetching it each time is cheap.
+    prefetch[opts](w.s.unsafe_offset((group + ahead) * 32))
+
+
 def _tile_rows[FMT: Int, mr: Int](
     w: QW, t: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, dst: F32Ptr, ldo: Int
 ):
@@ -303,6 +331,7 @@ def _tile_rows[FMT: Int, mr: Int](
     var x32 = I32Ptr(unsafe_from_address=Int(xq))
     comptime off = Int32(_offset[FMT]())
     for g in range(G):
+        _prefetch_ahead[FMT](w, t * G + g)
         var u = _unpack[FMT](w, t, g)
         comptime if FMT == Q6_K:
             # Two scales per group: one accumulator per 16 weights.
@@ -362,28 +391,89 @@ def _tiles[FMT: Int](w: QW, t0: Int, t1: Int, M: Int, xq: I8Ptr, xs: F32Ptr, xsu
             i += 4
 
 
-def _matmul_q[FMT: Int](w: QW, x: F32Ptr, dst: F32Ptr, M: Int, ldo: Int):
+# A matmul job for the pool, Int64 slots: the QW fields (0-7), then M, xq, xs, xsum, dst, ldo,
+# tiles, tiles per task.
+comptime JOB_SLOTS = 16
+
+
+@export
+def wicore_matmul_job(ctx: Int, task: Int) abi("C"):
+    """Pool task: tiles [task * chunk, (task + 1) * chunk) of the job at ctx."""
+    var j = Pointer[Int64, MutAnyOrigin](unsafe_from_address=ctx)
+    var w = QW(
+        Int(j[unsafe_offset=0]), Int(j[unsafe_offset=1]), Int(j[unsafe_offset=2]),
+        U8Ptr(unsafe_from_address=Int(j[unsafe_offset=3])), U8Ptr(unsafe_from_address=Int(j[unsafe_offset=4])),
+        U8Ptr(unsafe_from_address=Int(j[unsafe_offset=5])), U8Ptr(unsafe_from_address=Int(j[unsafe_offset=6])),
+        F16Ptr(unsafe_from_address=Int(j[unsafe_offset=7])),
+    )  # fmt: skip
+    var M = Int(j[unsafe_offset=8])
+    var xq = I8Ptr(unsafe_from_address=Int(j[unsafe_offset=9]))
+    var xs = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=10]))
+    var xsum = I32Ptr(unsafe_from_address=Int(j[unsafe_offset=11]))
+    var dst = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=12]))
+    var ldo = Int(j[unsafe_offset=13])
+    var chunk = Int(j[unsafe_offset=15])
+    var t0 = task * chunk
+    var t1 = min(Int(j[unsafe_offset=14]), t0 + chunk)
+    if w.fmt == Q8_0:
+        _tiles[Q8_0](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+    elif w.fmt == Q5_0:
+        _tiles[Q5_0](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+    elif w.fmt == Q6_K:
+        _tiles[Q6_K](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+    else:
+        _tiles[Q4_K](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+
+
+@export
+def wicore_pool_worker(pool: Int) abi("C") -> Int:
+    pool_worker_loop(pool)
+    return 0
+
+
+def _matmul_q(w: QW, x: F32Ptr, dst: F32Ptr, M: Int, ldo: Int, pool: Int):
     var K = w.K
     var tiles = (w.N + 15) // 16
-    var nt = min(tiles, num_threads()) if w.N * K * M >= PARALLEL_MIN_WEIGHTS else 1
     var xq = I8Ptr(unsafe_from_address=Int(scratch_f32(M * K // 4)))
     var xs = scratch_f32(M * K // 32)
     var xsum = I32Ptr(unsafe_from_address=Int(scratch_f32(M * K // 16)))
     _quantize_x(x, M, K, xq, xs, xsum)
-
-    def work(th: Int) {imm w, imm xq, imm xs, imm xsum, imm dst, imm M, imm ldo, imm tiles, imm nt}:
-        _tiles[FMT](w, th * tiles // nt, (th + 1) * tiles // nt, M, xq, xs, xsum, dst, ldo)
-
-    sync_parallelize(work, nt)
+    # A few tasks per thread, so that a thread slowed by something else does not hold up the rest.
+    var n_tasks = min(tiles, 4 * num_threads()) if w.N * K * M >= PARALLEL_MIN_WEIGHTS else 1
+    var chunk = (tiles + n_tasks - 1) // n_tasks
+    var job = Array[Int64, JOB_SLOTS](fill=0)
+    job[0] = Int64(w.fmt)
+    job[1] = Int64(w.N)
+    job[2] = Int64(K)
+    job[3] = Int64(Int(w.a))
+    job[4] = Int64(Int(w.b))
+    job[5] = Int64(Int(w.s))
+    job[6] = Int64(Int(w.m))
+    job[7] = Int64(Int(w.sup))
+    job[8] = Int64(M)
+    job[9] = Int64(Int(xq))
+    job[10] = Int64(Int(xs))
+    job[11] = Int64(Int(xsum))
+    job[12] = Int64(Int(dst))
+    job[13] = Int64(ldo)
+    job[14] = Int64(tiles)
+    job[15] = Int64(chunk)
+    pool_run(pool, wicore_matmul_job, Int(Pointer(to=job)), (tiles + chunk - 1) // chunk)
     free_f32(F32Ptr(unsafe_from_address=Int(xq)))
     free_f32(xs)
     free_f32(F32Ptr(unsafe_from_address=Int(xsum)))
 
 
+def start_pool(n_threads: PythonObject) raises -> PythonObject:
+    """Start the process's thread pool (n_threads - 1 workers, 0: num_threads()); returns its address."""
+    var n = Int(py=n_threads)
+    return PythonObject(pool_start(n if n > 0 else num_threads(), wicore_pool_worker))
+
+
 def matmul_q(x: PythonObject, desc: PythonObject, bias: PythonObject, dst: PythonObject, dims: PythonObject) raises:
     """Quantised matmul. desc is int64 [fmt, N, K, a, b, s, m, sup] (quant.py `descriptor`);
-    dims is int64 [M, has_bias, ldo, col0]: output row stride and first column, so the parts of a
-    split matrix write side by side."""
+    dims is int64 [M, has_bias, ldo, col0, pool]: output row stride and first column, so the parts
+    of a split matrix write side by side, and the thread pool's address (0: this thread only)."""
     var e = ptr[DType.int64](desc)
     var d = ptr[DType.int64](dims)
     var w = QW(
@@ -396,16 +486,9 @@ def matmul_q(x: PythonObject, desc: PythonObject, bias: PythonObject, dst: Pytho
     var ldo = Int(d[unsafe_offset=2])
     var xp = ptr[DType.float32](x)
     var op = ptr[DType.float32](dst).unsafe_offset(Int(d[unsafe_offset=3]))
-    if w.fmt == Q8_0:
-        _matmul_q[Q8_0](w, xp, op, M, ldo)
-    elif w.fmt == Q5_0:
-        _matmul_q[Q5_0](w, xp, op, M, ldo)
-    elif w.fmt == Q6_K:
-        _matmul_q[Q6_K](w, xp, op, M, ldo)
-    elif w.fmt == Q4_K:
-        _matmul_q[Q4_K](w, xp, op, M, ldo)
-    else:
+    if w.fmt < Q8_0 or w.fmt > Q4_K:
         raise Error("unsupported weight format")
+    _matmul_q(w, xp, op, M, ldo, Int(d[unsafe_offset=4]))
     if d[unsafe_offset=1] != 0:
         _add_bias(op, ptr[DType.float32](bias), M, ldo, 0, w.N)
 
@@ -461,6 +544,7 @@ def PyInit_matmul() abi("C") -> PythonObject:
         var m = PythonModuleBuilder("matmul")
         m.def_function[matmul_q]("matmul_q", docstring="dst = x @ W^T + bias, W a GGUF-quantised matrix")
         m.def_function[matmul_dense]("matmul_dense", docstring="dst = x @ w^T + bias, w float32 or float16")
+        m.def_function[start_pool]("start_pool", docstring="start the thread pool; returns its address")
         return m.finalize()
     except e:
         abort(String("failed to create module matmul: ", e))
