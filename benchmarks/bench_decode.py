@@ -1,14 +1,19 @@
 """Single-stream speed: prefill of a 512-token prompt (pp512) and 128 decoded tokens (tg128).
 
-WiCore and, when `llama-cpp-python` is installed (`make bench-peers`), llama.cpp
-run the same GGUF on the same token ids with the same thread count, each in
-its own child process (so peak RSS is each engine's own), in the same run.
-The two stay loaded and take turns, one timed repetition each, so drifting load on a
-shared machine hits both alike. Reported: median tokens/s over --runs, peak RSS, and the ratio
-WiCore / llama.cpp.  As llama-bench does, tokenisation and sampling are not
-timed for llama.cpp; WiCore's decode time includes its (greedy) sampling.
+WiCore and llama.cpp (`llama-bench`, built for this host by `make bench-peers`) run the same GGUF
+with the same thread count in the same run, each in its own process, so peak RSS is each engine's
+own. WiCore stays loaded in a child process; llama.cpp is its own benchmark tool, one fresh
+`llama-bench -r 1` per measurement (with its own warm-up run). The two take turns, one timed
+repetition each, so drifting load on a shared machine hits both alike. Reported: median tokens/s
+over --runs, peak RSS, and the ratio WiCore / llama.cpp.
 
-    python benchmarks/bench_decode.py [--model NAME] [--runs 5] [--threads 2]
+Both time the same work: pp is a cold 512-token prompt (WiCore's prefix cache is off, llama-bench
+clears its KV cache), tg is 128 tokens decoded after that prompt (`llama-bench -d 512`, as WiCore
+decodes after its prompt; llama-bench's default tg128 starts from an empty cache, which is cheaper).
+As llama-bench does, tokenisation and sampling are not timed for llama.cpp (it feeds random token
+ids); WiCore's decode time includes its (greedy) sampling.
+
+    python benchmarks/bench_decode.py [--model NAME] [--runs 5] [--threads 2] [--llama-cpp-bin DIR]
 """
 
 from __future__ import annotations
@@ -21,8 +26,13 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+# Where `make bench-peers` builds llama.cpp.
+LLAMA_CPP_BIN = Path(__file__).resolve().parent.parent / ".peers" / "llama.cpp" / "build" / "bin"
 
 TEXT = (
     "The history of computing is a story of abstraction layered upon abstraction. "
@@ -62,37 +72,7 @@ def wicore_runner(model: str, ids: list[int], gen: int, threads: int) -> Callabl
     return once
 
 
-def llama_cpp_runner(model: str, ids: list[int], gen: int, threads: int) -> Callable[[], tuple[float, float]]:
-    import numpy as np
-    from llama_cpp import Llama
-
-    from wicore.models import registry
-
-    n_ctx = len(ids) + gen + 16
-    # n_batch = n_ctx: llama-cpp-python keeps n_batch rows of logits.
-    llm = Llama(
-        model_path=str(registry.resolve(model)), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
-        n_threads_batch=threads, verbose=False,
-    )  # fmt: skip
-
-    def once() -> tuple[float, float]:
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(ids)
-        prefill = time.perf_counter() - t0
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        decode = 0.0
-        for _ in range(gen):
-            t0 = time.perf_counter()
-            llm.eval([tok])
-            decode += time.perf_counter() - t0
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        return len(ids) / prefill, gen / decode
-
-    return once
-
-
-RUNNERS = {"wicore": wicore_runner, "llama.cpp": llama_cpp_runner}
+RUNNERS = {"wicore": wicore_runner}
 
 
 def child(engine: str, model: str, gen: int, threads: int) -> None:
@@ -143,6 +123,76 @@ class Child:
         return rss
 
 
+def amx_cpu() -> bool:
+    """Whether this CPU has AMX (Intel Sapphire Rapids and later)."""
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+
+
+class Engine(Protocol):
+    """One side of the comparison: a timed repetition per run(), peak RSS in MB from finish()."""
+
+    engine: str
+    pp: list[float]
+    tg: list[float]
+
+    def run(self) -> None: ...
+
+    def finish(self) -> float: ...
+
+
+class LlamaBench:
+    """llama.cpp measured by its own `llama-bench`, one fresh process per measurement.
+
+    A process per repetition (rather than `-r N` in one) lets llama.cpp take turns with WiCore;
+    llama-bench's warm-up run in every process keeps each timed repetition warm, as WiCore's is."""
+
+    engine = "llama.cpp"
+
+    def __init__(self, exe: Path, gguf: Path, prompt: int, gen: int, threads: int) -> None:
+        self.prompt = prompt
+        self.gen = gen
+        self.base = [str(exe), "-m", str(gguf), "-t", str(threads), "-r", "1", "-o", "json"]
+        if amx_cpu():
+            # llama.cpp's AMX matmul (ggml_backend_amx_mul_mat) segfaults on such CPUs. It is one of
+            # the "extra" weight buffer types, as the repacked layouts are; --repack 0 turns them off.
+            self.base += ["--repack", "0"]
+            print("AMX CPU: llama-bench runs with --repack 0 (its AMX path crashes)", file=sys.stderr)
+        self.pp: list[float] = []
+        self.tg: list[float] = []
+        self.peak_rss_mb = 0.0
+        self.build = ""
+
+    def _tokens_per_s(self, *test: str) -> float:
+        """Tokens/s of one llama-bench process running one test; notes that process's peak RSS."""
+        # stderr to a file: llama-bench logs a lot there, and an unread pipe would fill and stall it.
+        with tempfile.TemporaryFile() as log:
+            proc = subprocess.Popen([*self.base, *test], stdout=subprocess.PIPE, stderr=log)
+            assert proc.stdout is not None
+            out = proc.stdout.read()
+            # wait4, not wait: the resource usage of this one child. RUSAGE_CHILDREN would be the
+            # largest of all children so far, WiCore's child among them.
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                log.seek(0)
+                tail = log.read().decode("utf-8", "replace")[-2000:]
+                raise RuntimeError(f"llama-bench {' '.join(test)} exited with {proc.returncode}:\n{tail}")
+        self.peak_rss_mb = max(self.peak_rss_mb, usage.ru_maxrss / 1024)  # KiB on Linux
+        (result,) = json.loads(out)
+        self.build = f"{result['build_commit']} ({result['build_number']})"
+        return float(result["samples_ts"][0])
+
+    def run(self) -> None:
+        self.pp.append(self._tokens_per_s("-p", str(self.prompt), "-n", "0"))
+        self.tg.append(self._tokens_per_s("-p", "0", "-n", str(self.gen), "-d", str(self.prompt)))
+
+    def finish(self) -> float:
+        return self.peak_rss_mb
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
@@ -151,38 +201,47 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
+    ap.add_argument("--no-wicore", action="store_true", help="skip WiCore (llama.cpp alone)")
+    ap.add_argument("--llama-cpp-bin", type=Path, default=LLAMA_CPP_BIN, help="folder holding llama-bench")
     ap.add_argument("--child", choices=list(RUNNERS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.model, args.gen, args.threads)
 
-    ids = prompt_ids(args.model, args.prompt)
-    engines = ["wicore"]
-    if not args.no_peer:
-        try:
-            import llama_cpp  # noqa: F401
+    from wicore.models import registry
 
-            engines.append("llama.cpp")
-        except ImportError:
-            print("llama-cpp-python is not installed (make bench-peers); measuring WiCore alone", file=sys.stderr)
-    # Both engines stay loaded and take turns, so drifting machine load hits them alike;
+    engines: list[Engine] = []
+    if not args.no_wicore:
+        engines.append(Child("wicore", args, prompt_ids(args.model, args.prompt)))
+    if not args.no_peer:
+        exe = args.llama_cpp_bin / "llama-bench"
+        if exe.is_file():
+            engines.append(LlamaBench(exe, registry.resolve(args.model), args.prompt, args.gen, args.threads))
+        else:
+            print(f"{exe} is missing (make bench-peers builds it): no llama.cpp figures", file=sys.stderr)
+    if not engines:
+        ap.error("nothing to measure")
+    # The engines take turns, one repetition each, so drifting machine load hits them alike;
     # each runs alone while timed.
-    children = [Child(name, args, ids) for name in engines]
     for _ in range(args.runs):
-        for c in children:
-            c.run()
-    rss = {c.engine: c.finish() for c in children}
+        for e in engines:
+            e.run()
+    rss = {e.engine: e.finish() for e in engines}
 
     print(f"model {args.model}, {args.threads} threads, {platform.machine()}, {os.cpu_count()} cores, "
           f"median of {args.runs} alternating runs")  # fmt: skip
+    for e in engines:
+        if isinstance(e, LlamaBench):
+            print(f"llama.cpp build {e.build}: llama-bench, tg{args.gen} after the {args.prompt}-token prompt (-d)")
     print(f"| engine | pp{args.prompt} tok/s | tg{args.gen} tok/s | peak RSS MB |")
     print("|---|---|---|---|")
-    med = {c.engine: (statistics.median(c.pp), statistics.median(c.tg)) for c in children}
+    med = {e.engine: (statistics.median(e.pp), statistics.median(e.tg)) for e in engines}
     for name, (pp, tg) in med.items():
         print(f"| {name} | {pp:.1f} | {tg:.1f} | {rss[name]:.0f} |")
     if len(med) == 2:
         w, p = med["wicore"], med["llama.cpp"]
-        print(f"| ratio wicore/llama.cpp | {w[0] / p[0]:.2f}x | {w[1] / p[1]:.2f}x | |")
+        ratios = f"{w[0] / p[0]:.2f}x | {w[1] / p[1]:.2f}x | {rss['wicore'] / rss['llama.cpp']:.2f}x"
+        print(f"| ratio wicore/llama.cpp | {ratios} |")
 
 
 if __name__ == "__main__":

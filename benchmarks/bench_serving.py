@@ -20,11 +20,21 @@ request generate exactly `--max-tokens`.
 
 The server this script starts gets a rate limit of 0 (off) and a request timeout of 600 s,
 so neither skews the measurement; pass `--url` to measure a server configured otherwise.
-There is no peer comparison: `llama-cpp-python` (`make bench-peers`) has no `llama-server`
-to point this at, and `benchmarks/bench_decode.py` already compares single-stream speed.
+
+`--peer` also starts llama.cpp's `llama-server` (built for this host by `make bench-peers`) on the
+same GGUF, `--peer-parallel` slots (16, as WiCore's batch), the same thread count, and sends it
+the same levels, prompts and token counts through the same client: each level runs on one server
+and then the other, the first to go alternating from level to level so drifting machine load hits
+both alike. The server not being measured is paused (SIGSTOP on its process group, SIGCONT before
+its turn): an idle server still wakes up (WiCore's engine sends scheduler stats every 0.1 s, ~9 %
+of a core here), which on a 2-core machine would tax the other's measurement. Both get
+`ignore_eos` (llama-server honours it too), so every request generates exactly `--max-tokens` on
+both and throughputs compare equal work. Printed at the end: output throughput per level side by
+side and the ratio WiCore / llama.cpp.
 
     python benchmarks/bench_serving.py [--concurrency 1,4,16,32] [--num-prompts N]
         [--max-tokens 64] [--request-rate inf] [--seed 0] [--json FILE] [--url URL]
+        [--peer [--peer-parallel 16] [--threads N] [--no-wicore]]
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import json
 import math
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -77,6 +88,9 @@ PROMPTS: tuple[str, ...] = (
 )
 
 DEFAULT_CONCURRENCY = "1,4,16,32"
+# Where `make bench-peers` builds llama.cpp.
+LLAMA_CPP_BIN = Path(__file__).resolve().parent.parent / ".peers" / "llama.cpp" / "build" / "bin"
+WICORE, PEER = "wicore", "llama.cpp"
 PERCENTILES = (50, 90, 99)
 
 
@@ -241,29 +255,42 @@ async def run_level(
     return level_result(concurrency, list(results), time.perf_counter() - start)
 
 
-async def run_all(base_url: str, args: argparse.Namespace) -> list[LevelResult]:
-    url = f"{base_url}/v1/chat/completions"
+async def run_all(
+    targets: dict[str, str], args: argparse.Namespace, started: dict[str, Server] | None = None
+) -> dict[str, list[LevelResult]]:
+    """Every level on every server (name -> base URL), the same prompts for each at a level.
+
+    The servers this script `started` (by name) are paused while another one is measured."""
+    started = started or {}
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     biggest = max(args.concurrency)
     limits = httpx.Limits(max_connections=biggest + 4, max_keepalive_connections=biggest + 4)
     timeout = httpx.Timeout(args.timeout, connect=10.0)
+    urls = {name: f"{base}/v1/chat/completions" for name, base in targets.items()}
     async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout) as client:
-        # Warm-up, as vLLM does: checks the route works and pays any first-request costs.
-        warm = await one_request(client, url, request_body(PROMPTS[0], args) | {"max_tokens": 4})
-        if not warm.ok:
-            raise RuntimeError(f"warm-up request failed: {warm.error}")
-        levels = []
+        for name, url in urls.items():
+            # Warm-up, as vLLM does: checks the route works and pays any first-request costs.
+            warm = await one_request(client, url, request_body(PROMPTS[0], args) | {"max_tokens": 4})
+            if not warm.ok:
+                raise RuntimeError(f"{name}: warm-up request failed: {warm.error}")
+        levels: dict[str, list[LevelResult]] = {name: [] for name in urls}
         sent = 0
-        for concurrency in args.concurrency:
-            result = await run_level(client, url, concurrency, sent, args)
-            sent += result.num_prompts
-            print(
-                f"concurrency {concurrency}: {result.completed}/{result.num_prompts} ok in "
-                f"{result.duration_s:.1f} s, {result.output_throughput:.1f} output tokens/s",
-                file=sys.stderr,
-                flush=True,
-            )
-            levels.append(result)
+        for i, concurrency in enumerate(args.concurrency):
+            # Whoever goes first at a level alternates, so neither always runs on a machine the
+            # other has just warmed (or heated).
+            order = list(urls) if i % 2 == 0 else list(reversed(urls))
+            for name in order:
+                for other, server in started.items():
+                    server.pause(other != name)
+                result = await run_level(client, urls[name], concurrency, sent, args)
+                print(
+                    f"{name} concurrency {concurrency}: {result.completed}/{result.num_prompts} ok in "
+                    f"{result.duration_s:.1f} s, {result.output_throughput:.1f} output tokens/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                levels[name].append(result)
+            sent += result.num_prompts  # both servers got the same numbered prompts at this level
         return levels
 
 
@@ -274,42 +301,51 @@ def free_port() -> int:
 
 
 class Server:
-    """A `wicore serve` child process on a free loopback port, its output in a log file."""
+    """A server child process on a free loopback port, its output in a log file, healthy once
+    `GET /health` answers 200 (both WiCore and llama-server answer 503 while loading)."""
 
-    def __init__(self, model: str | None, config: str | None, startup_timeout: float) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = Path(tempfile.mkstemp(prefix="wicore-bench-serve-", suffix=".log")[1])
-        cmd = [sys.executable, "-m", "wicore.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        if model:
-            cmd += ["--model", model]
-        if config:
-            cmd += ["--config", config]
-        # A benchmark client is one IP sending hundreds of requests: the default 100/min limit would 429 it.
-        env = os.environ | {"WICORE_API__RATE_LIMIT_PER_MINUTE": "0", "WICORE_SCHEDULER__REQUEST_TIMEOUT": "600"}
+    def __init__(self, name: str, cmd: list[str], port: int, env: dict[str, str], startup_timeout: float) -> None:
+        self.name = name
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = Path(tempfile.mkstemp(prefix=f"{name}-bench-serve-", suffix=".log")[1])
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            # Its own process group, so pause() reaches every process of it (WiCore's engine worker).
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.paused = False
         self._wait_healthy(startup_timeout)
+
+    def pause(self, paused: bool) -> None:
+        """Stop (or continue) the whole server, so that it takes no CPU while another is measured."""
+        if paused != self.paused and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+            self.paused = paused
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                tail = self.log_tail()
                 self.stop()
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} server exited with {self.proc.returncode}:\n{tail}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass  # not listening yet
             time.sleep(0.5)
+        tail = self.log_tail()
         self.stop()
-        raise RuntimeError(f"server not healthy after {timeout:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.name} server not healthy after {timeout:.0f} s:\n{tail}")
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
+        """SIGTERM to the server's main process (both shut down cleanly on it), SIGKILL if that hangs.
+
+        Not to its whole group: WiCore's HTTP process then sees its engine worker die and starts a
+        new one, which outlives it."""
+        self.pause(False)  # a stopped process would not act on SIGTERM
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -318,6 +354,49 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.log.unlink(missing_ok=True)
+
+
+def wicore_server(args: argparse.Namespace) -> Server:
+    port = free_port()
+    cmd = [sys.executable, "-m", "wicore.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if args.model:
+        cmd += ["--model", args.model]
+    if args.config:
+        cmd += ["--config", args.config]
+    # A benchmark client is one IP sending hundreds of requests: the default 100/min limit would 429 it.
+    env = os.environ | {
+        "WICORE_API__RATE_LIMIT_PER_MINUTE": "0",
+        "WICORE_SCHEDULER__REQUEST_TIMEOUT": "600",
+        "WICORE_NUM_THREADS": str(args.threads),
+    }
+    return Server(WICORE, cmd, port, env, args.startup_timeout)
+
+
+def amx_cpu() -> bool:
+    """Whether this CPU has AMX (Intel Sapphire Rapids and later)."""
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+
+
+def llama_server(args: argparse.Namespace) -> Server:
+    from wicore.models import registry
+
+    exe = args.llama_cpp_bin / "llama-server"
+    if not exe.is_file():
+        raise SystemExit(f"{exe} is missing: `make bench-peers` builds it")
+    port = free_port()
+    # -c is the KV cache of all slots together, split evenly: each slot holds one request's prompt
+    # (the chat template's system prompt and a numbered question, well under 512 tokens) and answer.
+    ctx = args.peer_parallel * (512 + args.max_tokens)
+    cmd = [str(exe), "-m", str(registry.resolve(args.model or registry.DEFAULT_MODEL)), "--host", "127.0.0.1",
+           "--port", str(port), "-t", str(args.threads), "-np", str(args.peer_parallel), "-c", str(ctx)]  # fmt: skip
+    if amx_cpu():
+        # llama.cpp's AMX matmul (ggml_backend_amx_mul_mat) segfaults on such CPUs; it is one of the
+        # "extra" weight buffer types, as the repacked layouts are, and --no-repack turns them off.
+        cmd.append("--no-repack")
+    return Server(PEER, cmd, port, dict(os.environ), args.startup_timeout)
 
 
 def finite(obj: Any) -> Any:
@@ -376,6 +455,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds for the server to become healthy")
     p.add_argument("--api-key", default=os.environ.get("WICORE_API_KEY"), help="Bearer key (env WICORE_API_KEY)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--peer", action="store_true", help="also measure llama.cpp's llama-server (implies --ignore-eos)")
+    p.add_argument("--peer-parallel", type=int, default=16, help="llama-server slots (-np)")
+    p.add_argument("--no-wicore", action="store_true", help="with --peer: measure llama-server alone")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="threads of the servers started here")
+    p.add_argument("--llama-cpp-bin", type=Path, default=LLAMA_CPP_BIN, help="folder holding llama-server")
     args = p.parse_args(argv)
     try:
         args.concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -385,34 +469,78 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--concurrency and --num-prompts must be positive")
     if not args.request_rate > 0:
         p.error("--request-rate must be positive (inf: all at once)")
+    if args.no_wicore and not args.peer:
+        p.error("--no-wicore leaves nothing to measure without --peer")
+    if args.peer and not args.ignore_eos:
+        # Greedy on both, yet their numerics differ, so one may stop at EOS where the other goes on;
+        # equal token counts make the throughputs compare equal work.
+        args.ignore_eos = True
+        print("--peer: sending ignore_eos, so every request generates --max-tokens on both", file=sys.stderr)
     return args
+
+
+def comparison_table(ours: list[LevelResult], peer: list[LevelResult]) -> str:
+    rows = [
+        f"| concurrency | {WICORE} output tok/s | {PEER} output tok/s | ratio {WICORE}/{PEER} "
+        f"| mean out tok {WICORE} / {PEER} | mean prompt tok {WICORE} / {PEER} |",
+        "|" + "---|" * 6,
+    ]
+    for w, p in zip(ours, peer, strict=True):
+        ratio = w.output_throughput / p.output_throughput if p.output_throughput > 0 else math.nan
+        rows.append(
+            f"| {w.concurrency} | {w.output_throughput:.1f} | {p.output_throughput:.1f} | {ratio:.2f}x "
+            f"| {w.mean_output_tokens:.1f} / {p.mean_output_tokens:.1f} "
+            f"| {w.mean_prompt_tokens:.1f} / {p.mean_prompt_tokens:.1f} |"
+        )
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    server = None if args.url else Server(args.model, args.config, args.startup_timeout)
-    base_url = server.url if server is not None else args.url.rstrip("/")
+    servers: list[Server] = []
+    targets: dict[str, str] = {}
     try:
-        levels = asyncio.run(run_all(base_url, args))
+        if not args.no_wicore:
+            if args.url:
+                targets[WICORE] = args.url.rstrip("/")
+            else:
+                servers.append(wicore_server(args))
+                targets[WICORE] = servers[-1].url
+        if args.peer:
+            servers.append(llama_server(args))
+            targets[PEER] = servers[-1].url
+        started = {server.name: server for server in servers}
+        results = asyncio.run(run_all(targets, args, started))
     finally:
-        if server is not None:
+        for server in servers:
             server.stop()
-    print(markdown_table(levels))
-    ratio = scaling_ratio(levels)
-    if ratio is not None:
+    ratios: dict[str, float | None] = {}
+    for name, levels in results.items():
+        if len(results) > 1:
+            print(f"\n{name}")
+        print(markdown_table(levels))
+        ratios[name] = scaling_ratio(levels)
+    if (ratio := ratios.get(WICORE)) is not None:
         verdict = "meets" if ratio >= 3.0 else "misses"
         print(f"\noutput throughput, concurrency 16 / 1: {ratio:.2f}x ({verdict} the >= 3x target)")
-    for lv in levels:
-        for error in lv.errors:
-            print(f"concurrency {lv.concurrency} error: {error}", file=sys.stderr)
+    if (ratio := ratios.get(PEER)) is not None:
+        print(f"{PEER} output throughput, concurrency 16 / 1: {ratio:.2f}x")
+    if WICORE in results and PEER in results:
+        print(f"\n{comparison_table(results[WICORE], results[PEER])}")
+    for name, levels in results.items():
+        for lv in levels:
+            for error in lv.errors:
+                print(f"{name} concurrency {lv.concurrency} error: {error}", file=sys.stderr)
     if args.json:
-        report = {
-            "args": {k: v for k, v in vars(args).items() if k != "api_key"},
-            "levels": [asdict(lv) for lv in levels],
-            "ratio_c16_c1": ratio,
+        report: dict[str, Any] = {
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "api_key"},
         }
+        if WICORE in results:
+            report |= {"levels": [asdict(lv) for lv in results[WICORE]], "ratio_c16_c1": ratios[WICORE]}
+        if PEER in results:
+            report["peer"] = {"levels": [asdict(lv) for lv in results[PEER]], "ratio_c16_c1": ratios[PEER]}
         Path(args.json).write_text(json.dumps(finite(report), indent=2) + "\n", encoding="utf-8")
-    return 0 if all(lv.failed == 0 for lv in levels) else 1
+    return 0 if all(lv.failed == 0 for levels in results.values() for lv in levels) else 1
 
 
 if __name__ == "__main__":
