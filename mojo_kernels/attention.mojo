@@ -10,14 +10,13 @@ keys are consumed in tiles with an online (flash-style) softmax.
 from std.atomic import Atomic
 from std.collections import Array
 from std.math import ceildiv, exp
-from std.memory import alloc, dealloc, Layout
+from std.memory import alloc, bitcast, dealloc, Layout
 from std.os import abort
 from std.python import PythonObject
 from std.python.bindings import PythonModuleBuilder
 from std.runtime import initialize_runtime
 from std.sys.intrinsics import prefetch, PrefetchOptions
-from max.algorithm import sync_parallelize
-from common import F32Ptr, I32Ptr, ptr, num_threads
+from common import F32Ptr, I32Ptr, ptr, num_threads, pool_run
 
 comptime W = 8  # 8 float32 lanes on every target: the register transposes below are written for 8
 comptime Vec = SIMD[DType.float32, W]
@@ -334,6 +333,68 @@ def check_indices(
     return 0
 
 
+# An attention job for the thread pool, Int64 slots (addresses, then sizes; scale as float32 bits).
+comptime JOB_SLOTS = 21
+
+
+@export
+def wicore_attention_job(ctx: Int, task: Int) abi("C"):
+    """Pool task: a worker taking (token, kv head, key part) items from the job's shared counter."""
+    var j = Pointer[Int64, MutAnyOrigin](unsafe_from_address=ctx)
+    var q = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=0]))
+    var k = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=1]))
+    var v = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=2]))
+    var table = I32Ptr(unsafe_from_address=Int(j[unsafe_offset=3]))
+    var seq = I32Ptr(unsafe_from_address=Int(j[unsafe_offset=4]))
+    var pos = I32Ptr(unsafe_from_address=Int(j[unsafe_offset=5]))
+    var dst = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=6]))
+    var scale = bitcast[DType.float32, 1](Int32(j[unsafe_offset=7]))[0]
+    var n_kv = Int(j[unsafe_offset=8])
+    var hd = Int(j[unsafe_offset=9])
+    var bs = Int(j[unsafe_offset=10])
+    var max_blocks = Int(j[unsafe_offset=11])
+    var window = Int(j[unsafe_offset=12])
+    var group = Int(j[unsafe_offset=13])
+    var row = Int(j[unsafe_offset=14])
+    var stride = Int(j[unsafe_offset=15])
+    var n_parts = Int(j[unsafe_offset=16])
+    var n_tasks = Int(j[unsafe_offset=17])
+    var next_ptr = Pointer[Atomic[Int64], MutAnyOrigin](unsafe_from_address=Int(j[unsafe_offset=18]))
+    var parts_ptr = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=19]))
+    var prefetch_rows = j[unsafe_offset=20] != 0
+    var own = alloc(Layout[Float32](count=stride))
+    var offs = alloc(Layout[Int](count=2 * TILE))
+    var own_ptr = own.unsafe_ptr().unsafe_origin_cast[MutAnyOrigin]()
+    var offs_ptr = offs.unsafe_ptr().unsafe_origin_cast[MutAnyOrigin]()
+    while True:
+        var task = n_tasks - 1 - Int(next_ptr[].fetch_add(1))
+        if task < 0:
+            break
+        var item = task // n_parts
+        var part = task - item * n_parts
+        var t = item // n_kv
+        var g = item - t * n_kv
+        var p = Int(pos[unsafe_offset=t])
+        var first = first_key(p, window)
+        var n_keys = p + 1 - first
+        var heads = item * group * hd  # q and dst rows of this token's group
+        var state = parts_ptr.unsafe_offset(task * stride) if n_parts > 1 else own_ptr
+        var kh = k.unsafe_offset(g * hd)
+        var vh = v.unsafe_offset(g * hd)
+        var tab = table.unsafe_offset(Int(seq[unsafe_offset=t]) * max_blocks)
+        var lo = first + n_keys * part // n_parts
+        var hi = first + n_keys * (part + 1) // n_parts - 1
+        if prefetch_rows:
+            attend[True](q.unsafe_offset(heads), kh, vh, row, tab, bs, lo, hi, group, hd, scale, state, offs_ptr)
+        else:
+            attend[False](q.unsafe_offset(heads), kh, vh, row, tab, bs, lo, hi, group, hd, scale, state, offs_ptr)
+        if n_parts == 1:
+            finish(state, 1, group, hd, dst.unsafe_offset(heads))
+    dealloc(own^)
+    dealloc(offs^)
+
+
+
 def paged_attention(
     q_obj: PythonObject,
     k_obj: PythonObject,
@@ -401,44 +462,30 @@ def paged_attention(
     var next_task = Atomic[Int64](0)
     var next_ptr = Pointer(to=next_task).unsafe_origin_cast[MutAnyOrigin]()
 
-    def work(w: Int) {imm q, imm k, imm v, imm table, imm seq, imm pos, imm dst, imm scale, imm n_kv, imm hd,
-                      imm bs, imm max_blocks, imm window, imm group, imm row, imm stride, imm n_parts, imm n_tasks,
-                      imm next_ptr, imm parts_ptr, imm prefetch_rows}:
-        var own = alloc(Layout[Float32](count=stride))
-        var offs = alloc(Layout[Int](count=2 * TILE))
-        var own_ptr = own.unsafe_ptr().unsafe_origin_cast[MutAnyOrigin]()
-        var offs_ptr = offs.unsafe_ptr().unsafe_origin_cast[MutAnyOrigin]()
-        while True:
-            var task = n_tasks - 1 - Int(next_ptr[].fetch_add(1))
-            if task < 0:
-                break
-            var item = task // n_parts
-            var part = task - item * n_parts
-            var t = item // n_kv
-            var g = item - t * n_kv
-            var p = Int(pos[unsafe_offset=t])
-            var first = first_key(p, window)
-            var n_keys = p + 1 - first
-            var heads = item * group * hd  # q and dst rows of this token's group
-            var state = parts_ptr.unsafe_offset(task * stride) if n_parts > 1 else own_ptr
-            var kh = k.unsafe_offset(g * hd)
-            var vh = v.unsafe_offset(g * hd)
-            var tab = table.unsafe_offset(Int(seq[unsafe_offset=t]) * max_blocks)
-            var lo = first + n_keys * part // n_parts
-            var hi = first + n_keys * (part + 1) // n_parts - 1
-            if prefetch_rows:
-                attend[True](q.unsafe_offset(heads), kh, vh, row, tab, bs, lo, hi, group, hd, scale, state, offs_ptr)
-            else:
-                attend[False](q.unsafe_offset(heads), kh, vh, row, tab, bs, lo, hi, group, hd, scale, state, offs_ptr)
-            if n_parts == 1:
-                finish(state, 1, group, hd, dst.unsafe_offset(heads))
-        dealloc(own^)
-        dealloc(offs^)
-
-    if n_workers > 1:
-        sync_parallelize(work, n_workers)
-    else:
-        work(0)
+    var job = Array[Int64, JOB_SLOTS](fill=0)
+    job[0] = Int64(Int(q))
+    job[1] = Int64(Int(k))
+    job[2] = Int64(Int(v))
+    job[3] = Int64(Int(table))
+    job[4] = Int64(Int(seq))
+    job[5] = Int64(Int(pos))
+    job[6] = Int64(Int(dst))
+    job[7] = Int64(bitcast[DType.int32, 1](scale)[0])
+    job[8] = Int64(n_kv)
+    job[9] = Int64(hd)
+    job[10] = Int64(bs)
+    job[11] = Int64(max_blocks)
+    job[12] = Int64(window)
+    job[13] = Int64(group)
+    job[14] = Int64(row)
+    job[15] = Int64(stride)
+    job[16] = Int64(n_parts)
+    job[17] = Int64(n_tasks)
+    job[18] = Int64(Int(next_ptr))
+    job[19] = Int64(Int(parts_ptr))
+    job[20] = Int64(1 if prefetch_rows else 0)
+    var pool = Int(UInt32(dims[unsafe_offset=9])) | (Int(UInt32(dims[unsafe_offset=10])) << 32)
+    pool_run(pool if n_workers > 1 else 0, wicore_attention_job, Int(Pointer(to=job)), n_workers)
     _ = next_task.load()  # the workers used it through next_ptr: keep it alive until here
     if n_parts > 1:
         for item in range(n_items):

@@ -6,6 +6,7 @@ import numpy as np
 
 from wicore.kernels import build
 from wicore.kernels._arrays import require
+from wicore.kernels.pool import thread_pool
 
 _F32 = np.dtype(np.float32)
 _I32 = np.dtype(np.int32)
@@ -69,10 +70,12 @@ def paged_attention(
     if n_tok == 0:
         return
     n_seqs, max_blocks = block_tables.shape
+    pool = thread_pool()
     dims = np.array(
-        [n_tok, n_heads, n_kv, head_dim, block_size, n_seqs, max_blocks, num_slots // block_size, sliding_window],
-        np.int32,
-    )
+        [n_tok, n_heads, n_kv, head_dim, block_size, n_seqs, max_blocks, num_slots // block_size, sliding_window]
+        + [pool & 0xFFFFFFFF, pool >> 32],  # the thread pool's address, as two uint32 halves
+        np.uint32,
+    ).view(np.int32)
     code = build.load("attention").paged_attention(
         q, k_cache, v_cache, block_tables, token_seq, token_pos, out, dims, float(scale)
     )

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-import os
-
 import numpy as np
 
 from wicore.kernels import build
 from wicore.kernels._arrays import require
+from wicore.kernels.pool import thread_pool
 from wicore.models.quant import DenseWeight, QuantWeight, SplitWeight, Weight
 
 _EMPTY = np.zeros(1, dtype=np.float32)
-
-
-@functools.cache
-def thread_pool(pid: int) -> int:
-    """The kernels' thread pool of process `pid` (WICORE_NUM_THREADS threads, default every core).
-
-    Keyed by pid: a forked child has none of its parent's threads and starts its own."""
-    return int(build.load("matmul").start_pool(0))
 
 
 def matmul(x: np.ndarray, weight: Weight, out: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
@@ -43,7 +33,7 @@ def matmul(x: np.ndarray, weight: Weight, out: np.ndarray | None = None, bias: n
             raise ValueError(f"weight: unsupported type {type(part).__name__}")
         rows = part.shape[0]
         part_bias = _EMPTY if bias is None else bias[col : col + rows]
-        dims = np.array([m, int(bias is not None), n, col, thread_pool(os.getpid())], dtype=np.int64)
+        dims = np.array([m, int(bias is not None), n, col, thread_pool()], dtype=np.int64)
         kernels.matmul_q(x, part.descriptor, part_bias, out, dims)
         col += rows
     return out
