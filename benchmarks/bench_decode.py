@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from wicore.kernels import build
+
 # Where `make bench-peers` builds llama.cpp.
 LLAMA_CPP_BIN = Path(__file__).resolve().parent.parent / ".peers" / "llama.cpp" / "build" / "bin"
 
@@ -230,6 +232,7 @@ def main() -> None:
 
     print(f"model {args.model}, {args.threads} threads, {platform.machine()}, {os.cpu_count()} cores, "
           f"median of {args.runs} alternating runs")  # fmt: skip
+    print(f"WiCore kernels: {build.TARGET}")
     for e in engines:
         if isinstance(e, LlamaBench):
             print(f"llama.cpp build {e.build}: llama-bench, tg{args.gen} after the {args.prompt}-token prompt (-d)")

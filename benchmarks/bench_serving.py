@@ -58,6 +58,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from wicore.kernels import build
+
 # Questions whose answers run long: with the bundled model, greedy, each runs past 64 tokens (some
 # phrasings got echoed back as a short question instead, and were replaced).
 PROMPTS: tuple[str, ...] = (
@@ -527,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PEER} output throughput, concurrency 16 / 1: {ratio:.2f}x")
     if WICORE in results and PEER in results:
         print(f"\n{comparison_table(results[WICORE], results[PEER])}")
+        print(f"WiCore kernels: {build.TARGET}")
     for name, levels in results.items():
         for lv in levels:
             for error in lv.errors:

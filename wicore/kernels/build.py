@@ -46,6 +46,11 @@ class Target:
     def key(self) -> str:
         return f"{self.cpu}{self.features}"
 
+    def __str__(self) -> str:
+        return (
+            f"{self.isa} path (--target-cpu {self.cpu}{' --target-features ' + self.features if self.features else ''})"
+        )
+
 
 PORTABLE = Target("x86-64-v3", "", "avx2")
 _AVX512 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
