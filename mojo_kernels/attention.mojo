@@ -16,12 +16,14 @@ from std.python import PythonObject
 from std.python.bindings import PythonModuleBuilder
 from std.runtime import initialize_runtime
 from std.sys.intrinsics import prefetch, PrefetchOptions
-from common import F32Ptr, I32Ptr, ptr, num_threads, pool_run
+from common import F32Ptr, I32Ptr, data_addr, ptr, num_threads, pool_run
 
 comptime W = 8  # 8 float32 lanes on every target: the register transposes below are written for 8
 comptime Vec = SIMD[DType.float32, W]
 comptime TILE = 32  # keys per online-softmax step (measured: 16 and 64 a little slower)
 comptime IntPtr = Pointer[Int, MutAnyOrigin]
+# The KV cache holds float16 (default) or float32; reads widen to float32 in registers.
+comptime KPtr[KT: DType] = Pointer[Scalar[KT], MutAnyOrigin]
 # Below this many multiply-adds (keys x query heads x head_dim) one thread
 # beats paying for the thread pool. Measured, one decode token, 14 heads of 64:
 # 512 keys take 24 us alone, ~21 us on two threads with the other core idle
@@ -44,7 +46,7 @@ def sum8(a: Array[Vec, 8]) -> Vec:
 
 
 @always_inline
-def scores8[NH: Int](q: F32Ptr, k: F32Ptr, offs: IntPtr, t: Int, hd: Int, s: F32Ptr, scale: Float32):
+def scores8[NH: Int, KT: DType](q: F32Ptr, k: KPtr[KT], offs: IntPtr, t: Int, hd: Int, s: F32Ptr, scale: Float32):
     """Scores of keys t..t+8/NH-1 for NH (1 or 2) heads: eight dot products reduced together."""
     comptime NK = 8 // NH
     var a = Array[Vec, 8](fill=Vec(0))
@@ -54,13 +56,15 @@ def scores8[NH: Int](q: F32Ptr, k: F32Ptr, offs: IntPtr, t: Int, hd: Int, s: F32
         comptime for i in range(NH):
             var qi = q.unsafe_load[width=W](i * hd + c)
             comptime for j in range(NK):
-                a[i * NK + j] = qi.fma(k.unsafe_load[width=W](offs[unsafe_offset=t + j] + c), a[i * NK + j])
+                a[i * NK + j] = qi.fma(
+                    k.unsafe_load[width=W](offs[unsafe_offset=t + j] + c).cast[DType.float32](), a[i * NK + j]
+                )
         c += W
     while c < hd:
         comptime for i in range(NH):
             var qi = q[unsafe_offset=i * hd + c]
             comptime for j in range(NK):
-                tail[i * NK + j] += qi * k[unsafe_offset=offs[unsafe_offset=t + j] + c]
+                tail[i * NK + j] += qi * k[unsafe_offset=offs[unsafe_offset=t + j] + c].cast[DType.float32]()
         c += 1
     var r = (sum8(a) + tail) * scale
     comptime for i in range(NH):
@@ -68,20 +72,20 @@ def scores8[NH: Int](q: F32Ptr, k: F32Ptr, offs: IntPtr, t: Int, hd: Int, s: F32
 
 
 @always_inline
-def score_key[NH: Int](q: F32Ptr, k: F32Ptr, offs: IntPtr, t: Int, hd: Int, s: F32Ptr, scale: Float32):
+def score_key[NH: Int, KT: DType](q: F32Ptr, k: KPtr[KT], offs: IntPtr, t: Int, hd: Int, s: F32Ptr, scale: Float32):
     """Score of key t for NH heads (the tile's last few keys)."""
     var a = Array[Vec, NH](fill=Vec(0))
     var tail = Array[Float32, NH](fill=0)
     var kr = k.unsafe_offset(offs[unsafe_offset=t])
     var c = 0
     while c + W <= hd:
-        var kv = kr.unsafe_load[width=W](c)
+        var kv = kr.unsafe_load[width=W](c).cast[DType.float32]()
         comptime for i in range(NH):
             a[i] = q.unsafe_load[width=W](i * hd + c).fma(kv, a[i])
         c += W
     while c < hd:
         comptime for i in range(NH):
-            tail[i] += q[unsafe_offset=i * hd + c] * kr[unsafe_offset=c]
+            tail[i] += q[unsafe_offset=i * hd + c] * kr[unsafe_offset=c].cast[DType.float32]()
         c += 1
     comptime for i in range(NH):
         s[unsafe_offset=i * TILE + t] = (a[i].reduce_add() + tail[i]) * scale
@@ -89,8 +93,8 @@ def score_key[NH: Int](q: F32Ptr, k: F32Ptr, offs: IntPtr, t: Int, hd: Int, s: F
 
 @always_inline
 def pv_cols[
-    NC: Int, NH: Int, WD: Int
-](s: F32Ptr, v: F32Ptr, offs: IntPtr, n: Int, c: Int, hd: Int, corr: Array[Float32, NH], acc: F32Ptr):
+    NC: Int, NH: Int, WD: Int, KT: DType
+](s: F32Ptr, v: KPtr[KT], offs: IntPtr, n: Int, c: Int, hd: Int, corr: Array[Float32, NH], acc: F32Ptr):
     """acc[h, c:c+NC*WD] = acc * corr[h] + p[h] @ V[:, c:c+NC*WD] for NH heads, in registers."""
     var a = Array[SIMD[DType.float32, WD], NC * NH](fill=0)
     comptime for i in range(NH):
@@ -100,7 +104,7 @@ def pv_cols[
         var vr = v.unsafe_offset(offs[unsafe_offset=t] + c)
         var vv = Array[SIMD[DType.float32, WD], NC](fill=0)
         comptime for j in range(NC):
-            vv[j] = vr.unsafe_load[width=WD](j * WD)
+            vv[j] = vr.unsafe_load[width=WD](j * WD).cast[DType.float32]()
         comptime for i in range(NH):
             var p = SIMD[DType.float32, WD](s[unsafe_offset=i * TILE + t])
             comptime for j in range(NC):
@@ -112,15 +116,15 @@ def pv_cols[
 
 @always_inline
 def tile_heads[
-    NH: Int
+    NH: Int, KT: DType
 ](
     q: F32Ptr,
     acc: F32Ptr,
     s: F32Ptr,
     m: F32Ptr,
     l: F32Ptr,
-    k: F32Ptr,
-    v: F32Ptr,
+    k: KPtr[KT],
+    v: KPtr[KT],
     offs: IntPtr,
     n: Int,
     hd: Int,
@@ -134,10 +138,10 @@ def tile_heads[
     var t = 0
     while t + 8 // H <= n:
         comptime for h in range(0, NH, H):
-            scores8[H](q.unsafe_offset(h * hd), k, offs, t, hd, s.unsafe_offset(h * TILE), scale)
+            scores8[H, KT](q.unsafe_offset(h * hd), k, offs, t, hd, s.unsafe_offset(h * TILE), scale)
         t += 8 // H
     while t < n:
-        score_key[NH](q, k, offs, t, hd, s, scale)
+        score_key[NH, KT](q, k, offs, t, hd, s, scale)
         t += 1
 
     # Online softmax: what was accumulated is rescaled by corr when the max grows.
@@ -176,13 +180,13 @@ def tile_heads[
     comptime NC = 8 // NH  # columns of W per pass: 8 accumulators whatever NH
     var c = 0
     while c + NC * W <= hd:
-        pv_cols[NC, NH, W](s, v, offs, n, c, hd, corr, acc)
+        pv_cols[NC, NH, W, KT](s, v, offs, n, c, hd, corr, acc)
         c += NC * W
     while c + W <= hd:
-        pv_cols[1, NH, W](s, v, offs, n, c, hd, corr, acc)
+        pv_cols[1, NH, W, KT](s, v, offs, n, c, hd, corr, acc)
         c += W
     while c < hd:
-        pv_cols[1, NH, 1](s, v, offs, n, c, hd, corr, acc)
+        pv_cols[1, NH, 1, KT](s, v, offs, n, c, hd, corr, acc)
         c += 1
 
 
@@ -198,11 +202,11 @@ def m_offset(group: Int, hd: Int) -> Int:
 
 @always_inline
 def attend[
-    PREFETCH: Bool
+    PREFETCH: Bool, KT: DType
 ](
     q: F32Ptr,
-    k: F32Ptr,
-    v: F32Ptr,
+    k: KPtr[KT],
+    v: KPtr[KT],
     row: Int,
     table: I32Ptr,
     bs: Int,
@@ -261,19 +265,19 @@ def attend[
         filled += n_next
         var h = 0
         while h + 4 <= group:
-            tile_heads[4](
+            tile_heads[4, KT](
                 q.unsafe_offset(h * hd), acc.unsafe_offset(h * hd), s.unsafe_offset(h * TILE),
                 m.unsafe_offset(h), l.unsafe_offset(h), k, v, cur, n, hd, scale,
             )
             h += 4
         if h + 2 <= group:
-            tile_heads[2](
+            tile_heads[2, KT](
                 q.unsafe_offset(h * hd), acc.unsafe_offset(h * hd), s.unsafe_offset(h * TILE),
                 m.unsafe_offset(h), l.unsafe_offset(h), k, v, cur, n, hd, scale,
             )
             h += 2
         if h < group:
-            tile_heads[1](
+            tile_heads[1, KT](
                 q.unsafe_offset(h * hd), acc.unsafe_offset(h * hd), s.unsafe_offset(h * TILE),
                 m.unsafe_offset(h), l.unsafe_offset(h), k, v, cur, n, hd, scale,
             )
@@ -333,17 +337,25 @@ def check_indices(
     return 0
 
 
-# An attention job for the thread pool, Int64 slots (addresses, then sizes; scale as float32 bits).
-comptime JOB_SLOTS = 21
+# An attention job for the thread pool, Int64 slots (addresses, then sizes; scale as float32 bits;
+# last, 1 for a float16 KV cache).
+comptime JOB_SLOTS = 22
 
 
 @export
 def wicore_attention_job(ctx: Int, task: Int) abi("C"):
     """Pool task: a worker taking (token, kv head, key part) items from the job's shared counter."""
     var j = Pointer[Int64, MutAnyOrigin](unsafe_from_address=ctx)
+    if j[unsafe_offset=21] != 0:
+        _work[DType.float16](j)
+    else:
+        _work[DType.float32](j)
+
+
+def _work[KT: DType](j: Pointer[Int64, MutAnyOrigin]):
     var q = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=0]))
-    var k = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=1]))
-    var v = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=2]))
+    var k = KPtr[KT](unsafe_from_address=Int(j[unsafe_offset=1]))
+    var v = KPtr[KT](unsafe_from_address=Int(j[unsafe_offset=2]))
     var table = I32Ptr(unsafe_from_address=Int(j[unsafe_offset=3]))
     var seq = I32Ptr(unsafe_from_address=Int(j[unsafe_offset=4]))
     var pos = I32Ptr(unsafe_from_address=Int(j[unsafe_offset=5]))
@@ -385,9 +397,9 @@ def wicore_attention_job(ctx: Int, task: Int) abi("C"):
         var lo = first + n_keys * part // n_parts
         var hi = first + n_keys * (part + 1) // n_parts - 1
         if prefetch_rows:
-            attend[True](q.unsafe_offset(heads), kh, vh, row, tab, bs, lo, hi, group, hd, scale, state, offs_ptr)
+            attend[True, KT](q.unsafe_offset(heads), kh, vh, row, tab, bs, lo, hi, group, hd, scale, state, offs_ptr)
         else:
-            attend[False](q.unsafe_offset(heads), kh, vh, row, tab, bs, lo, hi, group, hd, scale, state, offs_ptr)
+            attend[False, KT](q.unsafe_offset(heads), kh, vh, row, tab, bs, lo, hi, group, hd, scale, state, offs_ptr)
         if n_parts == 1:
             finish(state, 1, group, hd, dst.unsafe_offset(heads))
     dealloc(own^)
@@ -411,8 +423,8 @@ def paged_attention(
     Returns 0, or the code of the first out-of-range index (nothing is written then).
     """
     var q = ptr[DType.float32](q_obj)
-    var k = ptr[DType.float32](k_obj)
-    var v = ptr[DType.float32](v_obj)
+    var k = data_addr(k_obj)
+    var v = data_addr(v_obj)
     var table = ptr[DType.int32](table_obj)
     var seq = ptr[DType.int32](seq_obj)
     var pos = ptr[DType.int32](pos_obj)
@@ -484,6 +496,7 @@ def paged_attention(
     job[18] = Int64(Int(next_ptr))
     job[19] = Int64(Int(parts_ptr))
     job[20] = Int64(1 if prefetch_rows else 0)
+    job[21] = Int64(dims[unsafe_offset=11])
     var pool = Int(UInt32(dims[unsafe_offset=9])) | (Int(UInt32(dims[unsafe_offset=10])) << 32)
     pool_run(pool if n_workers > 1 else 0, wicore_attention_job, Int(Pointer(to=job)), n_workers)
     _ = next_task.load()  # the workers used it through next_ptr: keep it alive until here

@@ -86,6 +86,15 @@ def test_mixed_chunked_prefill_and_decode(head_dim: int, n_heads: int, n_kv: int
     batch.check([(1, 8), *chunk, (2, 229)])
 
 
+@pytest.mark.parametrize(("head_dim", "n_heads", "n_kv", "block_size"), SHAPES)
+def test_float16_cache(head_dim: int, n_heads: int, n_kv: int, block_size: int) -> None:
+    """The default KV cache holds float16: the kernel widens each row; the reference reads the same values."""
+    lens = [45, 9, 230]
+    batch = Batch(np.random.default_rng(4), lens, n_heads, n_kv, head_dim, block_size)
+    batch.k_cache, batch.v_cache = batch.k_cache.astype(np.float16), batch.v_cache.astype(np.float16)
+    batch.check([(1, 8), *[(0, p) for p in range(20, 45)], (2, 229)])
+
+
 @pytest.mark.parametrize("sliding_window", [1, 7, 64])
 def test_sliding_window(sliding_window: int) -> None:
     lens = [41, 130, 3]
@@ -145,6 +154,7 @@ BAD_ARGUMENTS: dict[str, dict[str, object]] = {
     "token_pos length": {"token_pos": np.array([4], np.int32)},
     "heads not a multiple of kv heads": {"k_cache": np.zeros((12, 4, 5), f32), "v_cache": np.zeros((12, 4, 5), f32)},
     "q dtype": {"q": Q.astype(np.float64)},
+    "kv dtypes differ": {"v_cache": SMALL.v_cache.astype(np.float16)},
     "block_tables dtype": {"block_tables": SMALL.block_tables.astype(np.int64)},
     "token_seq dtype": {"token_seq": TOKEN_SEQ.astype(np.int64)},
     "not contiguous": {"q": np.zeros((2, 12, 5), f32)[:, ::2]},

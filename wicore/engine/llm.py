@@ -17,7 +17,7 @@ from wicore.engine.sequence import FinishReason, Sequence
 from wicore.engine.text_stream import TextStream
 from wicore.models import registry
 from wicore.models.prepared import load_prepared
-from wicore.models.transformer import KVCache, Transformer
+from wicore.models.transformer import KVCache, KVDtype, Transformer
 from wicore.tokenizer import Tokenizer
 
 
@@ -64,6 +64,7 @@ class LLM:
         block_size: int = 16,
         max_batch_tokens: int = 512,
         enable_prefix_caching: bool = True,
+        kv_cache_dtype: KVDtype = "float16",
     ) -> None:
         path = registry.resolve(model)
         self.config, meta, weights = load_prepared(path)
@@ -73,7 +74,8 @@ class LLM:
         self.max_model_len = min(max_model_len, self.config.context_length)
         self.max_batch_tokens = max_batch_tokens
         num_blocks = -(-max(kv_cache_tokens, self.max_model_len) // block_size)
-        self.runner = ModelRunner(self.model, num_blocks, block_size, enable_prefix_caching)
+        self.runner = ModelRunner(self.model, num_blocks, block_size, enable_prefix_caching, kv_cache_dtype)
+        self.kv_cache_dtype = kv_cache_dtype
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages), add_special_tokens=False)
@@ -170,4 +172,4 @@ class LLM:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        return KVCache.bytes_per_token(self.config)
+        return KVCache.bytes_per_token(self.config, self.kv_cache_dtype)

@@ -7,15 +7,20 @@ import numpy as np
 from wicore.engine.block_manager import BlockManager, chain_hashes
 from wicore.engine.sequence import Sequence
 from wicore.kernels.sampling import pack_logit_bias, pack_params, pack_ragged, sample, top_logprobs
-from wicore.models.transformer import ForwardBatch, KVCache, Transformer
+from wicore.models.transformer import ForwardBatch, KVCache, KVDtype, Transformer
 
 
 class ModelRunner:
     def __init__(
-        self, model: Transformer, num_blocks: int, block_size: int = 16, enable_prefix_caching: bool = True
+        self,
+        model: Transformer,
+        num_blocks: int,
+        block_size: int = 16,
+        enable_prefix_caching: bool = True,
+        kv_dtype: KVDtype = "float16",
     ) -> None:
         self.model = model
-        self.kv = KVCache.allocate(model.config, num_blocks, block_size)
+        self.kv = KVCache.allocate(model.config, num_blocks, block_size, kv_dtype)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching)
 
     def reuse_prefix(self, seq: Sequence) -> int:

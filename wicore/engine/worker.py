@@ -45,7 +45,11 @@ def _load(settings: Settings) -> tuple[Scheduler, Ready]:
     block_size = 16
     tokens = max(settings.model.kv_cache_tokens, max_model_len)
     runner = ModelRunner(
-        Transformer(config, weights), -(-tokens // block_size), block_size, settings.scheduler.enable_prefix_caching
+        Transformer(config, weights),
+        -(-tokens // block_size),
+        block_size,
+        settings.scheduler.enable_prefix_caching,
+        settings.model.kv_cache_dtype,
     )
     scheduler = Scheduler(runner, tokenizer, settings.scheduler, max_model_len)
     return scheduler, Ready(settings.model.name, max_model_len, config.vocab_size)

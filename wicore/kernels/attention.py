@@ -9,6 +9,7 @@ from wicore.kernels._arrays import require
 from wicore.kernels.pool import thread_pool
 
 _F32 = np.dtype(np.float32)
+_F16 = np.dtype(np.float16)
 _I32 = np.dtype(np.int32)
 # Error codes returned by the Mojo kernel's index check (it writes nothing then).
 _INDEX_ERRORS = {
@@ -32,17 +33,21 @@ def paged_attention(
 ) -> None:
     """out[t] = softmax(q[t] K^T * scale) V over keys 0..token_pos[t] of sequence token_seq[t].
 
-    q, out: float32 [T, n_heads, head_dim]; k_cache, v_cache: float32 [num_slots, n_kv_heads, head_dim],
+    q, out: float32 [T, n_heads, head_dim]; k_cache, v_cache: float16 or float32 [num_slots, n_kv_heads, head_dim],
     the token at position p of sequence b in slot block_tables[b, p // block_size] * block_size
     + p % block_size; block_tables: int32 [B, max_blocks_per_seq]; token_seq, token_pos: int32 [T].
     Query head h reads kv head h // (n_heads // n_kv_heads).  sliding_window > 0 keeps only keys
     with token_pos - key_pos < sliding_window.
     """
     # require() without shapes, then plain tuple checks: its shape matching costs ~1 us per array.
+    if k_cache.dtype not in (_F16, _F32) or v_cache.dtype != k_cache.dtype:
+        raise ValueError(
+            f"k_cache, v_cache: expected float16 or float32, both alike, got {k_cache.dtype}, {v_cache.dtype}"
+        )
     for name, a, dtype in (
         ("q", q, _F32),
-        ("k_cache", k_cache, _F32),
-        ("v_cache", v_cache, _F32),
+        ("k_cache", k_cache, k_cache.dtype),
+        ("v_cache", v_cache, k_cache.dtype),
         ("block_tables", block_tables, _I32),
         ("token_seq", token_seq, _I32),
         ("token_pos", token_pos, _I32),
@@ -73,7 +78,8 @@ def paged_attention(
     pool = thread_pool()
     dims = np.array(
         [n_tok, n_heads, n_kv, head_dim, block_size, n_seqs, max_blocks, num_slots // block_size, sliding_window]
-        + [pool & 0xFFFFFFFF, pool >> 32],  # the thread pool's address, as two uint32 halves
+        + [pool & 0xFFFFFFFF, pool >> 32]  # the thread pool's address, as two uint32 halves
+        + [int(k_cache.dtype == _F16)],
         np.uint32,
     ).view(np.int32)
     code = build.load("attention").paged_attention(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -36,27 +37,33 @@ class ForwardBatch:
     logits_rows: np.ndarray  # int64 [L]: tokens whose next-token logits are wanted
 
 
+KVDtype = Literal["float16", "float32"]
+
+
 @dataclass
 class KVCache:
-    """Per-layer K and V, float32 [num_slots, n_kv_heads, head_dim], slot = block * block_size + offset."""
+    """Per-layer K and V, [num_slots, n_kv_heads, head_dim], slot = block * block_size + offset.
+
+    float16 by default (llama.cpp's default too): half the memory and half the attention reads of
+    float32; attention widens each row to float32 in registers."""
 
     k: list[np.ndarray]
     v: list[np.ndarray]
     block_size: int
 
     @classmethod
-    def allocate(cls, config: ModelConfig, num_blocks: int, block_size: int) -> KVCache:
+    def allocate(cls, config: ModelConfig, num_blocks: int, block_size: int, dtype: KVDtype = "float16") -> KVCache:
         shape = (num_blocks * block_size, config.n_kv_heads, config.head_dim)
         # np.zeros maps untouched pages lazily, so memory grows only as slots are used.
         return cls(
-            k=[np.zeros(shape, np.float32) for _ in range(config.n_layers)],
-            v=[np.zeros(shape, np.float32) for _ in range(config.n_layers)],
+            k=[np.zeros(shape, dtype) for _ in range(config.n_layers)],
+            v=[np.zeros(shape, dtype) for _ in range(config.n_layers)],
             block_size=block_size,
         )
 
     @staticmethod
-    def bytes_per_token(config: ModelConfig) -> int:
-        return 2 * config.n_layers * config.n_kv_heads * config.head_dim * 4
+    def bytes_per_token(config: ModelConfig, dtype: KVDtype = "float16") -> int:
+        return 2 * config.n_layers * config.n_kv_heads * config.head_dim * np.dtype(dtype).itemsize
 
 
 class Transformer:
