@@ -142,10 +142,19 @@ def build(name: str, force: bool = False, target: Target | None = None) -> Path:
 
 
 _loaded: dict[tuple[str, Target], ModuleType] = {}
+# The modules of the last target asked for, by name: load() runs hundreds of times per decoded
+# token, and hashing a Target each time cost ~2 us.
+_current: tuple[Target | None, dict[str, ModuleType]] = (None, {})
 
 
 def load(name: str) -> ModuleType:
     """Build kernel module `name` for TARGET if needed, then import it."""
+    global _current
+    target, modules_of_target = _current
+    if target is TARGET and name in modules_of_target:
+        return modules_of_target[name]
+    if target is not TARGET:
+        _current = (TARGET, {})
     if (name, TARGET) not in _loaded:
         path = build(name)
         loader = importlib.machinery.ExtensionFileLoader(name, str(path))
@@ -155,6 +164,7 @@ def load(name: str) -> ModuleType:
         loader.exec_module(module)
         _restore_environment()
         _loaded[name, TARGET] = module
+    _current[1][name] = _loaded[name, TARGET]
     return _loaded[name, TARGET]
 
 
