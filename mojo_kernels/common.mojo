@@ -59,13 +59,12 @@ comptime WorkerEntry = def(Int) abi("C") thin -> Int
 comptime _GEN = 0
 comptime _NEXT = 1
 comptime _DONE = 2
-comptime _STOP = 3
-comptime _FN = 4
-comptime _CTX = 5
-comptime _NTASKS = 6
-comptime _WORKERS = 7
-comptime _SLEEPERS = 8
-comptime POOL_BYTES = 9 * 64
+comptime _FN = 3
+comptime _CTX = 4
+comptime _NTASKS = 5
+comptime _WORKERS = 6
+comptime _SLEEPERS = 7
+comptime POOL_BYTES = 8 * 64
 # How long an idle worker spins before it sleeps on a futex: long enough to bridge the Python and
 # single-threaded kernels between two matmuls of a decode step, short enough to leave the core
 # to others (the HTTP process, other kernels' threads) soon after.
@@ -101,6 +100,7 @@ def _futex(addr: Int, op: Int, val: Int) -> Int:
 
 
 def pool_worker_loop(pool: Int):
+    """A worker's life: the pool lives as long as the process (workers are detached, never stopped)."""
     # Generation 0 is "no job yet": a worker that starts after the first job was posted still runs it.
     var seen: Int64 = 0
     var gen = _field(pool, _GEN)
@@ -108,8 +108,6 @@ def pool_worker_loop(pool: Int):
         var idle_since = perf_counter_ns()
         var spins = 0
         while gen[].load() == seen:
-            if _field(pool, _STOP)[].load() != 0:
-                return
             spins += 1
             if spins % 64 == 0 and perf_counter_ns() - idle_since > SPIN_NS:
                 # Sleep until the generation moves; announce it first so that pool_run wakes us.

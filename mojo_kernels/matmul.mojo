@@ -27,7 +27,10 @@ from std.sys.info import CompilationTarget
 from std.sys.intrinsics import prefetch, PrefetchOptions
 from max.algorithm import sync_parallelize
 
-from common import F32Ptr, I32Ptr, I8Ptr, free_f32, num_threads, ptr, scratch_f32, F32_LANES, pool_run, pool_start, pool_worker_loop
+from common import (
+    F32Ptr, I32Ptr, I8Ptr, F32_LANES, data_addr, free_f32, num_threads, pool_run, pool_start, pool_worker_loop, ptr,
+    scratch_f32,
+)
 
 comptime W = F32_LANES  # float32 lanes of the target's vector registers
 comptime F32x = SIMD[DType.float32, W]
@@ -36,7 +39,8 @@ comptime F32x = SIMD[DType.float32, W]
 comptime NR4 = 3
 comptime NR3 = 4
 comptime PANEL_STEP = 12  # panel rows: a multiple of both tile widths
-# Below this many weights a matmul runs on one thread: dispatch costs ~20 us.
+# Below this many multiply-adds a matmul runs on the calling thread: splitting it would cost more
+# than it saves (a dense panel dispatch through the runtime costs ~20 us, one through the pool ~1 us).
 comptime PARALLEL_MIN_WEIGHTS = 64 * 1024
 
 # Weight formats (wicore/models/quant.py FORMATS).
@@ -188,6 +192,17 @@ struct QW(ImplicitlyCopyable):
     var sup: F16Ptr  # K-quants: f16 super-block scales per 256 (Q4_K: scale, then min scale)
 
 
+def _read_qw(desc: Int) -> QW:
+    """The matrix a descriptor (quant.py `descriptor`, int64 [fmt, N, K, a, b, s, m, sup]) describes."""
+    var e = Pointer[Int64, MutAnyOrigin](unsafe_from_address=desc)
+    return QW(
+        Int(e[unsafe_offset=0]), Int(e[unsafe_offset=1]), Int(e[unsafe_offset=2]),
+        U8Ptr(unsafe_from_address=Int(e[unsafe_offset=3])), U8Ptr(unsafe_from_address=Int(e[unsafe_offset=4])),
+        U8Ptr(unsafe_from_address=Int(e[unsafe_offset=5])), U8Ptr(unsafe_from_address=Int(e[unsafe_offset=6])),
+        F16Ptr(unsafe_from_address=Int(e[unsafe_offset=7])),
+    )  # fmt: skip
+
+
 @always_inline
 def _unpack[FMT: Int](w: QW, t: Int, g: Int) -> Array[U8x64, 8]:
     """Group g (32 weights) of tile t: quad q is byte 4r + j = u of weight 4q + j of row r."""
@@ -228,13 +243,11 @@ def _unpack[FMT: Int](w: QW, t: Int, g: Int) -> Array[U8x64, 8]:
 
 @always_inline
 def _scales[FMT: Int](w: QW, t: Int, g: Int) -> F32x16:
-    """Scales of group g of the tile's 16 rows (Q6_K: of its first 16 weights)."""
+    """Scales of group g of the tile's 16 rows (Q8_0, Q5_0, Q4_K; Q6_K has two a group: _q6_scales)."""
     var G = w.K // 32
     comptime if FMT == Q8_0 or FMT == Q5_0:
         var d = Pointer[Float16, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
         return d.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]()
-    elif FMT == Q6_K:
-        return _q6_scales(w, t, 2 * g)
     var sup = w.sup.unsafe_load[width=16]((t * (w.K // 256) + g // 8) * 32).cast[DType.float32]()
     return w.s.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]() * sup
 
@@ -322,7 +335,7 @@ def _prefetch_ahead[FMT: Int](w: QW, group: Int):
     prefetch[opts](w.s.unsafe_offset((group + ahead) * 32))
 
 
-def _tile_rows[FMT: Int, mr: Int](
+def _qtile_rows[FMT: Int, mr: Int](
     w: QW, t: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, dst: F32Ptr, ldo: Int
 ):
     """dst[i, 16t .. 16t+15] for mr rows of x: each group of the tile is unpacked once for all rows."""
@@ -350,6 +363,9 @@ def _tile_rows[FMT: Int, mr: Int](
                 acc[i] = d1.cast[DType.float32]().fma(s1 * sx, acc[i])
         else:
             var sc = _scales[FMT](w, t, g)
+            var mins = F32x16(0)
+            comptime if FMT == Q4_K:
+                mins = _mins(w, t, g)
             comptime for i in range(mr):
                 var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
                 var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
@@ -360,7 +376,7 @@ def _tile_rows[FMT: Int, mr: Int](
                 acc[i] = d.cast[DType.float32]().fma(sc * sx, acc[i])
                 comptime if FMT == Q4_K:
                     var blocksum = (h[unsafe_offset=0] + h[unsafe_offset=1]).cast[DType.float32]()
-                    acc[i] = _mins(w, t, g).fma(F32x16(sx * blocksum), acc[i])
+                    acc[i] = mins.fma(F32x16(sx * blocksum), acc[i])
     var rows = min(16, w.N - 16 * t)
     comptime for i in range(mr):
         if rows == 16:
@@ -370,7 +386,7 @@ def _tile_rows[FMT: Int, mr: Int](
                 dst[unsafe_offset=i * ldo + 16 * t + r] = acc[i][r]
 
 
-def _tiles[FMT: Int](w: QW, t0: Int, t1: Int, M: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, dst: F32Ptr, ldo: Int):
+def _qtiles[FMT: Int](w: QW, t0: Int, t1: Int, M: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, dst: F32Ptr, ldo: Int):
     """Tiles t0..t1 against every row of x, 4 rows at a time."""
     for t in range(t0, t1):
         var i = 0
@@ -381,48 +397,43 @@ def _tiles[FMT: Int](w: QW, t0: Int, t1: Int, M: Int, xq: I8Ptr, xs: F32Ptr, xsu
             var d = dst.unsafe_offset(i * ldo)
             var rest = M - i
             if rest >= 4:
-                _tile_rows[FMT, 4](w, t, q, s, h, d, ldo)
+                _qtile_rows[FMT, 4](w, t, q, s, h, d, ldo)
             elif rest == 3:
-                _tile_rows[FMT, 3](w, t, q, s, h, d, ldo)
+                _qtile_rows[FMT, 3](w, t, q, s, h, d, ldo)
             elif rest == 2:
-                _tile_rows[FMT, 2](w, t, q, s, h, d, ldo)
+                _qtile_rows[FMT, 2](w, t, q, s, h, d, ldo)
             else:
-                _tile_rows[FMT, 1](w, t, q, s, h, d, ldo)
+                _qtile_rows[FMT, 1](w, t, q, s, h, d, ldo)
             i += 4
 
 
-# A matmul job for the pool, Int64 slots: the QW fields (0-7), then M, xq, xs, xsum, dst, ldo,
-# tiles, tiles per task.
-comptime JOB_SLOTS = 16
+# A matmul job for the pool, Int64 slots: the weight's descriptor address, then M, xq, xs, xsum,
+# dst, ldo, tiles, tiles per task.
+comptime JOB_SLOTS = 9
 
 
 @export
 def wicore_matmul_job(ctx: Int, task: Int) abi("C"):
     """Pool task: tiles [task * chunk, (task + 1) * chunk) of the job at ctx."""
     var j = Pointer[Int64, MutAnyOrigin](unsafe_from_address=ctx)
-    var w = QW(
-        Int(j[unsafe_offset=0]), Int(j[unsafe_offset=1]), Int(j[unsafe_offset=2]),
-        U8Ptr(unsafe_from_address=Int(j[unsafe_offset=3])), U8Ptr(unsafe_from_address=Int(j[unsafe_offset=4])),
-        U8Ptr(unsafe_from_address=Int(j[unsafe_offset=5])), U8Ptr(unsafe_from_address=Int(j[unsafe_offset=6])),
-        F16Ptr(unsafe_from_address=Int(j[unsafe_offset=7])),
-    )  # fmt: skip
-    var M = Int(j[unsafe_offset=8])
-    var xq = I8Ptr(unsafe_from_address=Int(j[unsafe_offset=9]))
-    var xs = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=10]))
-    var xsum = I32Ptr(unsafe_from_address=Int(j[unsafe_offset=11]))
-    var dst = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=12]))
-    var ldo = Int(j[unsafe_offset=13])
-    var chunk = Int(j[unsafe_offset=15])
+    var w = _read_qw(Int(j[unsafe_offset=0]))
+    var M = Int(j[unsafe_offset=1])
+    var xq = I8Ptr(unsafe_from_address=Int(j[unsafe_offset=2]))
+    var xs = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=3]))
+    var xsum = I32Ptr(unsafe_from_address=Int(j[unsafe_offset=4]))
+    var dst = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=5]))
+    var ldo = Int(j[unsafe_offset=6])
+    var chunk = Int(j[unsafe_offset=8])
     var t0 = task * chunk
-    var t1 = min(Int(j[unsafe_offset=14]), t0 + chunk)
+    var t1 = min(Int(j[unsafe_offset=7]), t0 + chunk)
     if w.fmt == Q8_0:
-        _tiles[Q8_0](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+        _qtiles[Q8_0](w, t0, t1, M, xq, xs, xsum, dst, ldo)
     elif w.fmt == Q5_0:
-        _tiles[Q5_0](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+        _qtiles[Q5_0](w, t0, t1, M, xq, xs, xsum, dst, ldo)
     elif w.fmt == Q6_K:
-        _tiles[Q6_K](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+        _qtiles[Q6_K](w, t0, t1, M, xq, xs, xsum, dst, ldo)
     else:
-        _tiles[Q4_K](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+        _qtiles[Q4_K](w, t0, t1, M, xq, xs, xsum, dst, ldo)
 
 
 @export
@@ -431,7 +442,8 @@ def wicore_pool_worker(pool: Int) abi("C") -> Int:
     return 0
 
 
-def _matmul_q(w: QW, x: F32Ptr, dst: F32Ptr, M: Int, ldo: Int, pool: Int):
+def _matmul_q(desc: Int, x: F32Ptr, dst: F32Ptr, M: Int, ldo: Int, pool: Int):
+    var w = _read_qw(desc)
     var K = w.K
     var tiles = (w.N + 15) // 16
     var xq = I8Ptr(unsafe_from_address=Int(scratch_f32(M * K // 4)))
@@ -442,22 +454,15 @@ def _matmul_q(w: QW, x: F32Ptr, dst: F32Ptr, M: Int, ldo: Int, pool: Int):
     var n_tasks = min(tiles, 4 * num_threads()) if w.N * K * M >= PARALLEL_MIN_WEIGHTS else 1
     var chunk = (tiles + n_tasks - 1) // n_tasks
     var job = Array[Int64, JOB_SLOTS](fill=0)
-    job[0] = Int64(w.fmt)
-    job[1] = Int64(w.N)
-    job[2] = Int64(K)
-    job[3] = Int64(Int(w.a))
-    job[4] = Int64(Int(w.b))
-    job[5] = Int64(Int(w.s))
-    job[6] = Int64(Int(w.m))
-    job[7] = Int64(Int(w.sup))
-    job[8] = Int64(M)
-    job[9] = Int64(Int(xq))
-    job[10] = Int64(Int(xs))
-    job[11] = Int64(Int(xsum))
-    job[12] = Int64(Int(dst))
-    job[13] = Int64(ldo)
-    job[14] = Int64(tiles)
-    job[15] = Int64(chunk)
+    job[0] = Int64(desc)
+    job[1] = Int64(M)
+    job[2] = Int64(Int(xq))
+    job[3] = Int64(Int(xs))
+    job[4] = Int64(Int(xsum))
+    job[5] = Int64(Int(dst))
+    job[6] = Int64(ldo)
+    job[7] = Int64(tiles)
+    job[8] = Int64(chunk)
     pool_run(pool, wicore_matmul_job, Int(Pointer(to=job)), (tiles + chunk - 1) // chunk)
     free_f32(F32Ptr(unsafe_from_address=Int(xq)))
     free_f32(xs)
@@ -474,21 +479,16 @@ def matmul_q(x: PythonObject, desc: PythonObject, bias: PythonObject, dst: Pytho
     """Quantised matmul. desc is int64 [fmt, N, K, a, b, s, m, sup] (quant.py `descriptor`);
     dims is int64 [M, has_bias, ldo, col0, pool]: output row stride and first column, so the parts
     of a split matrix write side by side, and the thread pool's address (0: this thread only)."""
-    var e = ptr[DType.int64](desc)
     var d = ptr[DType.int64](dims)
-    var w = QW(
-        Int(e[unsafe_offset=0]), Int(e[unsafe_offset=1]), Int(e[unsafe_offset=2]),
-        U8Ptr(unsafe_from_address=Int(e[unsafe_offset=3])), U8Ptr(unsafe_from_address=Int(e[unsafe_offset=4])),
-        U8Ptr(unsafe_from_address=Int(e[unsafe_offset=5])), U8Ptr(unsafe_from_address=Int(e[unsafe_offset=6])),
-        F16Ptr(unsafe_from_address=Int(e[unsafe_offset=7])),
-    )  # fmt: skip
+    var e = data_addr(desc)
+    var w = _read_qw(e)
     var M = Int(d[unsafe_offset=0])
     var ldo = Int(d[unsafe_offset=2])
     var xp = ptr[DType.float32](x)
     var op = ptr[DType.float32](dst).unsafe_offset(Int(d[unsafe_offset=3]))
     if w.fmt < Q8_0 or w.fmt > Q4_K:
         raise Error("unsupported weight format")
-    _matmul_q(w, xp, op, M, ldo, Int(d[unsafe_offset=4]))
+    _matmul_q(e, xp, op, M, ldo, Int(d[unsafe_offset=4]))
     if d[unsafe_offset=1] != 0:
         _add_bias(op, ptr[DType.float32](bias), M, ldo, 0, w.N)
 

@@ -141,21 +141,14 @@ def build(name: str, force: bool = False, target: Target | None = None) -> Path:
     return out
 
 
-_loaded: dict[tuple[str, Target], ModuleType] = {}
-# The modules of the last target asked for, by name: load() runs hundreds of times per decoded
-# token, and hashing a Target each time cost ~2 us.
-_current: tuple[Target | None, dict[str, ModuleType]] = (None, {})
+# Modules by target, then by name: load() runs hundreds of times per decoded token.
+_loaded: dict[Target, dict[str, ModuleType]] = {}
 
 
 def load(name: str) -> ModuleType:
     """Build kernel module `name` for TARGET if needed, then import it."""
-    global _current
-    target, modules_of_target = _current
-    if target is TARGET and name in modules_of_target:
-        return modules_of_target[name]
-    if target is not TARGET:
-        _current = (TARGET, {})
-    if (name, TARGET) not in _loaded:
+    modules = _loaded.setdefault(TARGET, {})
+    if name not in modules:
         path = build(name)
         loader = importlib.machinery.ExtensionFileLoader(name, str(path))
         spec = importlib.util.spec_from_file_location(name, path, loader=loader)
@@ -163,9 +156,8 @@ def load(name: str) -> ModuleType:
         module = importlib.util.module_from_spec(spec)
         loader.exec_module(module)
         _restore_environment()
-        _loaded[name, TARGET] = module
-    _current[1][name] = _loaded[name, TARGET]
-    return _loaded[name, TARGET]
+        modules[name] = module
+    return modules[name]
 
 
 # Loading a Mojo module sets these in the C environment (not in os.environ), e.g. PYTHONEXECUTABLE

@@ -27,13 +27,13 @@ def matmul(x: np.ndarray, weight: Weight, out: np.ndarray | None = None, bias: n
         dims = np.array([m, n, k, int(weight.w.dtype == np.float16), int(bias is not None)], dtype=np.int32)
         kernels.matmul_dense(x, weight.w, _EMPTY if bias is None else bias, out, dims)
         return out
-    col = 0
+    col, pool = 0, thread_pool()
     for part in weight.parts if isinstance(weight, SplitWeight) else [weight]:
         if not isinstance(part, QuantWeight):
             raise ValueError(f"weight: unsupported type {type(part).__name__}")
         rows = part.shape[0]
         part_bias = _EMPTY if bias is None else bias[col : col + rows]
-        dims = np.array([m, int(bias is not None), n, col, thread_pool()], dtype=np.int64)
+        dims = np.array([m, int(bias is not None), n, col, pool], dtype=np.int64)
         kernels.matmul_q(x, part.descriptor, part_bias, out, dims)
         col += rows
     return out

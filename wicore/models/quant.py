@@ -197,12 +197,14 @@ def _f16(b: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(b).view(np.float16).reshape(b.shape[0], -1)
 
 
-def _to_tiles(a: np.ndarray, n: int) -> np.ndarray:
-    """Per-row values [N, *inner] -> [tiles, *inner, 16 rows] flattened per tile (rows past N are 0)."""
+def _to_tiles(a: np.ndarray, n: int, row_axis: int = -1) -> np.ndarray:
+    """Per-row values [N, *inner] -> tiles of 16 rows, the row axis moved to `row_axis` of
+    [tiles, *inner], flattened per tile (rows past N are 0). Scales put the 16 rows last; weight
+    quads put them before the quad's 4 bytes."""
     padded = np.zeros((_tiles(n) * R, *a.shape[1:]), dtype=a.dtype)
     padded[:n] = a
     t = padded.reshape(_tiles(n), R, *a.shape[1:])
-    return np.ascontiguousarray(np.moveaxis(t, 1, -1)).reshape(_tiles(n), -1)
+    return np.ascontiguousarray(np.moveaxis(t, 1, row_axis)).reshape(_tiles(n), -1)
 
 
 def _quads(u: np.ndarray) -> np.ndarray:
@@ -215,11 +217,8 @@ def _pack(u: np.ndarray, n: int, fmt: str) -> dict[str, np.ndarray]:
     q = _quads(u)  # [N, g, 8, 4]
 
     def tiled(per_row: np.ndarray) -> np.ndarray:
-        # [N, g, X, 4] -> tile planes where 4 bytes of each of the 16 rows sit side by side
-        t = np.zeros((_tiles(n) * R, *per_row.shape[1:]), dtype=per_row.dtype)
-        t[:n] = per_row
-        t = t.reshape(_tiles(n), R, *per_row.shape[1:])  # [T, 16, g, X, 4]
-        return np.ascontiguousarray(t.transpose(0, 2, 3, 1, 4)).reshape(_tiles(n), -1)
+        # [N, g, X, 4] -> [T, g, X, 16 rows, 4]: 4 bytes of each of the 16 rows side by side
+        return _to_tiles(per_row, n, row_axis=-2)
 
     if fmt == "q8_0":
         return {"qs": tiled(q)}
