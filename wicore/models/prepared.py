@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,29 @@ def _cache_dir(path: Path) -> Path:
     return wicore_home() / "prepared" / f"{path.stem}-{st.st_size:x}-{st.st_mtime_ns:x}-v{FORMAT_VERSION}"
 
 
+def _metadata_file(path: Path) -> Path:
+    cache = _cache_dir(path)
+    return cache.with_name(cache.name + ".metadata.json")
+
+
+def remove_stale_caches(path: Path) -> None:
+    """Delete this model's caches from older files or format versions, and abandoned temporaries.
+
+    Processes still mapping a deleted cache keep their pages (unlinked files live until unmapped)."""
+    current = _cache_dir(path).name
+    mine = re.compile(rf"{re.escape(path.stem)}-[0-9a-f]+-[0-9a-f]+-v\d+(\.metadata\.json|\.tmp(\d+))?")
+    for entry in _cache_dir(path).parent.iterdir():
+        match = mine.fullmatch(entry.name)
+        if not match or entry.name in (current, _metadata_file(path).name):
+            continue
+        if match[2] and Path(f"/proc/{match[2]}").exists():  # another process is preparing it right now
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
@@ -41,7 +65,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def metadata(path: Path, reader: gguf.GGUFReader | None = None) -> dict[str, Any]:
     """The GGUF file's key/value metadata, parsed once and then read from a JSON cache."""
-    cached = _cache_dir(path).with_suffix(".metadata.json")
+    cached = _metadata_file(path)
     if cached.exists():
         return json.loads(cached.read_text(encoding="utf-8"))
     meta = read_metadata(reader if reader is not None else gguf.GGUFReader(path))
@@ -135,3 +159,4 @@ def _prepare(path: Path, cache: Path) -> None:
     (tmp / "index.json").write_text(json.dumps(index))
     shutil.rmtree(cache, ignore_errors=True)
     os.replace(tmp, cache)
+    remove_stale_caches(path)
