@@ -439,7 +439,15 @@ def paged_attention(
     var pool = dims[9]
     var kv_f16 = dims[10]
     check_indices(table, seq, pos, n_tok, n_seqs, max_blocks, bs, dims[7], window)
+    _attention(q, k, v, table, seq, pos, dst, scale, n_tok, n_heads, n_kv, hd, bs, n_seqs, max_blocks, window, pool, kv_f16)
 
+
+def _attention(
+    q: F32Ptr, k: Int, v: Int, table: I32Ptr, seq: I32Ptr, pos: I32Ptr, dst: F32Ptr, scale: Float32,
+    n_tok: Int, n_heads: Int, n_kv: Int, hd: Int, bs: Int, n_seqs: Int, max_blocks: Int, window: Int, pool: Int,
+    kv_f16: Int,
+):
+    """The checked call: a job for the pool (the raising entry point above keeps none on its frame)."""
     var group = n_heads // n_kv
     var row = n_kv * hd
     var n_items = n_tok * n_kv

@@ -182,7 +182,7 @@ def _offset[FMT: Int]() -> Int:
 
 @fieldwise_init
 struct QW(ImplicitlyCopyable):
-    """A quantised matrix: plane addresses from Python's descriptor (weights.py `descriptor`)."""
+    """A weight matrix as its descriptor (weights.py `descriptor`) gives it: quantised planes, or dense rows at `a`."""
 
     var fmt: Int
     var N: Int
