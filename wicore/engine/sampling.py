@@ -98,11 +98,11 @@ class SamplingParams:
     def kernel_params(self) -> RowParams:
         """This request's row of the sampling kernel's `params` array."""
         return RowParams(
-            self.temperature,
-            self.top_k,
-            self.top_p,
-            self.min_p,
-            self.repetition_penalty,
-            self.frequency_penalty,
-            self.presence_penalty,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty,
         )
