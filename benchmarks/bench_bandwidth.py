@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
+from wicore.kernels.weights import Weight
 from wicore.models import registry
 from wicore.models.prepared import load_prepared
-from wicore.models.quant import Weight
 
 
 def read_rate(reps: int) -> float:

@@ -100,12 +100,12 @@ class ModelRunner:
         history, offsets = pack_ragged([seq.token_ids if pen else () for seq, pen in zip(seqs, penalised, strict=True)])
         # Where each row's generated tokens start within its (possibly empty) history.
         output_start = [len(seq.prompt_ids) if pen else 0 for seq, pen in zip(seqs, penalised, strict=True)]
-        bias_ids, bias_values, bias_offsets = pack_logit_bias(params)
+        bias_ids, bias_values, bias_offsets = pack_logit_bias([p.logit_bias for p in params])
         tokens = np.empty(len(seqs), dtype=np.int32)
         logprobs = np.empty(len(seqs), dtype=np.float32)
         sample(
             logits,
-            pack_params(params),
+            pack_params([p.kernel_params() for p in params]),
             np.array([seq.rng_seed for seq in seqs], dtype=np.uint64),
             np.array([len(seq.output_ids) for seq in seqs], dtype=np.int64),
             history,

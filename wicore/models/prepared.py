@@ -21,8 +21,8 @@ from typing import Any
 import gguf
 import numpy as np
 
+from wicore.kernels.weights import DenseWeight, QuantWeight, SplitWeight, Weight
 from wicore.models.config import ModelConfig, read_metadata
-from wicore.models.quant import DenseWeight, QuantWeight, SplitWeight, Weight
 from wicore.models.registry import wicore_home
 from wicore.models.weights import LayerWeights, ModelWeights, load_weights
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.references import layers as ref
+from tests.kernels.references import layers as ref
 from wicore.kernels import layers
 
 # (M, K): decode rows, odd widths that leave SIMD tails, and 449 x 901, big enough for every
@@ -119,17 +119,6 @@ def test_gelu_tanh_mul(rng: np.random.Generator, m: int, f: int) -> None:
     np.testing.assert_allclose(out, ref.gelu_tanh_mul(gate_up), rtol=2e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("m,n", [*ROW_SHAPES, (5, 1)])
-def test_softmax(rng: np.random.Generator, m: int, n: int) -> None:
-    x = _f32(rng, m, n, scale=20.0) + 1000.0  # naive exp would overflow
-    if n > 3:
-        x[0, 2] = -np.inf  # a masked entry
-    expected = ref.softmax(x)
-    layers.softmax(x)
-    np.testing.assert_allclose(x, expected, rtol=2e-6, atol=1e-12)
-    np.testing.assert_allclose(x.sum(axis=1), 1.0, rtol=1e-5)
-
-
 def test_bad_inputs() -> None:
     x = np.zeros((3, 33), np.float32)
     w = np.ones(33, np.float32)
@@ -168,7 +157,8 @@ def test_bad_inputs() -> None:
         layers.silu_mul(np.zeros((3, 33), np.float32), np.zeros((3, 16), np.float32))
     with pytest.raises(ValueError, match="shape"):
         layers.silu_mul(np.zeros((3, 34), np.float32), np.zeros((3, 16), np.float32))
+    # (these two checked the removed softmax kernel's arguments; the same checks on silu_mul's)
     with pytest.raises(ValueError, match="dtype"):
-        layers.softmax(np.zeros((3, 5), np.float16))
+        layers.silu_mul(np.zeros((3, 6), np.float16), np.zeros((3, 3), np.float32))
     with pytest.raises(ValueError, match="contiguous"):
-        layers.softmax(np.zeros((5, 3), np.float32).T)
+        layers.silu_mul(np.zeros((6, 3), np.float32).T, np.zeros((3, 3), np.float32))

@@ -44,9 +44,3 @@ def gelu_tanh_mul(gate_up: np.ndarray) -> np.ndarray:
     g = gate_up[:, :f].astype(np.float64)
     u = gate_up[:, f:].astype(np.float64)
     return (0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g**3))) * u).astype(np.float32)
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    x64 = x.astype(np.float64)
-    e = np.exp(x64 - x64.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
