@@ -174,36 +174,50 @@ def _rotate_normal(x: F32Ptr, c: F32Ptr, s: F32Ptr, half: Int):
         i += 1
 
 
-def rope(x_obj: PythonObject, pos_obj: PythonObject, dims_obj: PythonObject, theta_obj: PythonObject) raises:
-    """Dims: (T, H, D, neox, n_rot)."""
-    var x = ptr[DType.float32](x_obj)
-    var pos = ptr[DType.int32](pos_obj)
-    var dims = Dims(dims_obj, 5)
-    var t = dims[0]
-    var h = dims[1]
-    var d = dims[2]
-    var log_theta = log(Float64(py=theta_obj))
-    var neox = dims[3] != 0
-    var half = dims[4] // 2
+def rope_table(pos_obj: PythonObject, out_obj: PythonObject, dims_obj: PythonObject, theta_obj: PythonObject) raises:
+    """Dims: (T, n_rot). Row t of out: cos, then sin, of pos[t] * theta^(-2i/n_rot) for i < n_rot/2.
 
-    # freq_i = theta^(-2i/n_rot) and angles pos * freq_i in float64: a float32 angle near 1e5
-    # (a long context) is off by up to 4e-3 rad. Each token's row of the table holds its
-    # float32 cos, then sin, shared by all heads.
+    One table serves every layer (and q and k) that shares a RoPE base: the float64 cos/sin
+    cost more than the rotations they feed."""
+    var pos = ptr[DType.int32](pos_obj)
+    var out = ptr[DType.float32](out_obj)
+    var dims = Dims(dims_obj, 2)
+    var t = dims[0]
+    var half = dims[1] // 2
+    var log_theta = log(Float64(py=theta_obj))
+    # Angles in float64: a float32 angle near 1e5 (a long context) is off by up to 4e-3 rad.
     var freq = List[Float64](capacity=half)
     for i in range(half):
         freq.append(exp(-Float64(2 * i) / Float64(2 * half) * log_theta))
     var fp = freq.unsafe_ptr()
-    var table = List[Float32](length=2 * half * t, fill=0)
-    var tab = F32Ptr(unsafe_from_address=Int(table.unsafe_ptr()))
 
-    def row(ti: Int) {imm x, imm pos, imm h, imm d, imm neox, imm half, imm fp, imm tab}:
-        var c = tab.unsafe_offset(2 * half * ti)
+    def row(ti: Int) {imm pos, imm out, imm half, imm fp}:
+        var c = out.unsafe_offset(2 * half * ti)
         var s = c.unsafe_offset(half)
         var p = Float64(pos[unsafe_offset=ti])
         for i in range(half):
             var a = p * fp[unsafe_offset=i]
             c.unsafe_store(i, Float32(cos(a)))
             s.unsafe_store(i, Float32(sin(a)))
+
+    _for_rows(row, t, t * 12 * half)  # ~12 ns per cos/sin pair
+    _ = freq^
+
+
+def rope(x_obj: PythonObject, table_obj: PythonObject, dims_obj: PythonObject) raises:
+    """Dims: (T, H, D, neox, n_rot); table float32 [T, n_rot] from rope_table."""
+    var x = ptr[DType.float32](x_obj)
+    var tab = ptr[DType.float32](table_obj)
+    var dims = Dims(dims_obj, 5)
+    var t = dims[0]
+    var h = dims[1]
+    var d = dims[2]
+    var neox = dims[3] != 0
+    var half = dims[4] // 2
+
+    def row(ti: Int) {imm x, imm tab, imm h, imm d, imm neox, imm half}:
+        var c = tab.unsafe_offset(2 * half * ti)
+        var s = c.unsafe_offset(half)
         for hi in range(h):
             var xh = x.unsafe_offset((ti * h + hi) * d)
             if neox:
@@ -211,9 +225,7 @@ def rope(x_obj: PythonObject, pos_obj: PythonObject, dims_obj: PythonObject, the
             else:
                 _rotate_normal(xh, c, s, half)
 
-    _for_rows(row, t, t * (12 * half + h * d // 8))  # ~12 ns per cos/sin pair + the rotations
-    _ = freq^
-    _ = table^
+    _for_rows(row, t, t * h * half // 2)  # ~1 ns per rotated pair
 
 
 def _act[GELU: Bool, w: Int](g: SIMD[DType.float32, w]) -> SIMD[DType.float32, w]:
@@ -261,7 +273,8 @@ def PyInit_layers() abi("C") -> PythonObject:
         var m = PythonModuleBuilder("layers")
         m.def_function[rmsnorm]("rmsnorm", docstring="out = x / sqrt(mean(x^2) + eps) * w, rows of [M, K]")
         m.def_function[add_rmsnorm]("add_rmsnorm", docstring="x += delta; out = rmsnorm(x)")
-        m.def_function[rope]("rope", docstring="rotary embedding in place on x [T, H, D]")
+        m.def_function[rope_table]("rope_table", docstring="cos | sin of each position's RoPE angles, [T, n_rot]")
+        m.def_function[rope]("rope", docstring="rotary embedding in place on x [T, H, D] from a rope_table")
         m.def_function[glu_mul]("glu_mul", docstring="out = act(gate) * up, gate_up [M, 2F], act SiLU or GELU-tanh")
         return m.finalize()
     except e:

@@ -35,22 +35,33 @@ def add_rmsnorm(x: np.ndarray, delta: np.ndarray, weight: np.ndarray, eps: float
     build.load("layers").add_rmsnorm(x, delta, weight, out, (m, k), float(eps))
 
 
-def rope(x: np.ndarray, positions: np.ndarray, theta: float, neox: bool, n_rot: int | None = None) -> None:
-    """Rotary embedding in place on the first n_rot (default D) dims of each head of x float32 [T, H, D].
+def rope_table(positions: np.ndarray, theta: float, n_rot: int) -> np.ndarray:
+    """float32 [T, n_rot]: row t holds cos, then sin, of positions[t] * theta^(-2i/n_rot), i < n_rot/2.
 
-    positions: int32 [T]. neox=True rotates pairs (i, i + n_rot/2) (Qwen2, GPT-NeoX);
-    neox=False rotates pairs (2i, 2i + 1) (llama GGUF). Angle = pos * theta^(-2i/n_rot).
-    """
-    t, h, d = require_ndim(x, _F32, "x", 3)
-    require(positions, _I32, "positions", (t,))
-    require_writable(x, "x")
-    if n_rot is None:
-        n_rot = d
-    if n_rot <= 0 or n_rot > d or n_rot % 2:
-        raise ValueError(f"n_rot must be even and in (0, {d}], got {n_rot}")
+    Computed once per forward pass and RoPE base, then shared by the q and k of every layer."""
+    (t,) = require_ndim(positions, _I32, "positions", 1)
+    if n_rot <= 0 or n_rot % 2:
+        raise ValueError(f"n_rot must be even and positive, got {n_rot}")
     if not theta > 0:
         raise ValueError(f"theta must be positive, got {theta}")
-    build.load("layers").rope(x, positions, (t, h, d, int(bool(neox)), n_rot), float(theta))
+    table = np.empty((t, n_rot), dtype=np.float32)
+    build.load("layers").rope_table(positions, table, (t, n_rot), float(theta))
+    return table
+
+
+def rope(x: np.ndarray, table: np.ndarray, neox: bool) -> None:
+    """Rotary embedding in place on the first n_rot dims of each head of x float32 [T, H, D], with
+    table = rope_table(positions, theta, n_rot).
+
+    neox=True rotates pairs (i, i + n_rot/2) (Qwen2, GPT-NeoX); neox=False rotates pairs (2i, 2i + 1)
+    (llama GGUF).
+    """
+    t, h, d = require_ndim(x, _F32, "x", 3)
+    rows, n_rot = require_ndim(table, _F32, "table", 2)
+    if rows != t or n_rot > d or n_rot <= 0 or n_rot % 2:
+        raise ValueError(f"table: expected shape ({t}, n_rot) with an even n_rot <= {d}, got {table.shape}")
+    require_writable(x, "x")
+    build.load("layers").rope(x, table, (t, h, d, int(bool(neox)), n_rot))
 
 
 def silu_mul(gate_up: np.ndarray, out: np.ndarray) -> None:
