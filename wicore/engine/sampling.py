@@ -89,10 +89,6 @@ class SamplingParams:
             f"must be None or an int in [0, 20], got {self.logprobs!r}",
         )
 
-    @property
-    def is_greedy(self) -> bool:
-        return self.temperature == 0.0
-
     def kernel_row(self) -> tuple[float, ...]:
         """The 8 floats of this request's row of the kernel's `params` array."""
         return (

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
-from wicore.engine.messages import Priority, RequestOutput
+from wicore.engine.request import Priority, RequestOutput
 from wicore.engine.worker import EMBEDDING_MODEL
 from wicore.models import registry
 from wicore.models.prepared import metadata

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from wicore.engine.messages import Priority, RequestOutput
+from wicore.engine.request import Priority, RequestOutput
 from wicore.engine.worker import EMBEDDING_MODEL
 from wicore.models import registry
 from wicore.models.prepared import metadata

@@ -21,7 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from wicore.engine.messages import Priority, SchedulerStats
+from wicore.engine.messages import SchedulerStats
+from wicore.engine.request import Priority
 from wicore.engine.sampling import SamplingParams
 
 MAX_STOP_SEQUENCES = 4
