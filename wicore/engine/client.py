@@ -1,15 +1,14 @@
 """The HTTP process's handle on the engine worker process.
 
 `generate()` is an async iterator over a request's outputs; `embed()` awaits
-one embedding request's result.  Token ids cross to the worker and back; the
-client is the output processor: it owns the tokenizer, turns each request's
-tokens into text, cuts stop strings and, on a stop string, cancels the request
-in the worker (vLLM's output processor).  A reader thread
-takes the worker's messages off a multiprocessing queue and hands them to the
-event loop; the loop itself never blocks on the engine.  The client also
-enforces the bounded queue (429), the deadline (in case the worker stalls),
-and, when the worker dies, ends every in-flight request with an error and
-starts a new worker.
+one embedding request's result.  Only token ids cross to the worker and back:
+the client is the output processor (vLLM's), which owns the tokenizer, turns
+each request's tokens into text, cuts stop strings and, on a stop string,
+cancels the request in the worker.  A reader thread takes the worker's
+messages off a multiprocessing queue and hands them to the event loop; the
+loop itself never blocks on the engine.  The client also enforces the bounded
+queue (429), the deadline (in case the worker stalls), and, when the worker
+dies, ends every in-flight request with an error and starts a new worker.
 """
 
 from __future__ import annotations
