@@ -1,4 +1,4 @@
-"""The engine worker process: loads the model, then runs scheduler steps until told to stop.
+"""The engine worker process: builds the EngineCore, then steps it until told to stop.
 
 It owns every Mojo call, so the HTTP process's event loop never waits on
 model compute (Mojo calls hold the GIL).  Between steps it drains the request
