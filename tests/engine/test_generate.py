@@ -61,6 +61,18 @@ def test_batched_and_chunked_prefill_match_single_runs(llm: LLM) -> None:
         scheduler.settings = settings
 
 
+def test_a_full_kv_cache_preempts_and_keeps_outputs_exact(llm: LLM) -> None:
+    """The offline LLM runs the serving scheduler: a KV cache too small for the batch preempts
+    sequences (and recomputes them) instead of failing."""
+    prompts = ["Once upon a time", "def quicksort(arr):", "The three primary colors are"]
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    alone = [llm.generate([p], params)[0].token_ids for p in prompts]
+    small = LLM(MODEL, max_model_len=64, kv_cache_tokens=64)  # 4 blocks for three sequences of ~45 tokens
+    assert [c.token_ids for c in small.generate(prompts, params)] == alone
+    stats = small.core.scheduler.snapshot()
+    assert stats.preempted > 0 and stats.kv_blocks_free == stats.kv_blocks_total
+
+
 def test_stop_strings_and_max_tokens(llm: LLM) -> None:
     [out] = llm.generate(["Once upon a time"], SamplingParams(temperature=0.0, max_tokens=32, stop=("Lily",)))
     assert out.text == ", in a small village, there lived a young girl named "
