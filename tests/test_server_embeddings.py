@@ -18,7 +18,8 @@ from openai.types import CreateEmbeddingResponse
 from tests.helpers import embedding_path, model_path
 from tests.server import Server, serve
 from tests.test_server_limits import Streamer, chat, wait_for_status
-from wicore.engine.messages import EmbedOutput, EmbedRequest, Priority
+from wicore.engine.messages import EmbedOutput, EmbedRequest
+from wicore.engine.request import Priority
 from wicore.engine.worker import Embedder
 from wicore.models.embedding import EmbeddingModel
 

@@ -39,5 +39,4 @@ def test_sampling_params_validation_names_the_field(field: str, value: object) -
 def test_sampling_params_defaults_and_shapes() -> None:
     sp = SamplingParams(stop="###", stop_token_ids=[1, 2])
     assert sp.stop == ("###",) and sp.stop_token_ids == (1, 2)
-    assert not sp.is_greedy and SamplingParams(temperature=0).is_greedy
     assert pack_params([sp.kernel_params()])[0].tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]

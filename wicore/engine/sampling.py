@@ -91,10 +91,6 @@ class SamplingParams:
             f"must be None or an int in [0, 20], got {self.logprobs!r}",
         )
 
-    @property
-    def is_greedy(self) -> bool:
-        return self.temperature == 0.0
-
     def kernel_params(self) -> RowParams:
         """This request's row of the sampling kernel's `params` array."""
         return RowParams(

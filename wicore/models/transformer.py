@@ -61,10 +61,6 @@ class KVCache:
             block_size=block_size,
         )
 
-    @staticmethod
-    def bytes_per_token(config: ModelConfig, dtype: KVDtype = "float16") -> int:
-        return 2 * config.n_layers * config.n_kv_heads * config.head_dim * np.dtype(dtype).itemsize
-
 
 class Transformer:
     def __init__(self, config: ModelConfig, weights: ModelWeights) -> None:

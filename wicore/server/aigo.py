@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
-from wicore.engine.messages import Priority, RequestOutput
+from wicore.engine.request import Priority, PriorityName, RequestOutput
 from wicore.engine.worker import EMBEDDING_MODEL
 from wicore.models import registry
 from wicore.models.prepared import metadata
@@ -47,8 +47,6 @@ from wicore.server.protocol import (
 PROVIDER = "wicore"
 # The seed's streams have no terminating line; errors after the start are one `data: {"error": ...}` line.
 AIGO_SSE = StreamFormat("text/event-stream", lambda e: _sse(e.body()), None)
-
-PriorityName = Literal["low", "normal", "high", "urgent"]
 
 
 def model_id(name: str) -> str:

@@ -30,7 +30,8 @@ from pydantic import BaseModel, ValidationError
 
 from wicore.config import Settings
 from wicore.engine.client import EngineClient, EngineUnavailable, QueueFull
-from wicore.engine.messages import EmbedRequest, EngineRequest, Priority, RequestOutput
+from wicore.engine.messages import EmbedRequest
+from wicore.engine.request import EngineRequest, Priority, RequestOutput
 from wicore.engine.worker import EMBEDDING_MODEL
 from wicore.models import registry
 from wicore.server.errors import APIError, install_error_handlers, validation_error

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from wicore.engine.messages import Priority, RequestOutput
+from wicore.engine.request import Priority, PriorityName, RequestOutput
 from wicore.engine.worker import EMBEDDING_MODEL
 from wicore.models import registry
 from wicore.models.prepared import metadata
@@ -91,7 +91,7 @@ class _GenerationRequest(_OllamaRequest):
     options: Options = Options()
     stream: bool = True
     format: Literal[""] | None = None  # constrained output ("json", a schema) is not supported
-    priority: Literal["low", "normal", "high", "urgent"] = "normal"  # WiCore's extension
+    priority: PriorityName = "normal"  # WiCore's extension
 
 
 class GenerateRequest(_GenerationRequest):

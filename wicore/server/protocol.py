@@ -21,7 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from wicore.engine.messages import Priority, SchedulerStats
+from wicore.engine.messages import SchedulerStats
+from wicore.engine.request import Priority, PriorityName
 from wicore.engine.sampling import SamplingParams
 
 MAX_STOP_SEQUENCES = 4
@@ -119,7 +120,7 @@ class SamplingRequest(_Request):
     repetition_penalty: Annotated[float, AfterValidator(_positive)] | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    priority: PriorityName = "normal"
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens (benchmarks need it)
@@ -252,7 +253,7 @@ class EmbeddingRequest(_Request):
     dimensions: PositiveInt | None = None
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
-    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    priority: PriorityName = "normal"
 
     @field_validator("input", mode="before")
     @classmethod
