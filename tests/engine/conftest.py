@@ -15,5 +15,5 @@ QWEN = "qwen2.5-coder-0.5b-instruct"
 @pytest.fixture(scope="session")
 def qwen() -> tuple[Transformer, Tokenizer]:
     """The qwen model's forward pass and tokenizer."""
-    config, meta, weights = load_prepared(model_path(QWEN))
-    return Transformer(config, weights), Tokenizer.from_metadata(meta)
+    config, weights = load_prepared(model_path(QWEN))
+    return Transformer(config, weights), Tokenizer.from_gguf(model_path(QWEN))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import model_path
 from wicore.models import prepared
 
 
@@ -35,3 +36,13 @@ def test_remove_stale_caches_keeps_current_and_other_models(tmp_path: Path, monk
             (root / name / "index.json").write_text("{}")
     prepared.remove_stale_caches(model)
     assert sorted(p.name for p in root.iterdir()) == sorted(kept)
+
+
+def test_metadata_without_vocabulary_has_the_model_shape_only() -> None:
+    path = model_path("gemma-3-270m")
+    full = prepared.metadata(path)
+    shape_only = prepared.metadata(path, vocabulary=False)
+    assert len(full["tokenizer.ggml.tokens"]) == 262_144
+    assert "tokenizer.ggml.tokens" not in shape_only and "tokenizer.ggml.token_type" not in shape_only
+    assert shape_only["general.architecture"] == "gemma3"
+    assert shape_only.items() <= full.items()

@@ -107,7 +107,7 @@ class EngineCore:
 
     @classmethod
     def load(cls, config: EngineConfig) -> EngineCore:
-        model_config, _, weights = load_prepared(config.model_path)
+        model_config, weights = load_prepared(config.model_path)
         return cls(config, Transformer(model_config, weights))
 
     def step(self, timings: Timings | None = None) -> list[EngineOutput]:
