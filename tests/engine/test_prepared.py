@@ -20,10 +20,16 @@ def test_remove_stale_caches_keeps_current_and_other_models(tmp_path: Path, monk
     root.mkdir(parents=True)
     current = f"{model.stem}-{st.st_size:x}-{st.st_mtime_ns:x}-v{prepared.FORMAT_VERSION}"
     dead_pid = 2**22 + 1  # above pid_max's default: no such process
-    stale = [f"{model.stem}-1d4a-18edbe-v1", f"{model.stem}-1d4a-18edbe-v1.metadata.json", f"{current}.tmp{dead_pid}"]
+    stale = [
+        f"{model.stem}-1d4a-18edbe-v1",
+        f"{model.stem}-1d4a-18edbe-v1.metadata.json",
+        f"{current}.metadata.json",  # the one-file metadata of earlier versions
+        f"{current}.tmp{dead_pid}",
+    ]
     kept = [
         current,
-        f"{current}.metadata.json",
+        f"{current}.model.json",
+        f"{current}.vocab.json",
         f"{current}.tmp{os.getpid()}",  # a preparation in progress
         f"{model.stem}-q5_0-1d4a-18edbe-v1",  # another model whose name starts with this one's
         "gemma-3-270m-f16-18ed-v2",

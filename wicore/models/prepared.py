@@ -34,7 +34,7 @@ def _cache_dir(path: Path) -> Path:
     return wicore_home() / "prepared" / f"{path.stem}-{st.st_size:x}-{st.st_mtime_ns:x}-v{FORMAT_VERSION}"
 
 
-def _metadata_file(path: Path, suffix: str = ".metadata.json") -> Path:
+def _metadata_file(path: Path, suffix: str) -> Path:
     cache = _cache_dir(path)
     return cache.with_name(cache.name + suffix)
 
@@ -49,8 +49,9 @@ def remove_stale_caches(path: Path) -> None:
 
     Processes still mapping a deleted cache keep their pages (unlinked files live until unmapped)."""
     current = _cache_dir(path).name
-    mine = re.compile(rf"{re.escape(path.stem)}-[0-9a-f]+-[0-9a-f]+-v\d+(\.metadata\.json|\.vocab\.json|\.tmp(\d+))?")
-    keep = {current, _metadata_file(path).name, _metadata_file(path, ".vocab.json").name}
+    suffixes = r"(\.metadata\.json|\.model\.json|\.vocab\.json|\.tmp(\d+))?"
+    mine = re.compile(rf"{re.escape(path.stem)}-[0-9a-f]+-[0-9a-f]+-v\d+{suffixes}")
+    keep = {current, _metadata_file(path, ".model.json").name, _metadata_file(path, ".vocab.json").name}
     for entry in _cache_dir(path).parent.iterdir():
         match = mine.fullmatch(entry.name)
         if not match or entry.name in keep:
@@ -74,7 +75,8 @@ def metadata(path: Path, reader: gguf.GGUFReader | None = None, vocabulary: bool
 
     vocabulary=False leaves out the tokenizer's per-token arrays, for callers that need only the
     model's shape: parsing a 262k-token vocabulary costs ~60 MB of short-lived Python objects."""
-    rest, vocab = _metadata_file(path), _metadata_file(path, ".vocab.json")
+    # Not the one .metadata.json of earlier versions: those hold both parts, and old checkouts read it.
+    rest, vocab = _metadata_file(path, ".model.json"), _metadata_file(path, ".vocab.json")
     if not (rest.exists() and vocab.exists()):
         meta = read_metadata(reader if reader is not None else gguf.GGUFReader(path))
         rest.parent.mkdir(parents=True, exist_ok=True)
