@@ -1,4 +1,4 @@
-"""Shared test helpers."""
+"""Shared test helpers: the bundled models' names and paths."""
 
 from __future__ import annotations
 
@@ -7,6 +7,20 @@ from pathlib import Path
 import pytest
 
 from wicore.models import registry
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+DATA = TESTS / "data"
+MODEL = "qwen2.5-coder-0.5b-instruct"  # the default chat model
+EMBED = "all-minilm-l6-v2"  # the embedding model
+GEMMA = "gemma-3-270m"  # the second chat model: a base model without a chat template
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to code."}]
+
+
+def story(max_tokens: int, stream: bool = False, **extra: object) -> dict:
+    """A greedy chat completion body whose answer runs long (for tests that need a busy engine)."""
+    return {"model": MODEL, "messages": STORY, "max_tokens": max_tokens, "temperature": 0, "stream": stream, **extra}
 
 
 def model_path(name: str) -> Path:

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from wicore.engine.messages import Priority, SchedulerStats
 from wicore.server.errors import APIError, validation_error
 from wicore.server.middleware import SlidingWindowLimiter
-from wicore.server.protocol import (
+from wicore.server.monitoring import StatusResponse
+from wicore.server.openai.protocol import (
     ChatChoiceLogprobs,
     ChatCompletionChoice,
     ChatCompletionChunkChoice,
@@ -29,11 +30,10 @@ from wicore.server.protocol import (
     DeltaMessage,
     ModelCard,
     ModelList,
-    StatusResponse,
     TopLogprob,
     UsageInfo,
 )
-from wicore.server.protocol import ChatCompletionChunk as WicoreChunk
+from wicore.server.openai.protocol import ChatCompletionChunk as WicoreChunk
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

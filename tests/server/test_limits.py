@@ -5,20 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.helpers import model_path
-from tests.server import Server, serve
-
-MODEL = "qwen2.5-coder-0.5b-instruct"
-STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to code."}]
+from tests.helpers import MODEL, STORY, model_path, story
+from tests.live_server import Streamer, serve, wait_for_status
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -26,56 +21,13 @@ def _model() -> None:
     model_path(MODEL)
 
 
-def chat(max_tokens: int, stream: bool = False, **extra) -> dict:
-    return {"model": MODEL, "messages": STORY, "max_tokens": max_tokens, "temperature": 0, "stream": stream, **extra}
-
-
-def wait_for_status(server: Server, done: Callable[[dict], bool], timeout: float = 10) -> dict:
-    """The structured scheduler status once `done` holds (it is refreshed every ~0.1 s), or the last seen."""
-    end = time.time() + timeout
-    while True:
-        sched = httpx.get(server.url + "/status").json()["scheduler"]
-        if done(sched) or time.time() > end:
-            return sched
-        time.sleep(0.1)
-
-
-class Streamer(threading.Thread):
-    """One streaming request in the background, recording when content arrives."""
-
-    def __init__(self, url: str, body: dict, headers: dict | None = None, stop_after: int | None = None) -> None:
-        super().__init__(daemon=True)
-        self.url, self.body, self.headers, self.stop_after = url, body, headers or {}, stop_after
-        self.first_content: float | None = None
-        self.done_at: float | None = None
-        self.events: list[str] = []
-        self.status: int | None = None
-        self.started = threading.Event()
-
-    def run(self) -> None:
-        with httpx.stream(
-            "POST", self.url + "/v1/chat/completions", json=self.body, headers=self.headers, timeout=120
-        ) as r:
-            self.status = r.status_code
-            self.started.set()
-            for line in r.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                self.events.append(line[6:])
-                if self.first_content is None and '"content":"' in line and '"content":""' not in line:
-                    self.first_content = time.time()
-                if self.stop_after is not None and len(self.events) >= self.stop_after:
-                    return  # leaving the block closes the connection: a client disconnect
-        self.done_at = time.time()
-
-
 def test_new_request_joins_while_another_generates(tmp_path: Path) -> None:
     with serve(tmp_path) as server:
-        long = Streamer(server.url, chat(150, stream=True))
+        long = Streamer(server.url, story(150, stream=True))
         long.start()
         while len(long.events) < 5:
             time.sleep(0.01)
-        r = httpx.post(server.url + "/v1/chat/completions", json=chat(5), timeout=60)
+        r = httpx.post(server.url + "/v1/chat/completions", json=story(5), timeout=60)
         short_done = time.time()
         assert r.status_code == 200
         assert long.done_at is None, "the short request waited for the long one to finish"
@@ -85,7 +37,7 @@ def test_new_request_joins_while_another_generates(tmp_path: Path) -> None:
 
 def test_disconnect_cancels_the_sequence(tmp_path: Path) -> None:
     with serve(tmp_path) as server:
-        s = Streamer(server.url, chat(1000, stream=True), stop_after=5)
+        s = Streamer(server.url, story(1000, stream=True), stop_after=5)
         s.start()
         s.join(60)
         sched = wait_for_status(server, lambda sched: sched["active"] == 0 and sched["cancelled"] == 1)
@@ -95,20 +47,20 @@ def test_disconnect_cancels_the_sequence(tmp_path: Path) -> None:
 def test_priority_queue_full_and_timeout(tmp_path: Path) -> None:
     config = {"scheduler": {"max_concurrent": 1, "max_batch_size": 1, "max_queue_size": 4, "request_timeout": 20}}
     with serve(tmp_path, config) as server:
-        blocker = Streamer(server.url, chat(60, stream=True))
+        blocker = Streamer(server.url, story(60, stream=True))
         blocker.start()
         while not blocker.events:
             time.sleep(0.01)
         # The batch is full: queue low ones, then an urgent one.
-        lows = [Streamer(server.url, chat(3, stream=True, priority="low")) for _ in range(3)]
+        lows = [Streamer(server.url, story(3, stream=True, priority="low")) for _ in range(3)]
         for s in lows:
             s.start()
             time.sleep(0.05)
-        urgent = Streamer(server.url, chat(3, stream=True, priority="urgent"))
+        urgent = Streamer(server.url, story(3, stream=True, priority="urgent"))
         urgent.start()
         urgent.started.wait(10)
         # 1 running + 4 waiting fills the bounded queue: the next request is turned away at once.
-        r = httpx.post(server.url + "/v1/chat/completions", json=chat(3), timeout=10)
+        r = httpx.post(server.url + "/v1/chat/completions", json=story(3), timeout=10)
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
         assert r.json()["error"]["type"] == "rate_limit_exceeded"
         for s in [blocker, urgent, *lows]:
@@ -119,9 +71,9 @@ def test_priority_queue_full_and_timeout(tmp_path: Path) -> None:
 
 def test_timeout_is_an_error_in_the_envelope(tmp_path: Path) -> None:
     with serve(tmp_path, {"scheduler": {"request_timeout": 1.5}}) as server:
-        r = httpx.post(server.url + "/v1/chat/completions", json=chat(2000), timeout=60)
+        r = httpx.post(server.url + "/v1/chat/completions", json=story(2000), timeout=60)
         assert r.status_code == 408 and "timed out" in r.json()["error"]["message"]
-        s = Streamer(server.url, chat(2000, stream=True))
+        s = Streamer(server.url, story(2000, stream=True))
         s.run()
         assert s.events[-1] == "[DONE]"
         assert "timed out" in json.loads(s.events[-2])["error"]["message"]
@@ -132,7 +84,7 @@ def test_auth_and_rate_limit(tmp_path: Path) -> None:
     config = {"api": {"auth_enabled": True, "api_key": ["key-one", "key-two"], "rate_limit_per_minute": 3}}
     with serve(tmp_path, config) as server:
         assert httpx.get(server.url + "/health").status_code == 200  # public
-        r = httpx.post(server.url + "/v1/chat/completions", json=chat(1))
+        r = httpx.post(server.url + "/v1/chat/completions", json=story(1))
         assert r.status_code == 401 and r.json()["error"]["code"] == "401"
         bad = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
@@ -160,7 +112,7 @@ def test_503_while_loading_and_after_the_worker_dies(tmp_path: Path) -> None:
                 continue
             if r.status_code == 503:
                 saw_loading = True
-                c = httpx.post(server.url + "/v1/chat/completions", json=chat(1), timeout=10)
+                c = httpx.post(server.url + "/v1/chat/completions", json=story(1), timeout=10)
                 assert c.status_code in (503, 200)
                 if c.status_code == 503:
                     assert c.json()["error"]["type"] == "server_error"
@@ -169,7 +121,7 @@ def test_503_while_loading_and_after_the_worker_dies(tmp_path: Path) -> None:
             time.sleep(0.02)
         assert saw_loading
 
-        s = Streamer(server.url, chat(1000, stream=True))
+        s = Streamer(server.url, story(1000, stream=True))
         s.start()
         while len(s.events) < 3:
             time.sleep(0.01)
@@ -177,8 +129,8 @@ def test_503_while_loading_and_after_the_worker_dies(tmp_path: Path) -> None:
         s.join(30)
         assert not s.is_alive(), "the in-flight request hung after the worker died"
         assert s.events[-1] == "[DONE]" and "error" in json.loads(s.events[-2])
-        r = httpx.post(server.url + "/v1/chat/completions", json=chat(1), timeout=10)
+        r = httpx.post(server.url + "/v1/chat/completions", json=story(1), timeout=10)
         assert r.status_code == 503
         server.wait_ready(60)  # restarted
-        r = httpx.post(server.url + "/v1/chat/completions", json=chat(2), timeout=60)
+        r = httpx.post(server.url + "/v1/chat/completions", json=story(2), timeout=60)
         assert r.status_code == 200

@@ -20,7 +20,7 @@ from aigo.models import (
 from aigo.models.adapters import ChatAdapter, EmbeddingAdapter, TextGenerationAdapter, cosine
 from aigo.models.base import ModelConfig
 from tests.helpers import embedding_path, model_path
-from tests.server import Server, free_port, serve
+from tests.live_server import Server, free_port, serve
 from wicore.models import registry
 
 MODEL = "qwen2.5-coder-0.5b-instruct"

@@ -4,33 +4,19 @@ from __future__ import annotations
 
 import datetime
 import json
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import embedding_path, model_path
-from tests.server import Server, serve
-from tests.test_server_limits import wait_for_status
+from tests.helpers import EMBED, FRANCE, MODEL
+from tests.live_server import FirstText, Server, serve, wait_for_status
 
-MODEL = "qwen2.5-coder-0.5b-instruct"
-EMBED = "all-minilm-l6-v2"
 MODEL_ID = f"wicore:{MODEL}"
 EMBED_ID = f"wicore:{EMBED}"
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 GCD = "def gcd(a, b):"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    model_path(MODEL)
-    embedding_path(EMBED)
-    with serve(tmp_path_factory.mktemp("aigo"), {"api": {"rate_limit_per_minute": 0}}) as s:
-        yield s
 
 
 def post(server: Server, path: str, body: object, **kw: object) -> httpx.Response:
@@ -277,25 +263,6 @@ def test_auth_on_every_surface(tmp_path: Path) -> None:
 
 
 # -- the shared scheduler: loading, priorities ----------------------------------------------------------
-
-
-class FirstText(threading.Thread):
-    """A streaming request in the background, noting when its first non-empty text arrives; setting
-    `hang_up` makes it close the connection (a client disconnect, which cancels the request)."""
-
-    def __init__(self, url: str, body: dict) -> None:
-        super().__init__(daemon=True)
-        self.url, self.body = url, body
-        self.first: float | None = None
-        self.hang_up = threading.Event()
-
-    def run(self) -> None:
-        with httpx.stream("POST", self.url, json=self.body, timeout=120) as r:
-            for line in r.iter_lines():
-                if self.first is None and ('"text":"' in line or '"response":"' in line) and '":""' not in line:
-                    self.first = time.time()
-                if self.hang_up.is_set():
-                    return
 
 
 def test_loading_and_priorities_across_surfaces(tmp_path: Path) -> None:

@@ -4,32 +4,20 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import embedding_path, model_path
-from tests.server import Server, serve
+from tests.helpers import EMBED, FRANCE, MODEL
+from tests.live_server import Server
 from wicore.models import registry
 
-MODEL = "qwen2.5-coder-0.5b-instruct"
-EMBED = "all-minilm-l6-v2"
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0, "num_predict": 32}
 FINAL_KEYS = {
     "model", "created_at", "done", "done_reason", "total_duration", "load_duration", "prompt_eval_count",
     "prompt_eval_duration", "eval_count", "eval_duration",
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    model_path(MODEL)
-    embedding_path(EMBED)
-    with serve(tmp_path_factory.mktemp("ollama"), {"api": {"rate_limit_per_minute": 0}}) as s:
-        yield s
 
 
 def post(server: Server, path: str, body: object) -> httpx.Response:

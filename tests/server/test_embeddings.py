@@ -6,7 +6,6 @@ import base64
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,14 +14,12 @@ import openai
 import pytest
 from openai.types import CreateEmbeddingResponse
 
-from tests.helpers import embedding_path, model_path
-from tests.server import Server, serve
-from tests.test_server_limits import Streamer, chat, wait_for_status
+from tests.helpers import EMBED, embedding_path, story
+from tests.live_server import Server, Streamer, serve, wait_for_status
 from wicore.engine.messages import EmbedOutput, EmbedRequest, Priority
 from wicore.engine.worker import Embedder
 from wicore.models.embedding import EmbeddingModel
 
-EMBED = "all-minilm-l6-v2"
 TEXTS = ["What is machine learning?", "机器学习是什么？", "def gcd(a, b):\n    return a if not b else gcd(b, a % b)"]
 
 
@@ -34,14 +31,6 @@ def embedding_model_path() -> Path:
 def reference() -> np.ndarray:
     embedding_model_path()
     return EmbeddingModel.load(EMBED).embed(TEXTS)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    model_path("qwen2.5-coder-0.5b-instruct")
-    embedding_model_path()
-    with serve(tmp_path_factory.mktemp("embed"), {"api": {"rate_limit_per_minute": 0}}) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +164,7 @@ def test_embeddings_count_toward_the_in_flight_limit(tmp_path: Path) -> None:
     config = {"scheduler": {"max_concurrent": 1, "max_queue_size": 0}, "api": {"rate_limit_per_minute": 0}}
     with serve(tmp_path, config) as server:
         # A generation holds the only slot for ~40 tokens, then its client hangs up.
-        streamer = Streamer(server.url, chat(400, stream=True, ignore_eos=True), stop_after=40)
+        streamer = Streamer(server.url, story(400, stream=True, ignore_eos=True), stop_after=40)
         streamer.start()
         wait_for_status(server, lambda s: s["active"] == 1)
         r = httpx.post(server.url + "/v1/embeddings", json={"model": EMBED, "input": "x"}, timeout=30)

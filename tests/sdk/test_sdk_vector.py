@@ -17,7 +17,7 @@ from aigo.models import ModelError
 from aigo.models.adapters import EmbeddingAdapter
 from aigo.models.base import ModelConfig
 from tests.helpers import embedding_path
-from tests.server import free_port
+from tests.live_server import free_port
 
 EMBEDDER = "all-minilm-l6-v2"
 # English versions of the seed's three documents.

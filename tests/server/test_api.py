@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -12,19 +11,9 @@ import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tests.helpers import model_path
-from tests.server import Server, serve
+from tests.helpers import DATA, FRANCE, GEMMA, MODEL, model_path
+from tests.live_server import Server, serve
 from wicore.tokenizer import Tokenizer
-
-MODEL = "qwen2.5-coder-0.5b-instruct"
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    model_path(MODEL)
-    with serve(tmp_path_factory.mktemp("server")) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +192,9 @@ def test_repeated_prompt_reports_cached_tokens(server: Server, client: openai.Op
 def test_serves_gemma3_completions_and_refuses_chat_without_a_template(tmp_path: Path) -> None:
     """The second bundled model, a base Gemma 3: completions equal transformers' greedy text; it has no
     chat template, so chat is a 400 naming `messages`."""
-    gemma = "gemma-3-270m"
+    gemma = GEMMA
     tokenizer = Tokenizer.from_gguf(model_path(gemma))
-    case = json.loads((Path(__file__).parent / "data" / "gemma3_reference.json").read_text())["cases"][1]
+    case = json.loads((DATA / "gemma3_reference.json").read_text())["cases"][1]
     with serve(tmp_path, {"model": {"name": gemma}}) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
         # 8 tokens: the float32 reference nearly ties at step 11, where int8 activations may pick the
