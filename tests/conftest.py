@@ -34,3 +34,9 @@ def tokenizer() -> Tokenizer:
 @pytest.fixture
 def engine(tokenizer: Tokenizer) -> FakeEngine:
     return FakeEngine(tokenizer, MODEL)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """In-process route tests (`pytest.mark.anyio`) run on asyncio, as uvicorn serves the app."""
+    return "asyncio"

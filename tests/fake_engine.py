@@ -37,7 +37,7 @@ class FakeEngine:
         self.model_name = model_name
         self.max_model_len = max_model_len
         self.created = int(time.time())
-        self.started_at = time.time()
+        self.started_at = time.time() - 1.0  # as if it had started a second ago
         self.stats = SchedulerStats(running=True)
         self.ready = True
         self.requests: list[EngineRequest | EmbedRequest] = []  # in the order they reached the engine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from wicore.models import registry
@@ -37,3 +38,12 @@ def embedding_path(name: str) -> Path:
         return registry.resolve_embedding(name)
     except registry.ModelError as e:
         pytest.fail(f"{e} (make test pulls it)")
+
+
+def assert_error(r: httpx.Response, status: int, param: str | None) -> None:
+    """`r` is the error envelope with `status`, naming `param` (in `param` and in the message)."""
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == str(status) and error["param"] == param
+    if param:
+        assert param in error["message"]

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+KEPT_ENV = ("WICORE_HOME", "WICORE_BUILD_DIR")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -60,7 +62,8 @@ def serve(tmp_path: Path, config: dict[str, Any] | None = None, wait: bool = Tru
     cfg = tmp_path / f"config-{port}.json"
     cfg.write_text(json.dumps(config or {}))
     log = tmp_path / f"server-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WICORE_") or k == "WICORE_HOME"}
+    # Settings come from `config` only; where models and built kernels live is kept.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WICORE_") or k in KEPT_ENV}
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wicore.cli", "serve", "--port", str(port), "--config", str(cfg)],

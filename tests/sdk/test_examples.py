@@ -12,13 +12,13 @@ import httpx
 import pytest
 
 from tests.helpers import REPO
-from tests.live_server import Server
+from tests.live_server import KEPT_ENV, Server
 
 EXAMPLES = REPO / "examples"
 
 
 def run(script: str, cwd: Path, base_url: str | None, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AIGO_", "WICORE_")) or k == "WICORE_HOME"}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AIGO_", "WICORE_")) or k in KEPT_ENV}
     full_env |= {"AIGO_MAX_TOKENS": "12", **env}
     if base_url:
         full_env["AIGO_BASE_URL"] = base_url

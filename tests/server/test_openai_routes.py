@@ -18,11 +18,6 @@ from wicore.engine.messages import EngineRequest, Priority
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def sse_events(response: httpx.Response) -> list[str]:
     return [line[6:] async for line in response.aiter_lines() if line.startswith("data: ")]
 
