@@ -101,6 +101,8 @@ class FakeEngine:
     async def embed(self, request: EmbedRequest) -> EmbedOutput:
         self._admit(request)
         await asyncio.sleep(self.stall)
+        if request.deadline is not None and time.time() >= request.deadline:  # as the worker ends it
+            return EmbedOutput(request.request_id, None, error=FAILURES["timeout"])
         size = request.dimensions or EMBED_DIMENSIONS
         vectors = []
         for text in request.texts:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 
 import httpx
+import openai
 import pytest
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from tests.fake_engine import REPLY, FakeEngine, in_process
-from tests.helpers import EMBED, FRANCE, MODEL
+from tests.helpers import EMBED, FRANCE, MODEL, assert_error
 from wicore.engine.client import EngineUnavailable, QueueFull
 from wicore.engine.messages import EngineRequest, Priority
 
@@ -194,3 +195,40 @@ async def test_embeddings_float_base64_and_dimensions(engine: FakeEngine) -> Non
         assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
         r = await client.post("/v1/embeddings", json={"model": MODEL, "input": "a"})
         assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": EMBED, "input": "x", "dimensions": 385}, 400, "dimensions"),
+        ({"model": EMBED, "input": "x", "dimensions": 0}, 400, "dimensions"),
+        ({"model": EMBED, "input": [1, 2, 3]}, 400, "input"),
+        ({"model": EMBED, "input": [[1, 2]]}, 400, "input"),
+        ({"model": EMBED, "input": ""}, 400, "input"),
+        ({"model": EMBED, "input": []}, 400, "input"),
+        ({"model": EMBED, "input": ["ok", 5]}, 400, "input"),
+        ({"model": EMBED, "input": ["x"] * 2049}, 400, "input"),
+        ({"model": EMBED}, 400, "input"),
+        ({"model": EMBED, "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
+        ({"model": "text-embedding-3-small", "input": "x"}, 404, "model"),
+    ],
+)
+async def test_bad_embedding_requests_in_the_envelope(engine: FakeEngine, body: dict, status: int, param: str) -> None:
+    async with in_process(engine) as client:
+        assert_error(await client.post("/v1/embeddings", json=body), status, param)
+    assert not engine.requests
+
+
+async def test_dimensions_too_large_through_the_client(engine: FakeEngine) -> None:
+    async with in_process(engine) as http:
+        client = openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="dimensions"):
+            await client.embeddings.create(model=EMBED, input="x", dimensions=1024)
+
+
+async def test_embedding_timeout_is_408(engine: FakeEngine) -> None:
+    async with in_process(engine, {"scheduler": {"request_timeout": 1e-6}}) as client:
+        for path, body in (("/v1/embeddings", {"input": "x"}), ("/api/v1/embed", {"input": "x"}),
+                           ("/api/embed", {"model": EMBED, "input": "x"})):  # fmt: skip
+            r = await client.post(path, json=body)
+            assert r.status_code == 408 and "timed out" in r.json()["error"]["message"]
