@@ -11,9 +11,9 @@ from aigo.models import (
     CapabilityError,
     HuggingFaceRunner,
     MixedModelRunner,
-    RunnerError,
     OllamaRunner,
     OpenAIRunner,
+    RunnerError,
     WiCoreRunner,
     get_model_runner,
 )
@@ -161,7 +161,8 @@ def test_huggingface_runner_local_paths(tmp_path: Path, monkeypatch: pytest.Monk
     bert = HuggingFaceRunner(ModelConfig(provider="huggingface", model_name=str(folder)))
     assert len(bert.embed(["hello"])[0]) == 384
     missing = HuggingFaceRunner(ModelConfig(provider="huggingface", model_name="org/not-downloaded"))
-    with pytest.raises(RunnerError, match="not on disk.*cannot be reached.*huggingface-cli download org/not-downloaded"):
+    fix = "huggingface-cli download org/not-downloaded"
+    with pytest.raises(RunnerError, match=f"not on disk.*cannot be reached.*{fix}"):
         missing.load()
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aigo.models.base import CapabilityError, ModelConfig, RunnerError, Runner
+from aigo.models.base import CapabilityError, ModelConfig, Runner, RunnerError
 from aigo.models.local import HuggingFaceRunner, WiCoreRunner
 from aigo.models.mixed import MixedModelRunner
 from aigo.models.remote import OllamaRunner, OpenAIRunner

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aigo.models.base import Message, ModelConfig, RunnerError, Runner
+from aigo.models.base import Message, ModelConfig, Runner, RunnerError
 
 if TYPE_CHECKING:  # the engine is imported on load(), so importing aigo stays light
     from wicore.engine.llm import LLM

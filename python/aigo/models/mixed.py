@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from aigo.models.base import CapabilityError, Message, ModelConfig, RunnerError, Runner
+from aigo.models.base import CapabilityError, Message, ModelConfig, Runner, RunnerError
 
 T = TypeVar("T")
 CAPABILITIES = ("chat", "generate", "embed")

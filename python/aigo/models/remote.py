@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from aigo.models.base import Message, ModelConfig, RunnerError, Runner
+from aigo.models.base import Message, ModelConfig, Runner, RunnerError
 
 
 def _error_text(response: httpx.Response) -> str:
