@@ -3,12 +3,17 @@ envelope, and the server's own /, /health, /status and /metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import openai
 import pytest
 
 from tests.fake_engine import FakeEngine, in_process
 from tests.helpers import EMBED, FRANCE, MODEL, STORY, story
+from wicore.config import Settings
 from wicore.engine.messages import SchedulerStats
+from wicore.server.app import create_app
 
 pytestmark = pytest.mark.anyio
 MODEL_ID = f"wicore:{MODEL}"
@@ -109,3 +114,28 @@ async def test_health_status_root_metrics(engine: FakeEngine) -> None:
         engine.ready = False
         loading = await client.get("/health")
         assert loading.status_code == 503 and loading.json()["status"] == "loading"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/v1/chat", "/api/chat"])
+async def test_a_client_gone_before_the_answer_is_499_and_cancels(engine: FakeEngine, path: str) -> None:
+    """The one 499 path: a hang-up while a non-streamed answer is computed cancels its engine request."""
+    engine.stall = 0.2
+    app = create_app(Settings(), engine)  # type: ignore[arg-type]
+    body = json.dumps({"model": MODEL, "messages": FRANCE, "stream": False}).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}, {"type": "http.disconnect"}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if len(messages) == 1:
+            await asyncio.sleep(0.05)  # the client hangs up while the engine works
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("t", 80),
+             "scheme": "http", "http_version": "1.1", "root_path": "", "asgi": {"version": "3.0"}}  # fmt: skip
+    await app(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+    assert [r.request_id for r in engine.requests] == engine.cancelled

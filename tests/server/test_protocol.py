@@ -27,13 +27,12 @@ from wicore.server.openai.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    DeltaMessage,
     ModelCard,
     ModelList,
     TopLogprob,
-    UsageInfo,
 )
 from wicore.server.openai.protocol import ChatCompletionChunk as WicoreChunk
+from wicore.server.protocol import DeltaMessage, UsageInfo
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
