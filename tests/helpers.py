@@ -16,6 +16,11 @@ MODEL = "qwen2.5-coder-0.5b-instruct"  # the default chat model
 EMBED = "all-minilm-l6-v2"  # the embedding model
 GEMMA = "gemma-3-270m"  # the second chat model: a base model without a chat template
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+# What the last line of an Ollama response holds besides the text.
+OLLAMA_FINAL_KEYS = {
+    "model", "created_at", "done", "done_reason", "total_duration", "load_duration", "prompt_eval_count",
+    "prompt_eval_duration", "eval_count", "eval_duration",
+}  # fmt: skip
 STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to code."}]
 
 

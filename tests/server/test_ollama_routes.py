@@ -10,15 +10,11 @@ import httpx
 import pytest
 
 from tests.fake_engine import REPLY, FakeEngine, in_process
-from tests.helpers import EMBED, FRANCE, MODEL, assert_error
+from tests.helpers import EMBED, FRANCE, MODEL, OLLAMA_FINAL_KEYS, assert_error
 from wicore.engine.messages import EngineRequest, Priority
 from wicore.models import registry
 
 pytestmark = pytest.mark.anyio
-FINAL_KEYS = {
-    "model", "created_at", "done", "done_reason", "total_duration", "load_duration", "prompt_eval_count",
-    "prompt_eval_duration", "eval_count", "eval_duration",
-}  # fmt: skip
 
 
 async def ndjson(client: httpx.AsyncClient, path: str, body: dict) -> list[dict]:
@@ -46,7 +42,7 @@ async def test_chat_streams_ndjson_by_default(engine: FakeEngine) -> None:
     assert all(c["done"] is False and c["message"]["role"] == "assistant" for c in chunks[:-1])
     assert "".join(c["message"]["content"] for c in chunks) == REPLY
     final = chunks[-1]
-    assert set(final) >= FINAL_KEYS and final["done"] is True and final["done_reason"] == "stop"
+    assert set(final) >= OLLAMA_FINAL_KEYS and final["done"] is True and final["done_reason"] == "stop"
     assert final["eval_count"] == len(chunks) - 1 and final["message"]["content"] == ""
     assert final["prompt_eval_duration"] + final["eval_duration"] <= final["total_duration"]
 

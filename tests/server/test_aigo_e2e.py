@@ -1,8 +1,8 @@
-"""The AIgo REST API (/api/v1/...) on a real server process: the seed's shapes, streaming, errors, auth."""
+"""The AIgo REST API (/api/v1/...) on a real server process: the real model's text and embeddings, and
+priorities across surfaces on the real scheduler (shapes, validation and auth: test_aigo_routes.py)."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -20,22 +20,6 @@ GCD = "def gcd(a, b):"
 
 def post(server: Server, path: str, body: object, **kw: object) -> httpx.Response:
     return httpx.post(server.url + path, json=body, timeout=60, **kw)  # type: ignore[arg-type]
-
-
-def sse(server: Server, path: str, body: dict) -> list[dict]:
-    with httpx.stream("POST", server.url + path, json=body, timeout=60) as r:
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        lines = [line for line in r.iter_lines() if line]
-    assert all(line.startswith("data: ") for line in lines)
-    return [json.loads(line[6:]) for line in lines]  # every line is JSON: no [DONE]
-
-
-def assert_error(r: httpx.Response, status: int, param: str | None) -> None:
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert error["code"] == str(status) and error["param"] == param
-    if param:
-        assert param in error["message"]
 
 
 # -- models and health --------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The Ollama-compatible routes on a real server process: NDJSON streaming, options, errors."""
+"""The Ollama-compatible routes on a real server process: the real model's text, options and embeddings
+(shapes and errors: test_ollama_routes.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,10 @@ import json
 import httpx
 import numpy as np
 
-from tests.helpers import EMBED, FRANCE, MODEL
+from tests.helpers import EMBED, FRANCE, MODEL, OLLAMA_FINAL_KEYS
 from tests.live_server import Server
 
 GREEDY = {"temperature": 0, "num_predict": 32}
-FINAL_KEYS = {
-    "model", "created_at", "done", "done_reason", "total_duration", "load_duration", "prompt_eval_count",
-    "prompt_eval_duration", "eval_count", "eval_duration",
-}  # fmt: skip
 
 
 def post(server: Server, path: str, body: object) -> httpx.Response:
@@ -27,16 +24,8 @@ def ndjson(server: Server, path: str, body: dict) -> list[dict]:
         return [json.loads(line) for line in r.iter_lines() if line]
 
 
-def assert_error(r: httpx.Response, status: int, param: str | None) -> None:
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert error["code"] == str(status) and error["param"] == param
-    if param:
-        assert param in error["message"]
-
-
 def assert_final(chunk: dict, reason: str) -> None:
-    assert set(chunk) >= FINAL_KEYS and chunk["done"] is True and chunk["done_reason"] == reason
+    assert set(chunk) >= OLLAMA_FINAL_KEYS and chunk["done"] is True and chunk["done_reason"] == reason
     assert chunk["prompt_eval_count"] > 5 and chunk["eval_count"] > 0
     # Durations are nanoseconds: a real generation takes well over a millisecond and under a minute.
     assert 1e6 < chunk["total_duration"] < 6e10
