@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
+from wicore.kernels.weights import Weight
 from wicore.models import registry
 from wicore.models.prepared import load_prepared
-from wicore.models.quant import Weight
 
 
 def read_rate(reps: int) -> float:
@@ -32,7 +32,7 @@ def read_rate(reps: int) -> float:
 
 def decode_bytes(model: str) -> int:
     """Bytes of weights one decoded token reads: every layer matrix and the output matrix."""
-    _, _, w = load_prepared(registry.resolve(model))
+    _, w = load_prepared(registry.resolve(model))
     mats: list[Weight] = [w.output]
     for layer in w.layers:
         mats += [layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down]

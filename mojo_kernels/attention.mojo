@@ -16,7 +16,7 @@ from std.python import PythonObject
 from std.python.bindings import PythonModuleBuilder
 from std.runtime import initialize_runtime
 from std.sys.intrinsics import prefetch, PrefetchOptions
-from common import F32Ptr, I32Ptr, data_addr, ptr, num_threads, pool_run
+from common import Dims, F32Ptr, I32Ptr, data_addr, ptr, num_threads, pool_run
 
 comptime W = 8  # 8 float32 lanes on every target: the register transposes below are written for 8
 comptime Vec = SIMD[DType.float32, W]
@@ -321,20 +321,19 @@ def check_indices(
     bs: Int,
     n_blocks: Int,
     window: Int,
-) -> Int:
-    """0 if every index the kernel will follow is in range, else an error code (see attention.py)."""
+) raises:
+    """Raise unless every index the kernel will follow is in range."""
     for t in range(n_tok):
         var b = Int(seq[unsafe_offset=t])
         var p = Int(pos[unsafe_offset=t])
         if b < 0 or b >= n_seq:
-            return 1
+            raise Error("token_seq: entry outside the rows of block_tables")
         if p < 0 or p >= max_blocks * bs:
-            return 2
+            raise Error("token_pos: position outside what block_tables can address")
         for blk in range(first_key(p, window) // bs, p // bs + 1):
             var e = Int(table[unsafe_offset=b * max_blocks + blk])
             if e < 0 or e >= n_blocks:
-                return 3
-    return 0
+                raise Error("block_tables: a block the tokens attend to is outside the cache")
 
 
 # An attention job for the thread pool, Int64 slots (addresses, then sizes; scale as float32 bits;
@@ -417,11 +416,9 @@ def paged_attention(
     out_obj: PythonObject,
     dims_obj: PythonObject,
     scale_obj: PythonObject,
-) raises -> PythonObject:
-    """Dims: int32 [tokens, n_heads, n_kv, head_dim, block_size, seqs, max_blocks, num_blocks, window].
-
-    Returns 0, or the code of the first out-of-range index (nothing is written then).
-    """
+) raises:
+    """Dims: (tokens, n_heads, n_kv, head_dim, block_size, seqs, max_blocks, num_blocks, window, pool,
+    kv_is_f16). Every index is checked before anything is written."""
     var q = ptr[DType.float32](q_obj)
     var k = data_addr(k_obj)
     var v = data_addr(v_obj)
@@ -429,21 +426,28 @@ def paged_attention(
     var seq = ptr[DType.int32](seq_obj)
     var pos = ptr[DType.int32](pos_obj)
     var dst = ptr[DType.float32](out_obj)
-    var dims = ptr[DType.int32](dims_obj)
+    var dims = Dims(dims_obj, 11)
     var scale = Float32(Float64(py=scale_obj))
-    var n_tok = Int(dims[unsafe_offset=0])
-    var n_heads = Int(dims[unsafe_offset=1])
-    var n_kv = Int(dims[unsafe_offset=2])
-    var hd = Int(dims[unsafe_offset=3])
-    var bs = Int(dims[unsafe_offset=4])
-    var max_blocks = Int(dims[unsafe_offset=6])
-    var window = Int(dims[unsafe_offset=8])
-    var code = check_indices(
-        table, seq, pos, n_tok, Int(dims[unsafe_offset=5]), max_blocks, bs, Int(dims[unsafe_offset=7]), window
-    )
-    if code != 0:
-        return PythonObject(code)
+    var n_tok = dims[0]
+    var n_heads = dims[1]
+    var n_kv = dims[2]
+    var hd = dims[3]
+    var bs = dims[4]
+    var n_seqs = dims[5]
+    var max_blocks = dims[6]
+    var window = dims[8]
+    var pool = dims[9]
+    var kv_f16 = dims[10]
+    check_indices(table, seq, pos, n_tok, n_seqs, max_blocks, bs, dims[7], window)
+    _attention(q, k, v, table, seq, pos, dst, scale, n_tok, n_heads, n_kv, hd, bs, n_seqs, max_blocks, window, pool, kv_f16)
 
+
+def _attention(
+    q: F32Ptr, k: Int, v: Int, table: I32Ptr, seq: I32Ptr, pos: I32Ptr, dst: F32Ptr, scale: Float32,
+    n_tok: Int, n_heads: Int, n_kv: Int, hd: Int, bs: Int, n_seqs: Int, max_blocks: Int, window: Int, pool: Int,
+    kv_f16: Int,
+):
+    """The checked call: a job for the pool (the raising entry point above keeps none on its frame)."""
     var group = n_heads // n_kv
     var row = n_kv * hd
     var n_items = n_tok * n_kv
@@ -464,7 +468,7 @@ def paged_attention(
     # Decode reads each sequence's K/V once, mostly from DRAM, where blocks are
     # scattered and the hardware prefetcher loses the stream: prefetching the
     # next tile saves 10-25 %. Prefill rereads K/V from cache: it only costs 5 %.
-    var prefetch_rows = n_tok <= 2 * Int(dims[unsafe_offset=5])
+    var prefetch_rows = n_tok <= 2 * n_seqs
     var stride = state_len(group, hd)
     var parts = alloc(Layout[Float32](count=stride * n_tasks if n_parts > 1 else 1))
     var parts_ptr = parts.unsafe_ptr().unsafe_origin_cast[MutAnyOrigin]()
@@ -496,8 +500,7 @@ def paged_attention(
     job[18] = Int64(Int(next_ptr))
     job[19] = Int64(Int(parts_ptr))
     job[20] = Int64(1 if prefetch_rows else 0)
-    job[21] = Int64(dims[unsafe_offset=11])
-    var pool = Int(UInt32(dims[unsafe_offset=9])) | (Int(UInt32(dims[unsafe_offset=10])) << 32)
+    job[21] = Int64(kv_f16)
     pool_run(pool if n_workers > 1 else 0, wicore_attention_job, Int(Pointer(to=job)), n_workers)
     _ = next_task.load()  # the workers used it through next_ptr: keep it alive until here
     if n_parts > 1:
@@ -505,7 +508,6 @@ def paged_attention(
             var states = parts_ptr.unsafe_offset(item * n_parts * stride)
             finish(states, n_parts, group, hd, dst.unsafe_offset(item * group * hd))
     dealloc(parts^)
-    return PythonObject(0)
 
 
 @export
@@ -514,7 +516,7 @@ def PyInit_attention() abi("C") -> PythonObject:
         _ = initialize_runtime()
         var m = PythonModuleBuilder("attention")
         m.def_function[paged_attention](
-            "paged_attention", docstring="Causal GQA over a paged KV cache; returns 0 or an index error code."
+            "paged_attention", docstring="Causal GQA over a paged KV cache."
         )
         return m.finalize()
     except e:

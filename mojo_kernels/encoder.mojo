@@ -13,7 +13,7 @@ from std.python import PythonObject
 from std.python.bindings import PythonModuleBuilder
 from std.runtime import initialize_runtime
 from max.algorithm import sync_parallelize
-from common import F32Ptr, free_f32, num_threads, ptr, scratch_f32
+from common import Dims, F32Ptr, free_f32, num_threads, ptr, scratch_f32
 
 comptime W = 8  # 8 float32 lanes on every target: the register transposes below are written for 8
 comptime V = SIMD[DType.float32, W]
@@ -84,16 +84,18 @@ def _layer_norm_row(x: F32Ptr, g: F32Ptr, b: F32Ptr, eps: Float32, dst: F32Ptr, 
 
 
 def layer_norm(
-    x_obj: PythonObject, g_obj: PythonObject, b_obj: PythonObject, eps_obj: PythonObject,
-    out_obj: PythonObject, m_obj: PythonObject, k_obj: PythonObject,
+    x_obj: PythonObject, g_obj: PythonObject, b_obj: PythonObject, out_obj: PythonObject, dims_obj: PythonObject,
+    eps_obj: PythonObject,
 ) raises:
+    """Dims: (M, K)."""
     var x = ptr[DType.float32](x_obj)
     var g = ptr[DType.float32](g_obj)
     var b = ptr[DType.float32](b_obj)
     var dst = ptr[DType.float32](out_obj)
     var eps = Float32(Float64(py=eps_obj))
-    var m = Int(py=m_obj)
-    var k = Int(py=k_obj)
+    var dims = Dims(dims_obj, 2)
+    var m = dims[0]
+    var k = dims[1]
 
     def row(r: Int) {imm x, imm g, imm b, imm dst, imm eps, imm k}:
         _layer_norm_row(x.unsafe_offset(r * k), g, b, eps, dst.unsafe_offset(r * k), k)
@@ -102,17 +104,19 @@ def layer_norm(
 
 
 def add_layer_norm(
-    x_obj: PythonObject, d_obj: PythonObject, g_obj: PythonObject, b_obj: PythonObject,
-    eps_obj: PythonObject, out_obj: PythonObject, m_obj: PythonObject, k_obj: PythonObject,
+    x_obj: PythonObject, d_obj: PythonObject, g_obj: PythonObject, b_obj: PythonObject, out_obj: PythonObject,
+    dims_obj: PythonObject, eps_obj: PythonObject,
 ) raises:
+    """Dims: (M, K)."""
     var x = ptr[DType.float32](x_obj)
     var d = ptr[DType.float32](d_obj)
     var g = ptr[DType.float32](g_obj)
     var b = ptr[DType.float32](b_obj)
     var dst = ptr[DType.float32](out_obj)
     var eps = Float32(Float64(py=eps_obj))
-    var m = Int(py=m_obj)
-    var k = Int(py=k_obj)
+    var dims = Dims(dims_obj, 2)
+    var m = dims[0]
+    var k = dims[1]
 
     def row(r: Int) {imm x, imm d, imm g, imm b, imm dst, imm eps, imm k}:
         # The sum goes to dst first (elementwise, so dst may alias x or delta), then is normalised in place.
@@ -136,10 +140,11 @@ def _gelu[w: Int](x: SIMD[DType.float32, w]) -> SIMD[DType.float32, w]:
     return 0.5 * x * (1.0 + erf(x * 0.7071067811865476))
 
 
-def gelu(x_obj: PythonObject, out_obj: PythonObject, n_obj: PythonObject) raises:
+def gelu(x_obj: PythonObject, out_obj: PythonObject, dims_obj: PythonObject) raises:
+    """Dims: (number of elements,)."""
     var x = ptr[DType.float32](x_obj)
     var dst = ptr[DType.float32](out_obj)
-    var n = Int(py=n_obj)
+    var n = Dims(dims_obj, 1)[0]
     comptime CHUNK = 4096
     var chunks = (n + CHUNK - 1) // CHUNK
 
@@ -293,15 +298,15 @@ def attention(
     qkv_obj: PythonObject, len_obj: PythonObject, out_obj: PythonObject, dims_obj: PythonObject,
     scale_obj: PythonObject,
 ) raises:
-    """Dims is int32 [B, S, H, D]; qkv [B, S, 3, H, D], out [B, S, H, D], lengths int32 [B]."""
+    """Dims: (B, S, H, D); qkv [B, S, 3, H, D], out [B, S, H, D], lengths int32 [B]."""
     var qkv = ptr[DType.float32](qkv_obj)
     var lengths = ptr[DType.int32](len_obj)
     var dst = ptr[DType.float32](out_obj)
-    var dims = ptr[DType.int32](dims_obj)
-    var B = Int(dims[unsafe_offset=0])
-    var S = Int(dims[unsafe_offset=1])
-    var H = Int(dims[unsafe_offset=2])
-    var D = Int(dims[unsafe_offset=3])
+    var dims = Dims(dims_obj, 4)
+    var B = dims[0]
+    var S = dims[1]
+    var H = dims[2]
+    var D = dims[3]
     var scale = Float32(Float64(py=scale_obj))
 
     var work_ns = 0  # ~D/16 ns per query-key pair, plus copying K and V
@@ -339,14 +344,14 @@ def attention(
 def mean_pool(
     x_obj: PythonObject, len_obj: PythonObject, out_obj: PythonObject, dims_obj: PythonObject
 ) raises:
-    """Dims is int32 [B, S, E]: out[b] = mean of x[b, :lengths[b]] (zeros for an empty sequence)."""
+    """Dims: (B, S, E); out[b] = mean of x[b, :lengths[b]] (zeros for an empty sequence)."""
     var x = ptr[DType.float32](x_obj)
     var lengths = ptr[DType.int32](len_obj)
     var dst = ptr[DType.float32](out_obj)
-    var dims = ptr[DType.int32](dims_obj)
-    var B = Int(dims[unsafe_offset=0])
-    var S = Int(dims[unsafe_offset=1])
-    var E = Int(dims[unsafe_offset=2])
+    var dims = Dims(dims_obj, 3)
+    var B = dims[0]
+    var S = dims[1]
+    var E = dims[2]
 
     def row(b: Int) {imm x, imm lengths, imm dst, imm S, imm E}:
         var L = Int(lengths[unsafe_offset=b])
@@ -362,12 +367,13 @@ def mean_pool(
     _for_rows(row, B, B * S * E // 8)  # ~0.1 ns per element
 
 
-def l2_normalize(x_obj: PythonObject, out_obj: PythonObject, m_obj: PythonObject, n_obj: PythonObject) raises:
-    """Rows scaled: out = x / max(||x||, 1e-12) (torch's F.normalize); out may alias x."""
+def l2_normalize(x_obj: PythonObject, out_obj: PythonObject, dims_obj: PythonObject) raises:
+    """Dims: (M, N); rows scaled: out = x / max(||x||, 1e-12) (torch's F.normalize); out may alias x."""
     var x = ptr[DType.float32](x_obj)
     var dst = ptr[DType.float32](out_obj)
-    var m = Int(py=m_obj)
-    var n = Int(py=n_obj)
+    var dims = Dims(dims_obj, 2)
+    var m = dims[0]
+    var n = dims[1]
 
     def row(r: Int) {imm x, imm dst, imm n}:
         var xr = x.unsafe_offset(r * n)

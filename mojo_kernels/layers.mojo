@@ -1,4 +1,4 @@
-"""Row-wise layer kernels: rmsnorm, fused residual + rmsnorm, rope, silu/gelu * up, softmax.
+"""Row-wise layer kernels: rmsnorm, fused residual + rmsnorm, rope, silu/gelu * up.
 
 All arrays are float32, C-contiguous and shape-checked by wicore/kernels/layers.py.
 These run ~100 times per decoded token on one row, so they stay single-threaded
@@ -11,7 +11,7 @@ from std.python import PythonObject
 from std.python.bindings import PythonModuleBuilder
 from std.runtime import initialize_runtime
 from max.algorithm import sync_parallelize
-from common import F32Ptr, ptr, num_threads, F32_LANES
+from common import Dims, F32Ptr, ptr, num_threads, F32_LANES
 
 comptime W = F32_LANES  # float32 lanes of the target's vector registers
 comptime V = SIMD[DType.float32, W]
@@ -80,15 +80,16 @@ def _norm_scale(ss: Float32, k: Int, eps: Float32) -> Float32:
 
 
 def rmsnorm(
-    x_obj: PythonObject, w_obj: PythonObject, eps_obj: PythonObject, out_obj: PythonObject,
-    m_obj: PythonObject, k_obj: PythonObject,
+    x_obj: PythonObject, w_obj: PythonObject, out_obj: PythonObject, dims_obj: PythonObject, eps_obj: PythonObject
 ) raises:
+    """Dims: (M, K)."""
     var x = ptr[DType.float32](x_obj)
     var w = ptr[DType.float32](w_obj)
     var dst = ptr[DType.float32](out_obj)
     var eps = Float32(Float64(py=eps_obj))
-    var m = Int(py=m_obj)
-    var k = Int(py=k_obj)
+    var dims = Dims(dims_obj, 2)
+    var m = dims[0]
+    var k = dims[1]
 
     def row(r: Int) {imm x, imm w, imm dst, imm eps, imm k}:
         var xr = x.unsafe_offset(r * k)
@@ -98,16 +99,18 @@ def rmsnorm(
 
 
 def add_rmsnorm(
-    x_obj: PythonObject, d_obj: PythonObject, w_obj: PythonObject, eps_obj: PythonObject,
-    out_obj: PythonObject, m_obj: PythonObject, k_obj: PythonObject,
+    x_obj: PythonObject, d_obj: PythonObject, w_obj: PythonObject, out_obj: PythonObject, dims_obj: PythonObject,
+    eps_obj: PythonObject,
 ) raises:
+    """Dims: (M, K)."""
     var x = ptr[DType.float32](x_obj)
     var d = ptr[DType.float32](d_obj)
     var w = ptr[DType.float32](w_obj)
     var dst = ptr[DType.float32](out_obj)
     var eps = Float32(Float64(py=eps_obj))
-    var m = Int(py=m_obj)
-    var k = Int(py=k_obj)
+    var dims = Dims(dims_obj, 2)
+    var m = dims[0]
+    var k = dims[1]
 
     def row(r: Int) {imm x, imm d, imm w, imm dst, imm eps, imm k}:
         # One pass adds the residual and sums the squares; the second normalises.
@@ -171,37 +174,50 @@ def _rotate_normal(x: F32Ptr, c: F32Ptr, s: F32Ptr, half: Int):
         i += 1
 
 
-def rope(
-    x_obj: PythonObject, pos_obj: PythonObject, t_obj: PythonObject, h_obj: PythonObject,
-    d_obj: PythonObject, theta_obj: PythonObject, neox_obj: PythonObject, n_rot_obj: PythonObject,
-) raises:
-    var x = ptr[DType.float32](x_obj)
-    var pos = ptr[DType.int32](pos_obj)
-    var t = Int(py=t_obj)
-    var h = Int(py=h_obj)
-    var d = Int(py=d_obj)
-    var log_theta = log(Float64(py=theta_obj))
-    var neox = Int(py=neox_obj) != 0
-    var half = Int(py=n_rot_obj) // 2
+def rope_table(pos_obj: PythonObject, out_obj: PythonObject, dims_obj: PythonObject, theta_obj: PythonObject) raises:
+    """Dims: (T, n_rot). Row t of out: cos, then sin, of pos[t] * theta^(-2i/n_rot) for i < n_rot/2.
 
-    # freq_i = theta^(-2i/n_rot) and angles pos * freq_i in float64: a float32 angle near 1e5
-    # (a long context) is off by up to 4e-3 rad. Each token's row of the table holds its
-    # float32 cos, then sin, shared by all heads.
+    One table serves every layer (and q and k) that shares a RoPE base: the float64 cos/sin
+    cost more than the rotations they feed."""
+    var pos = ptr[DType.int32](pos_obj)
+    var out = ptr[DType.float32](out_obj)
+    var dims = Dims(dims_obj, 2)
+    var t = dims[0]
+    var half = dims[1] // 2
+    var log_theta = log(Float64(py=theta_obj))
+    # Angles in float64: a float32 angle near 1e5 (a long context) is off by up to 4e-3 rad.
     var freq = List[Float64](capacity=half)
     for i in range(half):
         freq.append(exp(-Float64(2 * i) / Float64(2 * half) * log_theta))
     var fp = freq.unsafe_ptr()
-    var table = List[Float32](length=2 * half * t, fill=0)
-    var tab = F32Ptr(unsafe_from_address=Int(table.unsafe_ptr()))
 
-    def row(ti: Int) {imm x, imm pos, imm h, imm d, imm neox, imm half, imm fp, imm tab}:
-        var c = tab.unsafe_offset(2 * half * ti)
+    def row(ti: Int) {imm pos, imm out, imm half, imm fp}:
+        var c = out.unsafe_offset(2 * half * ti)
         var s = c.unsafe_offset(half)
         var p = Float64(pos[unsafe_offset=ti])
         for i in range(half):
             var a = p * fp[unsafe_offset=i]
             c.unsafe_store(i, Float32(cos(a)))
             s.unsafe_store(i, Float32(sin(a)))
+
+    _for_rows(row, t, t * 12 * half)  # ~12 ns per cos/sin pair
+    _ = freq^
+
+
+def rope(x_obj: PythonObject, table_obj: PythonObject, dims_obj: PythonObject) raises:
+    """Dims: (T, H, D, neox, n_rot); table float32 [T, n_rot] from rope_table."""
+    var x = ptr[DType.float32](x_obj)
+    var tab = ptr[DType.float32](table_obj)
+    var dims = Dims(dims_obj, 5)
+    var t = dims[0]
+    var h = dims[1]
+    var d = dims[2]
+    var neox = dims[3] != 0
+    var half = dims[4] // 2
+
+    def row(ti: Int) {imm x, imm tab, imm h, imm d, imm neox, imm half}:
+        var c = tab.unsafe_offset(2 * half * ti)
+        var s = c.unsafe_offset(half)
         for hi in range(h):
             var xh = x.unsafe_offset((ti * h + hi) * d)
             if neox:
@@ -209,9 +225,7 @@ def rope(
             else:
                 _rotate_normal(xh, c, s, half)
 
-    _for_rows(row, t, t * (12 * half + h * d // 8))  # ~12 ns per cos/sin pair + the rotations
-    _ = freq^
-    _ = table^
+    _for_rows(row, t, t * h * half // 2)  # ~1 ns per rotated pair
 
 
 def _act[GELU: Bool, w: Int](g: SIMD[DType.float32, w]) -> SIMD[DType.float32, w]:
@@ -233,14 +247,14 @@ def _glu_row[GELU: Bool](g: F32Ptr, u: F32Ptr, dst: F32Ptr, f: Int):
         i += 1
 
 
-def glu_mul(
-    gu_obj: PythonObject, out_obj: PythonObject, m_obj: PythonObject, f_obj: PythonObject, gelu_obj: PythonObject
-) raises:
+def glu_mul(gu_obj: PythonObject, out_obj: PythonObject, dims_obj: PythonObject) raises:
+    """Dims: (M, F, gelu)."""
     var gu = ptr[DType.float32](gu_obj)
     var dst = ptr[DType.float32](out_obj)
-    var m = Int(py=m_obj)
-    var f = Int(py=f_obj)
-    var gelu = Int(py=gelu_obj) != 0
+    var dims = Dims(dims_obj, 3)
+    var m = dims[0]
+    var f = dims[1]
+    var gelu = dims[2] != 0
 
     def row(r: Int) {imm gu, imm dst, imm f, imm gelu}:
         var g = gu.unsafe_offset(2 * f * r)
@@ -252,52 +266,6 @@ def glu_mul(
     _for_rows(row, m, m * f // 2)  # ~0.5 ns per output (exp or tanh, and a division)
 
 
-def _softmax_row(x: F32Ptr, n: Int):
-    var mv = V(-Float32.MAX)
-    var i = 0
-    while i + W <= n:
-        mv = max(mv, x.unsafe_load[width=W](i))
-        i += W
-    var mx = mv.reduce_max()
-    while i < n:
-        mx = max(mx, x[unsafe_offset=i])
-        i += 1
-
-    var sv = V(0)
-    i = 0
-    while i + W <= n:
-        var e = exp(x.unsafe_load[width=W](i) - mx)
-        x.unsafe_store(i, e)
-        sv += e
-        i += W
-    var total = sv.reduce_add()
-    while i < n:
-        var e = exp(x[unsafe_offset=i] - mx)
-        x.unsafe_store(i, e)
-        total += e
-        i += 1
-
-    var inv = 1.0 / total
-    i = 0
-    while i + W <= n:
-        x.unsafe_store(i, x.unsafe_load[width=W](i) * inv)
-        i += W
-    while i < n:
-        x.unsafe_store(i, x[unsafe_offset=i] * inv)
-        i += 1
-
-
-def softmax(x_obj: PythonObject, m_obj: PythonObject, n_obj: PythonObject) raises:
-    var x = ptr[DType.float32](x_obj)
-    var m = Int(py=m_obj)
-    var n = Int(py=n_obj)
-
-    def row(r: Int) {imm x, imm n}:
-        _softmax_row(x.unsafe_offset(r * n), n)
-
-    _for_rows(row, m, m * n // 2)  # ~0.5 ns per element (exp, three passes)
-
-
 @export
 def PyInit_layers() abi("C") -> PythonObject:
     try:
@@ -305,9 +273,9 @@ def PyInit_layers() abi("C") -> PythonObject:
         var m = PythonModuleBuilder("layers")
         m.def_function[rmsnorm]("rmsnorm", docstring="out = x / sqrt(mean(x^2) + eps) * w, rows of [M, K]")
         m.def_function[add_rmsnorm]("add_rmsnorm", docstring="x += delta; out = rmsnorm(x)")
-        m.def_function[rope]("rope", docstring="rotary embedding in place on x [T, H, D]")
+        m.def_function[rope_table]("rope_table", docstring="cos | sin of each position's RoPE angles, [T, n_rot]")
+        m.def_function[rope]("rope", docstring="rotary embedding in place on x [T, H, D] from a rope_table")
         m.def_function[glu_mul]("glu_mul", docstring="out = act(gate) * up, gate_up [M, 2F], act SiLU or GELU-tanh")
-        m.def_function[softmax]("softmax", docstring="row softmax in place on x [M, N]")
         return m.finalize()
     except e:
         abort(String("failed to create module layers: ", e))

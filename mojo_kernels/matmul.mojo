@@ -1,6 +1,6 @@
 """Matmul of float32 activations by GGUF-quantised or dense weights: dst[M, N] = x[M, K] @ W[N, K]^T (+ bias).
 
-Quantised weights stay at their GGUF size in the load-time layout of `wicore/models/quant.py`:
+Quantised weights stay at their GGUF size in the load-time layout of `wicore/kernels/weights.py`:
 tiles of 16 weight rows, interleaved so that 4 consecutive weights of each of the 16 rows fill
 one 64-byte register (the VNNI / AMX B layout): unsigned integers u (4, 5, 6 or 8 bits; low
 nibbles in one plane, high bits in another) with per-group scales, value = scale * (u - offset),
@@ -28,7 +28,7 @@ from std.sys.intrinsics import prefetch, PrefetchOptions
 from max.algorithm import sync_parallelize
 
 from common import (
-    F32Ptr, I32Ptr, I8Ptr, F32_LANES, data_addr, free_f32, num_threads, pool_run, pool_start, pool_worker_loop, ptr,
+    Dims, F32Ptr, I32Ptr, I8Ptr, F32_LANES, data_addr, free_f32, num_threads, pool_run, pool_start, pool_worker_loop, ptr,
     scratch_f32,
 )
 
@@ -43,11 +43,13 @@ comptime PANEL_STEP = 12  # panel rows: a multiple of both tile widths
 # than it saves (a dense panel dispatch through the runtime costs ~20 us, one through the pool ~1 us).
 comptime PARALLEL_MIN_WEIGHTS = 64 * 1024
 
-# Weight formats (wicore/models/quant.py FORMATS).
+# Weight formats (wicore/kernels/weights.py FORMATS, DENSE_F32, DENSE_F16).
 comptime Q8_0 = 0
 comptime Q5_0 = 1
 comptime Q6_K = 2
 comptime Q4_K = 3
+comptime DENSE_F32 = 4
+comptime DENSE_F16 = 5
 comptime HAS_VNNI = CompilationTarget.has_vnni() and CompilationTarget.has_avx512f()
 
 # Untracked: the planes belong to numpy arrays the Python weight object keeps alive.
@@ -180,7 +182,7 @@ def _offset[FMT: Int]() -> Int:
 
 @fieldwise_init
 struct QW(ImplicitlyCopyable):
-    """A quantised matrix: plane addresses from Python's descriptor (quant.py `descriptor`)."""
+    """A weight matrix as its descriptor (weights.py `descriptor`) gives it: quantised planes, or dense rows at `a`."""
 
     var fmt: Int
     var N: Int
@@ -193,7 +195,7 @@ struct QW(ImplicitlyCopyable):
 
 
 def _read_qw(desc: Int) -> QW:
-    """The matrix a descriptor (quant.py `descriptor`, int64 [fmt, N, K, a, b, s, m, sup]) describes."""
+    """The matrix a descriptor (weights.py `descriptor`, int64 [fmt, N, K, a, b, s, m, sup]) describes."""
     var e = Pointer[Int64, MutAnyOrigin](unsafe_from_address=desc)
     return QW(
         Int(e[unsafe_offset=0]), Int(e[unsafe_offset=1]), Int(e[unsafe_offset=2]),
@@ -469,36 +471,21 @@ def _matmul_q(desc: Int, x: F32Ptr, dst: F32Ptr, M: Int, ldo: Int, pool: Int):
     free_f32(F32Ptr(unsafe_from_address=Int(xsum)))
 
 
-def start_pool(n_threads: PythonObject) raises -> PythonObject:
-    """Start the process's thread pool (n_threads - 1 workers, 0: num_threads()); returns its address."""
-    var n = Int(py=n_threads)
+def start_pool(dims: PythonObject) raises -> PythonObject:
+    """Dims: (n_threads,). Start the process's thread pool (n_threads - 1 workers, 0: num_threads());
+    returns its address."""
+    var n = Dims(dims, 1)[0]
     return PythonObject(pool_start(n if n > 0 else num_threads(), wicore_pool_worker))
 
 
-def matmul_q(x: PythonObject, desc: PythonObject, bias: PythonObject, dst: PythonObject, dims: PythonObject) raises:
-    """Quantised matmul. desc is int64 [fmt, N, K, a, b, s, m, sup] (quant.py `descriptor`);
-    dims is int64 [M, has_bias, ldo, col0, pool]: output row stride and first column, so the parts
-    of a split matrix write side by side, and the thread pool's address (0: this thread only)."""
-    var d = ptr[DType.int64](dims)
-    var e = data_addr(desc)
-    var w = _read_qw(e)
-    var M = Int(d[unsafe_offset=0])
-    var ldo = Int(d[unsafe_offset=2])
-    var xp = ptr[DType.float32](x)
-    var op = ptr[DType.float32](dst).unsafe_offset(Int(d[unsafe_offset=3]))
-    if w.fmt < Q8_0 or w.fmt > Q4_K:
-        raise Error("unsupported weight format")
-    _matmul_q(e, xp, op, M, ldo, Int(d[unsafe_offset=4]))
-    if d[unsafe_offset=1] != 0:
-        _add_bias(op, ptr[DType.float32](bias), M, ldo, 0, w.N)
-
-
-def _matmul_dense[DT: DType](x: F32Ptr, w: Pointer[Scalar[DT], MutAnyOrigin], dst: F32Ptr, M: Int, N: Int, K: Int):
+def _matmul_dense[DT: DType](
+    x: F32Ptr, w: Pointer[Scalar[DT], MutAnyOrigin], dst: F32Ptr, M: Int, N: Int, K: Int, ldo: Int
+):
     var nt = num_threads() if N * K * M >= PARALLEL_MIN_WEIGHTS else 1
     var nb = _panel_rows(K)
     var npanels = (N + nb - 1) // nb
 
-    def panels(t: Int) {imm x, imm w, imm dst, imm M, imm N, imm K, imm nb, imm npanels, imm nt}:
+    def panels(t: Int) {imm x, imm w, imm dst, imm M, imm N, imm K, imm ldo, imm nb, imm npanels, imm nt}:
         var panel = scratch_f32(nb * K)
         var p = t
         while p < npanels:
@@ -509,32 +496,41 @@ def _matmul_dense[DT: DType](x: F32Ptr, w: Pointer[Scalar[DT], MutAnyOrigin], ds
             var pf_bytes = max(0, min(nb, N - nxt)) * K * size_of[DT]()
             comptime if DT == DType.float32:
                 _gemm_panel(
-                    x, M, K, rebind[F32Ptr](w).unsafe_offset(n0 * K), K, rows, dst.unsafe_offset(n0), N, pf, pf_bytes
+                    x, M, K, rebind[F32Ptr](w).unsafe_offset(n0 * K), K, rows, dst.unsafe_offset(n0), ldo, pf, pf_bytes
                 )
             else:
                 for i in range(rows * K):
                     panel[unsafe_offset=i] = w[unsafe_offset=n0 * K + i].cast[DType.float32]()
-                _gemm_panel(x, M, K, panel, K, rows, dst.unsafe_offset(n0), N, pf, pf_bytes)
+                _gemm_panel(x, M, K, panel, K, rows, dst.unsafe_offset(n0), ldo, pf, pf_bytes)
             p += nt
         free_f32(panel)
 
     sync_parallelize(panels, nt)
 
 
-def matmul_dense(x: PythonObject, w: PythonObject, bias: PythonObject, dst: PythonObject, dims: PythonObject) raises:
-    """Dense matmul; dims is int32 [M, N, K, is_f16, has_bias]."""
-    var d = ptr[DType.int32](dims)
-    var M = Int(d[unsafe_offset=0])
-    var N = Int(d[unsafe_offset=1])
-    var K = Int(d[unsafe_offset=2])
+def matmul(x: PythonObject, desc: PythonObject, bias: PythonObject, dst: PythonObject, dims: PythonObject) raises:
+    """dst = x @ W^T (+ bias). desc is W's int64 [fmt, N, K, a, b, s, m, sup] (weights.py `descriptor`);
+    dims is (M, has_bias, ldo, col0, pool): output row stride and first column, so the parts of a
+    split matrix write side by side, and the thread pool's address (0: this thread only)."""
+    var d = Dims(dims, 5)
+    var e = data_addr(desc)
+    var w = _read_qw(e)
+    var M = d[0]
+    var ldo = d[2]
     var xp = ptr[DType.float32](x)
-    var op = ptr[DType.float32](dst)
-    if d[unsafe_offset=3] != 0:
-        _matmul_dense[DType.float16](xp, ptr[DType.float16](w), op, M, N, K)
+    var op = ptr[DType.float32](dst).unsafe_offset(d[3])
+    if w.fmt == DENSE_F32:
+        _matmul_dense[DType.float32](xp, F32Ptr(unsafe_from_address=Int(w.a)), op, M, w.N, w.K, ldo)
+    elif w.fmt == DENSE_F16:
+        _matmul_dense[DType.float16](
+            xp, Pointer[Float16, MutAnyOrigin](unsafe_from_address=Int(w.a)), op, M, w.N, w.K, ldo
+        )
+    elif w.fmt >= Q8_0 and w.fmt <= Q4_K:
+        _matmul_q(e, xp, op, M, ldo, d[4])
     else:
-        _matmul_dense[DType.float32](xp, ptr[DType.float32](w), op, M, N, K)
-    if d[unsafe_offset=4] != 0:
-        _add_bias(op, ptr[DType.float32](bias), M, N, 0, N)
+        raise Error("weight: unsupported format code ", w.fmt)
+    if d[1] != 0:
+        _add_bias(op, ptr[DType.float32](bias), M, ldo, 0, w.N)
 
 
 @export
@@ -542,8 +538,7 @@ def PyInit_matmul() abi("C") -> PythonObject:
     try:
         _ = initialize_runtime()
         var m = PythonModuleBuilder("matmul")
-        m.def_function[matmul_q]("matmul_q", docstring="dst = x @ W^T + bias, W a GGUF-quantised matrix")
-        m.def_function[matmul_dense]("matmul_dense", docstring="dst = x @ w^T + bias, w float32 or float16")
+        m.def_function[matmul]("matmul", docstring="dst = x @ W^T + bias, W quantised or dense (a weights.py descriptor)")
         m.def_function[start_pool]("start_pool", docstring="start the thread pool; returns its address")
         return m.finalize()
     except e:

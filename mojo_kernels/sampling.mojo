@@ -15,7 +15,7 @@ from std.python.bindings import PythonModuleBuilder
 from std.builtin.sort import sort
 from std.runtime import initialize_runtime
 from max.algorithm import sync_parallelize
-from common import data_addr, num_threads, F32_LANES
+from common import Dims, data_addr, num_threads, F32_LANES
 
 comptime W = F32_LANES  # float32 lanes of the target's vector registers
 comptime BLOCK = 256  # elements per partial sum of the draw
@@ -521,16 +521,17 @@ def sample(
     out_tokens: PythonObject,
     out_logprobs: PythonObject,
     workspace: PythonObject,
-    sizes: PythonObject,
+    dims_obj: PythonObject,
 ) raises:
-    """Sizes = (B, V, len(history), len(bias_ids), len(workspace)); the wrapper checks dtypes and shapes."""
-    var B = Int(py=sizes[0])
-    var V = Int(py=sizes[1])
-    var H = Int(py=sizes[2])
-    var L = Int(py=sizes[3])
-    var WS = Int(py=sizes[4])
+    """Dims: (B, V, len(history), len(bias_ids), len(workspace)); the wrapper checks dtypes and shapes."""
+    var dims = Dims(dims_obj, 5)
+    var B = dims[0]
+    var V = dims[1]
+    var H = dims[2]
+    var L = dims[3]
+    var WS = dims[4]
     if WS < workspace_size(V):
-        raise Error("workspace of ", WS, " words is smaller than ", workspace_size(V))
+        raise Error("workspace: ", WS, " words is smaller than ", workspace_size(V))
     var batch = Batch(
         V,
         ptr[DType.float32](logits),
@@ -575,9 +576,9 @@ def sample(
     sync_parallelize(work, workers)
 
 
-def workspace_words(vocab: PythonObject) raises -> PythonObject:
-    """The uint64 words of scratch `sample` needs for vocabulary size `vocab` (one slice per thread)."""
-    return PythonObject(num_threads() * workspace_size(Int(py=vocab)))
+def workspace_words(dims: PythonObject) raises -> PythonObject:
+    """Dims: (vocab,). The uint64 words of scratch `sample` needs for that vocabulary (one slice per thread)."""
+    return PythonObject(num_threads() * workspace_size(Dims(dims, 1)[0]))
 
 
 @export

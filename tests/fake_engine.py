@@ -19,14 +19,15 @@ import httpx
 import numpy as np
 
 from wicore.config import Settings
-from wicore.engine.messages import EmbedOutput, EmbedRequest, EngineRequest, RequestOutput, SchedulerStats
+from wicore.engine.messages import EmbedOutput, EmbedRequest, SchedulerStats
+from wicore.engine.request import EngineRequest, FinishReason, RequestOutput
 from wicore.server.app import create_app
 from wicore.tokenizer import Tokenizer
 
 REPLY = "The capital of France is Paris."
 EMBED_DIMENSIONS = 384  # all-MiniLM-L6-v2's
 # The engine client's words for a generation that failed, by finish reason.
-FAILURES = {"timeout": "request timed out after 1 s", "error": "the engine worker died"}
+FAILURES = {FinishReason.TIMEOUT: "request timed out after 1 s", FinishReason.ERROR: "the engine worker died"}
 
 
 class FakeEngine:
@@ -43,7 +44,7 @@ class FakeEngine:
         self.requests: list[EngineRequest | EmbedRequest] = []  # in the order they reached the engine
         self.cancelled: list[str] = []  # ids of generations whose consumer went away before the end
         self.refuse: Exception | None = None  # raised by generate() and embed(), as the client refuses
-        self.finish: str | None = None  # end every generation with its second token, for this reason
+        self.finish: FinishReason | None = None  # end every generation with its second token, for this reason
         self.stall = 0.0  # seconds to wait before each output
         self._ids = itertools.count()
 
@@ -73,22 +74,20 @@ class FakeEngine:
                 piece = self.tokenizer.decode([token])
                 stop = min(((sent + piece).find(s) for s in params.stop if s in sent + piece), default=-1)
                 if stop >= 0:  # the engine cuts the text at a stop string
-                    piece, end = (sent + piece)[len(sent) : stop], "stop"
+                    piece, end = (sent + piece)[len(sent) : stop], FinishReason.STOP
                 elif self.finish is not None and k > 0:
                     end = self.finish
                 elif k == len(ids) - 1:
-                    end = "length" if len(ids) < len(reply) else "stop"
+                    end = FinishReason.LENGTH if len(ids) < len(reply) else FinishReason.STOP
                 else:
-                    end = None
+                    end: FinishReason | None = None
                 logprobs, top = [], []
                 if params.logprobs is not None:  # the sampled token first, as greedy picks it
                     alternatives = [(token, -0.25)] + [(i, -5.0 - i) for i in range(params.logprobs)]
                     logprobs, top = [-0.25], [alternatives[: params.logprobs]]
-                failed = end not in (None, "stop", "length")
                 yield RequestOutput(
-                    request.request_id, piece, [token], logprobs, top, finish_reason=end,
-                    error=FAILURES.get(end, f"ended with {end}") if failed else None,
-                    prompt_tokens=len(request.prompt_ids), completion_tokens=k + 1,
+                    request.request_id, [token], logprobs, top, finish_reason=end, error=FAILURES.get(end),
+                    prompt_tokens=len(request.prompt_ids), completion_tokens=k + 1, text=piece,
                 )  # fmt: skip
                 sent += piece
                 if end is not None:

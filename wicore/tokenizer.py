@@ -116,8 +116,8 @@ class Tokenizer:
         chat_template: str | None,
     ) -> None:
         self._backend = backend
-        self._tokens = tokens
-        self._types = token_types
+        # One byte per token, not a list of 262k Python strings (the backend already holds the spellings).
+        self._types = bytes(token_types)
         self._byte_level = byte_level
         self._pieces: dict[int, bytes | int | str] = {}  # filled lazily by _piece
         self.vocab_size = len(tokens)
@@ -211,7 +211,7 @@ class Tokenizer:
         """What a token adds to decoded text: bytes (byte-level BPE), one fallback byte (an int) or text."""
         piece = self._pieces.get(token_id)
         if piece is None:
-            token = self._tokens[token_id]
+            token = self._backend.id_to_token(token_id)
             if self._byte_level:
                 table = _byte_decoder()
                 # As tokenizers' ByteLevel decoder: a token outside the alphabet (an added one) is its text.

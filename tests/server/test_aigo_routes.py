@@ -11,7 +11,7 @@ import pytest
 
 from tests.fake_engine import REPLY, FakeEngine, in_process
 from tests.helpers import EMBED, FRANCE, MODEL, assert_error
-from wicore.engine.messages import EngineRequest, Priority
+from wicore.engine.request import EngineRequest, FinishReason, Priority
 
 pytestmark = pytest.mark.anyio
 MODEL_ID = f"wicore:{MODEL}"
@@ -168,7 +168,7 @@ async def test_chat_stream(engine: FakeEngine, path: str, extra: dict) -> None:
 
 
 async def test_error_mid_stream_is_one_line_without_done(engine: FakeEngine) -> None:
-    engine.finish = "timeout"
+    engine.finish = FinishReason.TIMEOUT
     async with in_process(engine) as client:
         events = await sse(client, "/api/v1/chat/stream", {"messages": FRANCE})
     assert events[-1]["error"]["code"] == "408" and "error" not in events[0]

@@ -16,7 +16,8 @@ from openai.types import CreateEmbeddingResponse
 
 from tests.helpers import EMBED, embedding_path, story
 from tests.live_server import Server, Streamer, serve, wait_for_status
-from wicore.engine.messages import EmbedOutput, EmbedRequest, Priority
+from wicore.engine.messages import EmbedOutput, EmbedRequest
+from wicore.engine.request import Priority
 from wicore.engine.worker import Embedder
 from wicore.models.embedding import EmbeddingModel
 

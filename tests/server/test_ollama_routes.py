@@ -11,7 +11,7 @@ import pytest
 
 from tests.fake_engine import REPLY, FakeEngine, in_process
 from tests.helpers import EMBED, FRANCE, MODEL, OLLAMA_FINAL_KEYS, assert_error
-from wicore.engine.messages import EngineRequest, Priority
+from wicore.engine.request import EngineRequest, FinishReason, Priority
 from wicore.models import registry
 
 pytestmark = pytest.mark.anyio
@@ -76,7 +76,7 @@ async def test_empty_prompt_or_messages_only_load(engine: FakeEngine) -> None:
 
 
 async def test_error_mid_stream_is_ollamas_own_line(engine: FakeEngine) -> None:
-    engine.finish = "timeout"
+    engine.finish = FinishReason.TIMEOUT
     async with in_process(engine) as client:
         chunks = await ndjson(client, "/api/chat", {"model": MODEL, "messages": FRANCE})
     assert chunks[0]["done"] is False and set(chunks[-1]) == {"error"} and "timed out" in chunks[-1]["error"]

@@ -14,7 +14,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from tests.fake_engine import REPLY, FakeEngine, in_process
 from tests.helpers import EMBED, FRANCE, MODEL, assert_error
 from wicore.engine.client import EngineUnavailable, QueueFull
-from wicore.engine.messages import EngineRequest, Priority
+from wicore.engine.request import EngineRequest, FinishReason, Priority
 
 pytestmark = pytest.mark.anyio
 
@@ -162,8 +162,8 @@ async def test_refusals_keep_their_status(engine: FakeEngine, refusal: Exception
         assert e.status_code == status
 
 
-@pytest.mark.parametrize(("finish", "status"), [("timeout", 408), ("error", 500)])
-async def test_failures_in_the_envelope_and_mid_stream(engine: FakeEngine, finish: str, status: int) -> None:
+@pytest.mark.parametrize(("finish", "status"), [(FinishReason.TIMEOUT, 408), (FinishReason.ERROR, 500)])
+async def test_failures_in_the_envelope_and_mid_stream(engine: FakeEngine, finish: FinishReason, status: int) -> None:
     engine.finish = finish
     async with in_process(engine) as client:
         r = await chat(client, max_tokens=8)
@@ -172,12 +172,12 @@ async def test_failures_in_the_envelope_and_mid_stream(engine: FakeEngine, finis
             events = await sse_events(s)
     assert events[-1] == "[DONE]"
     assert json.loads(events[-2])["error"]["code"] == str(status)
-    if finish == "timeout":
+    if finish == FinishReason.TIMEOUT:
         assert "timed out" in json.loads(events[-2])["error"]["message"]
 
 
 async def test_a_dead_engine_is_503(engine: FakeEngine) -> None:
-    engine.finish, engine.ready = "error", False
+    engine.finish, engine.ready = FinishReason.ERROR, False
     async with in_process(engine) as client:
         r = await chat(client, max_tokens=8)
     assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"

@@ -11,7 +11,8 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import ValidationError
 
-from wicore.engine.messages import Priority, SchedulerStats
+from wicore.engine.messages import SchedulerStats
+from wicore.engine.request import Priority
 from wicore.server.errors import APIError, validation_error
 from wicore.server.middleware import SlidingWindowLimiter
 from wicore.server.monitoring import StatusResponse

@@ -1,12 +1,14 @@
 """The HTTP process's handle on the engine worker process.
 
 `generate()` is an async iterator over a request's outputs; `embed()` awaits
-one embedding request's result.  A reader thread
-takes the worker's messages off a multiprocessing queue and hands them to the
-event loop; the loop itself never blocks on the engine.  The client also
-enforces the bounded queue (429), the deadline (in case the worker stalls),
-and, when the worker dies, ends every in-flight request with an error and
-starts a new worker.
+one embedding request's result.  Only token ids cross to the worker and back:
+the client is the output processor (vLLM's), which owns the tokenizer, turns
+each request's tokens into text, cuts stop strings and, on a stop string,
+cancels the request in the worker.  A reader thread takes the worker's
+messages off a multiprocessing queue and hands them to the event loop; the
+loop itself never blocks on the engine.  The client also enforces the bounded
+queue (429), the deadline (in case the worker stalls), and, when the worker
+dies, ends every in-flight request with an error and starts a new worker.
 """
 
 from __future__ import annotations
@@ -24,19 +26,10 @@ from typing import Any
 
 from wicore.config import Settings
 from wicore.engine import worker
-from wicore.engine.messages import (
-    Cancel,
-    EmbedOutput,
-    EmbedRequest,
-    EngineRequest,
-    Ready,
-    RequestOutput,
-    SchedulerStats,
-)
-from wicore.models import registry
-from wicore.models.config import ModelConfig
-from wicore.models.prepared import metadata
-from wicore.tokenizer import Tokenizer
+from wicore.engine.core import prepare
+from wicore.engine.detokenizer import Detokenizer
+from wicore.engine.messages import Cancel, EmbedOutput, EmbedRequest, Ready, SchedulerStats
+from wicore.engine.request import EngineOutput, EngineRequest, FinishReason, RequestOutput
 
 log = logging.getLogger("wicore.engine")
 # Past its deadline the worker ends a request itself; the client waits this much longer before
@@ -55,18 +48,14 @@ class QueueFull(Exception):
 class EngineClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        path = registry.resolve(settings.model.name)
-        meta = metadata(path)
-        self.tokenizer = Tokenizer.from_metadata(meta, str(path))
-        config = ModelConfig.from_metadata(meta)
+        self.tokenizer, _, self.engine_config = prepare(settings.model, settings.scheduler)
         self.model_name = settings.model.name
-        self.max_model_len = min(settings.model.max_model_len, config.context_length)
+        self.max_model_len = self.engine_config.max_model_len
         self.created = int(time.time())
         self.started_at = time.time()
         self.stats = SchedulerStats(running=False)
-        self.restarts = 0
         self._ready = False
-        self._streams: dict[str, asyncio.Queue[RequestOutput]] = {}
+        self._streams: dict[str, asyncio.Queue[EngineOutput]] = {}
         self._embeds: dict[str, asyncio.Future[EmbedOutput]] = {}
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(4)
@@ -107,11 +96,6 @@ class EngineClient:
         if self._reader is not None:
             await asyncio.to_thread(self._reader.join, 5)
 
-    def kill_worker(self) -> None:
-        """Kill the worker process (for fault tests and operators); it is restarted automatically."""
-        if self._proc is not None:
-            self._proc.kill()
-
     def _check_admission(self) -> None:
         if not self.ready:
             raise EngineUnavailable("the engine is not ready (model loading or worker restarting)")
@@ -121,21 +105,28 @@ class EngineClient:
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
         self._check_admission()
-        stream: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        stream: asyncio.Queue[EngineOutput] = asyncio.Queue()
         self._streams[request.request_id] = stream
+        detokenizer = Detokenizer(self.tokenizer, request.params.stop)
         finished = False
         try:
             self._requests.put(request)
             while not finished:
                 timeout = None if request.deadline is None else request.deadline - time.time() + DEADLINE_GRACE
                 try:
-                    out = await asyncio.wait_for(stream.get(), timeout)
+                    engine_out = await asyncio.wait_for(stream.get(), timeout)
                 except TimeoutError:
-                    out = RequestOutput(
-                        request.request_id, "", [], finish_reason="timeout",
-                        error=f"request timed out after {request.deadline - request.arrival:g} s",  # type: ignore[operator]
+                    assert request.deadline is not None  # only a deadline sets a timeout
+                    elapsed = request.deadline - request.arrival
+                    engine_out = EngineOutput(
+                        request.request_id, [], finish_reason=FinishReason.TIMEOUT,
+                        error=f"request timed out after {elapsed:g} s",
                     )  # fmt: skip
+                out = detokenizer.process(engine_out)
                 finished = out.finish_reason is not None
+                if finished and engine_out.finish_reason is None:
+                    # A stop string: the worker still runs the request; end it there too.
+                    self._requests.put(Cancel(request.request_id, FinishReason.STOP))
                 yield out
         finally:
             self._streams.pop(request.request_id, None)
@@ -154,7 +145,8 @@ class EngineClient:
             try:
                 out = await asyncio.wait_for(future, timeout)
             except TimeoutError:
-                elapsed = request.deadline - request.arrival  # type: ignore[operator]
+                assert request.deadline is not None  # only a deadline sets a timeout
+                elapsed = request.deadline - request.arrival
                 out = EmbedOutput(request.request_id, None, error=f"request timed out after {elapsed:g} s")
             finished = True
             return out
@@ -171,7 +163,7 @@ class EngineClient:
         self._outputs = ctx.Queue()
         self._proc = ctx.Process(
             target=worker.run,
-            args=(self.settings.model_dump(), self._requests, self._outputs),
+            args=(self.settings.model_dump(), self.engine_config, self._requests, self._outputs),
             name="wicore-engine",
             daemon=True,
         )
@@ -197,7 +189,6 @@ class EngineClient:
 
     def _dispatch(self, msg: object) -> None:
         if isinstance(msg, Ready):
-            self.max_model_len = msg.max_model_len
             self.created = int(time.time())
             self._ready = True
             log.info("engine ready: %s", msg.model)
@@ -216,11 +207,12 @@ class EngineClient:
 
     def _on_worker_death(self, exitcode: int | None) -> None:
         self._ready = False
-        self.restarts += 1
         self.stats = SchedulerStats(running=False)
         log.error("engine worker died (exit code %s); restarting it", exitcode)
         for request_id, stream in list(self._streams.items()):
-            stream.put_nowait(RequestOutput(request_id, "", [], finish_reason="error", error="the engine worker died"))
+            stream.put_nowait(
+                EngineOutput(request_id, [], finish_reason=FinishReason.ERROR, error="the engine worker died")
+            )
         for request_id, future in list(self._embeds.items()):
             if not future.done():
                 future.set_result(EmbedOutput(request_id, None, error="the engine worker died"))

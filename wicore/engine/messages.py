@@ -1,37 +1,19 @@
 """What crosses the queues between the HTTP process and the engine worker process.
 
-HTTP -> worker: EngineRequest (a prompt to generate from), EmbedRequest (texts
-to embed) and Cancel (either).
-Worker -> HTTP: Ready once the model is loaded, a list of RequestOutput and
-EmbedOutput after every engine step (new text and tokens of each running
-request, finished embeddings), and SchedulerStats snapshots for /status and
-/metrics.
+HTTP -> worker: EngineRequest (prompt token ids to generate from; engine/request.py),
+EmbedRequest (texts to embed) and Cancel (either).
+Worker -> HTTP: Ready once the model is loaded, a list of EngineOutput and
+EmbedOutput after every engine step (new token ids of each running request,
+finished embeddings), and SchedulerStats snapshots for /status and /metrics.
+Only token ids cross for generation: the HTTP process owns the tokenizer.
 All are plain picklable dataclasses.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
-from wicore.engine.sampling import SamplingParams
-
-
-class Priority(enum.IntEnum):
-    LOW = 0
-    NORMAL = 1
-    HIGH = 2
-    URGENT = 3
-
-
-@dataclass
-class EngineRequest:
-    request_id: str
-    prompt_ids: list[int]
-    params: SamplingParams
-    priority: Priority = Priority.NORMAL
-    arrival: float = 0.0  # time.time() when the HTTP process received it
-    deadline: float | None = None  # time.time() after which the request is ended as "timeout"
+from wicore.engine.request import FinishReason, Priority
 
 
 @dataclass
@@ -47,31 +29,12 @@ class EmbedRequest:
 @dataclass
 class Cancel:
     request_id: str
+    reason: FinishReason = FinishReason.ABORT  # STOP when the request's text reached a stop string
 
 
 @dataclass
 class Ready:
     model: str
-    max_model_len: int
-    vocab_size: int
-
-
-@dataclass
-class RequestOutput:
-    """One request's progress in one engine step."""
-
-    request_id: str
-    text: str  # new text since the last output (stop strings already cut)
-    token_ids: list[int]  # new tokens since the last output
-    logprobs: list[float] = field(default_factory=list)  # one per new token
-    # Per new token, the top `params.logprobs` (token id, logprob) alternatives, when asked for.
-    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
-    # None while running; else "stop", "length", "abort" (cancelled), "timeout" or "error".
-    finish_reason: str | None = None
-    error: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0  # total so far
-    cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from wicore.kernels.sampling import RowParams
+
 
 def _check(ok: bool, name: str, message: str) -> None:
     if not ok:
@@ -89,19 +91,14 @@ class SamplingParams:
             f"must be None or an int in [0, 20], got {self.logprobs!r}",
         )
 
-    @property
-    def is_greedy(self) -> bool:
-        return self.temperature == 0.0
-
-    def kernel_row(self) -> tuple[float, ...]:
-        """The 8 floats of this request's row of the kernel's `params` array."""
-        return (
-            float(self.temperature),
-            float(self.top_k),
-            float(self.top_p),
-            float(self.min_p),
-            float(self.repetition_penalty),
-            float(self.frequency_penalty),
-            float(self.presence_penalty),
-            0.0,
+    def kernel_params(self) -> RowParams:
+        """This request's row of the sampling kernel's `params` array."""
+        return RowParams(
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty,
         )

@@ -1,28 +1,18 @@
-"""One request's token state as it moves through the engine."""
+"""A request while the engine runs it: its tokens, its KV blocks and its place in the schedule."""
 
 from __future__ import annotations
 
-import enum
-import itertools
 import random
 from dataclasses import dataclass, field
 
+from wicore.engine.request import EngineRequest, Priority
 from wicore.engine.sampling import SamplingParams
 
-_ids = itertools.count()
 
-
-class FinishReason(str, enum.Enum):
-    STOP = "stop"  # a stop token or stop string
-    LENGTH = "length"  # max_tokens or the context length
-    ABORT = "abort"
-
-
-@dataclass
+@dataclass(eq=False)  # identity semantics: lists of these are searched by `in`
 class Sequence:
-    prompt_ids: list[int]
-    params: SamplingParams
-    seq_id: int = field(default_factory=lambda: next(_ids))
+    request: EngineRequest
+    stop_ids: frozenset[int] = frozenset()  # tokens that end it: the request's own, plus eos unless ignore_eos
     output_ids: list[int] = field(default_factory=list)
     output_logprobs: list[float] = field(default_factory=list)
     output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # when params.logprobs
@@ -31,12 +21,26 @@ class Sequence:
     num_cached_prompt: int = 0  # prompt tokens whose K/V came from the prefix cache
     block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache hashes of full blocks, as far as known
     cached_blocks: int = 0  # leading blocks of block_table findable in the prefix cache
-    finish_reason: FinishReason | None = None
     rng_seed: int = -1  # the request's seed, or a random one: fixed for the sequence's life
+    admitted_at: float = 0.0  # time.time() when it last got KV blocks
+    sent_tokens: int = 0  # output tokens already reported in an EngineOutput
 
     def __post_init__(self) -> None:
         if self.rng_seed < 0:
-            self.rng_seed = self.params.seed if self.params.seed is not None else random.getrandbits(63)
+            seed = self.request.params.seed
+            self.rng_seed = seed if seed is not None else random.getrandbits(63)
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.request.prompt_ids
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.request.params
 
     @property
     def token_ids(self) -> list[int]:
@@ -56,11 +60,12 @@ class Sequence:
         """True while more than the newest token waits: a prompt, or a recompute after preemption."""
         return self.num_pending > 1
 
+    def effective_priority(self, now: float, aging: float) -> int:
+        """The request's priority, raised one level for every `aging` seconds it has waited."""
+        waited = max(0.0, now - self.request.arrival)
+        return min(int(Priority.URGENT), int(self.request.priority) + int(waited // aging))
+
     def preempt(self) -> None:
         """Drop the cached state; the caller releases the blocks. Tokens are recomputed on resume."""
         self.num_computed = 0
         self.cached_blocks = 0
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None

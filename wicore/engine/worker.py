@@ -1,4 +1,4 @@
-"""The engine worker process: loads the model, then runs scheduler steps until told to stop.
+"""The engine worker process: builds the EngineCore, then steps it until told to stop.
 
 It owns every Mojo call, so the HTTP process's event loop never waits on
 model compute (Mojo calls hold the GIL).  Between steps it drains the request
@@ -20,39 +20,18 @@ from multiprocessing.queues import Queue
 from typing import Any
 
 from wicore.config import Settings
-from wicore.engine.messages import Cancel, EmbedOutput, EmbedRequest, EngineRequest, Ready, RequestOutput
-from wicore.engine.model_runner import ModelRunner
-from wicore.engine.scheduler import Scheduler
+from wicore.engine.core import EngineConfig, EngineCore
+from wicore.engine.messages import Cancel, EmbedOutput, EmbedRequest, Ready
+from wicore.engine.request import EngineOutput, EngineRequest
 from wicore.logging import setup_logging
 from wicore.models import registry
 from wicore.models.embedding import EmbeddingModel
-from wicore.models.prepared import load_prepared
-from wicore.models.transformer import Transformer
-from wicore.tokenizer import Tokenizer
 
 STATS_INTERVAL = 0.1  # seconds between scheduler snapshots sent to the HTTP process
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 MAX_EMBED_TEXTS = 256  # texts per embedding step: bounds how long one step delays generation
 
 log = logging.getLogger("wicore.worker")
-
-
-def _load(settings: Settings) -> tuple[Scheduler, Ready]:
-    path = registry.resolve(settings.model.name)
-    config, meta, weights = load_prepared(path)
-    tokenizer = Tokenizer.from_metadata(meta, str(path))
-    max_model_len = min(settings.model.max_model_len, config.context_length)
-    block_size = 16
-    tokens = max(settings.model.kv_cache_tokens, max_model_len)
-    runner = ModelRunner(
-        Transformer(config, weights),
-        -(-tokens // block_size),
-        block_size,
-        settings.scheduler.enable_prefix_caching,
-        settings.model.kv_cache_dtype,
-    )
-    scheduler = Scheduler(runner, tokenizer, settings.scheduler, max_model_len)
-    return scheduler, Ready(settings.model.name, max_model_len, config.vocab_size)
 
 
 class Embedder:
@@ -113,20 +92,22 @@ class Embedder:
         return outputs
 
 
-def run(settings_data: dict[str, Any], requests: Queue, outputs: Queue) -> None:
-    """Process entry point (spawned): `None` on the request queue stops it."""
+def run(settings_data: dict[str, Any], config: EngineConfig, requests: Queue, outputs: Queue) -> None:
+    """Process entry point (spawned): `None` on the request queue stops it.  The worker has no
+    tokenizer: token ids come in, token ids go out (`config` carries the end-of-sequence ids)."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # Mojo owns the cores
     # Ctrl+C reaches the whole process group; the HTTP process decides when the worker stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = Settings(**settings_data)
     setup_logging(settings.logging)
-    scheduler, ready = _load(settings)
+    core = EngineCore.load(config)
+    scheduler = core.scheduler
     embedder = Embedder()
-    outputs.put(ready)
+    outputs.put(Ready(settings.model.name))
     last_stats = 0.0
     while True:
         # Block only when idle; otherwise take what has arrived and go on stepping.
-        batch: list[RequestOutput | EmbedOutput] = []
+        batch: list[EngineOutput | EmbedOutput] = []
         idle = not (scheduler.has_work() or embedder.has_work())
         try:
             msg = requests.get(timeout=STATS_INTERVAL) if idle else requests.get_nowait()
@@ -139,7 +120,7 @@ def run(settings_data: dict[str, Any], requests: Queue, outputs: Queue) -> None:
                 elif isinstance(msg, EmbedRequest):
                     embedder.add(msg)
                 elif isinstance(msg, Cancel) and not embedder.cancel(msg.request_id):
-                    out = scheduler.cancel(msg.request_id)
+                    out = scheduler.cancel(msg.request_id, msg.reason)
                 if out is not None:
                     batch.append(out)
                 msg = requests.get_nowait()
@@ -148,7 +129,7 @@ def run(settings_data: dict[str, Any], requests: Queue, outputs: Queue) -> None:
         batch += embedder.step()
         if scheduler.has_work():
             try:
-                batch += scheduler.step()
+                batch += core.step()
             except Exception:  # a bug or a kernel error: fail the requests, keep serving
                 log.error("engine step failed:\n%s", traceback.format_exc())
                 batch += scheduler.abort_all("internal engine error")
@@ -156,7 +137,7 @@ def run(settings_data: dict[str, Any], requests: Queue, outputs: Queue) -> None:
             outputs.put(batch)
         now = time.monotonic()
         # A finished request changes what /status shows: report it at once.
-        finished = any(isinstance(out, RequestOutput) and out.finish_reason for out in batch)
+        finished = any(isinstance(out, EngineOutput) and out.finish_reason for out in batch)
         if now - last_stats >= STATS_INTERVAL or finished:
             outputs.put(scheduler.snapshot())
             last_stats = now

@@ -5,18 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from wicore.kernels import build
-from wicore.kernels._arrays import require
+from wicore.kernels.checks import kernel_error, require
 from wicore.kernels.pool import thread_pool
 
 _F32 = np.dtype(np.float32)
 _F16 = np.dtype(np.float16)
 _I32 = np.dtype(np.int32)
-# Error codes returned by the Mojo kernel's index check (it writes nothing then).
-_INDEX_ERRORS = {
-    1: "token_seq: entry outside the rows of block_tables",
-    2: "token_pos: position outside what block_tables can address",
-    3: "block_tables: a block the tokens attend to is outside the cache",
-}
 
 
 def paged_attention(
@@ -75,15 +69,13 @@ def paged_attention(
     if n_tok == 0:
         return
     n_seqs, max_blocks = block_tables.shape
-    pool = thread_pool()
-    dims = np.array(
-        [n_tok, n_heads, n_kv, head_dim, block_size, n_seqs, max_blocks, num_slots // block_size, sliding_window]
-        + [pool & 0xFFFFFFFF, pool >> 32]  # the thread pool's address, as two uint32 halves
-        + [int(k_cache.dtype == _F16)],
-        np.uint32,
-    ).view(np.int32)
-    code = build.load("attention").paged_attention(
-        q, k_cache, v_cache, block_tables, token_seq, token_pos, out, dims, float(scale)
-    )
-    if code:
-        raise ValueError(_INDEX_ERRORS[int(code)])
+    dims = (
+        n_tok, n_heads, n_kv, head_dim, block_size, n_seqs, max_blocks, num_slots // block_size, sliding_window,
+        thread_pool(), int(k_cache.dtype == _F16),
+    )  # fmt: skip
+    try:
+        build.load("attention").paged_attention(
+            q, k_cache, v_cache, block_tables, token_seq, token_pos, out, dims, float(scale)
+        )
+    except Exception as e:  # an index outside block_tables or the cache: nothing was written
+        raise kernel_error(e) from None

@@ -99,10 +99,11 @@ def _mojo() -> str:
     return found
 
 
-def source_hash(target: Target | None = None) -> str:
+def source_hash(target: Target | None = None, source_dir: Path = SOURCE_DIR) -> str:
     target = target or TARGET
     h = hashlib.sha256()
-    for path in sorted(SOURCE_DIR.glob("*.mojo")):
+    dirs = [SOURCE_DIR] if source_dir == SOURCE_DIR else [SOURCE_DIR, source_dir]
+    for path in [p for d in dirs for p in sorted(d.glob("*.mojo"))]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     h.update(target.key.encode())
@@ -115,10 +116,13 @@ def source_hash(target: Target | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def build(name: str, force: bool = False, target: Target | None = None) -> Path:
-    """Compile kernel module `name` for `target` (default TARGET) if its cached build is stale."""
+def build(name: str, force: bool = False, target: Target | None = None, source_dir: Path = SOURCE_DIR) -> Path:
+    """Compile kernel module `name` for `target` (default TARGET) if its cached build is stale.
+
+    `source_dir` holds `name`.mojo when it is not one of the kernels (a benchmark's module); it
+    imports from the kernels' folder all the same, and its files join the cache key."""
     target = target or TARGET
-    out = BUILD_DIR / source_hash(target) / f"{name}.so"
+    out = BUILD_DIR / source_hash(target, source_dir) / f"{name}.so"
     if out.exists() and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +132,7 @@ def build(name: str, force: bool = False, target: Target | None = None) -> Path:
             return out
         tmp = out.with_suffix(".tmp.so")
         cmd = [
-            _mojo(), "build", str(SOURCE_DIR / f"{name}.mojo"), "--emit", "shared-lib",
+            _mojo(), "build", str(source_dir / f"{name}.mojo"), "--emit", "shared-lib",
             "-I", str(SOURCE_DIR), "--target-cpu", target.cpu, "-o", str(tmp),
         ]  # fmt: skip
         if target.features:
@@ -149,15 +153,19 @@ def load(name: str) -> ModuleType:
     """Build kernel module `name` for TARGET if needed, then import it."""
     modules = _loaded.setdefault(TARGET, {})
     if name not in modules:
-        path = build(name)
-        loader = importlib.machinery.ExtensionFileLoader(name, str(path))
-        spec = importlib.util.spec_from_file_location(name, path, loader=loader)
-        assert spec is not None
-        module = importlib.util.module_from_spec(spec)
-        loader.exec_module(module)
-        _restore_environment()
-        modules[name] = module
+        modules[name] = import_extension(name, build(name))
     return modules[name]
+
+
+def import_extension(name: str, path: Path) -> ModuleType:
+    """Import the built extension module `name` from `path`."""
+    loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    _restore_environment()
+    return module
 
 
 # Loading a Mojo module sets these in the C environment (not in os.environ), e.g. PYTHONEXECUTABLE

@@ -1,4 +1,4 @@
-"""Layer kernels: rmsnorm, fused residual + rmsnorm, rotary embedding, silu * up, softmax.
+"""Layer kernels: rmsnorm, fused residual + rmsnorm, rotary embedding, silu * up.
 
 These are called ~100 times per decoded token, so the checks here are kept to the
 few the Mojo side needs to stay in bounds (dtype, shape, C-contiguity, writability).
@@ -9,68 +9,59 @@ from __future__ import annotations
 import numpy as np
 
 from wicore.kernels import build
-from wicore.kernels._arrays import require
+from wicore.kernels.checks import require, require_ndim, require_writable
 
 _F32 = np.dtype(np.float32)
 _I32 = np.dtype(np.int32)
 
 
-# require()'s generic shape match costs ~0.6 us per array, more than most of these kernels
-# take on one row, so it checks dtype and contiguity and the exact shapes are compared here.
-def _check(a: np.ndarray, dtype: np.dtype, name: str, shape: tuple[int, ...]) -> None:
-    require(a, dtype, name)
-    if a.shape != shape:
-        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
-
-
-def _dims(a: np.ndarray, name: str, ndim: int) -> tuple[int, ...]:
-    require(a, _F32, name)
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected shape with {ndim} dims, got {a.shape}")
-    return a.shape
-
-
-def _writable(a: np.ndarray, name: str) -> None:
-    if not a.flags.writeable:
-        raise ValueError(f"{name}: array is read-only")
-
-
 def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray) -> None:
     """out = x / sqrt(mean(x^2, axis=-1) + eps) * weight for x, out float32 [M, K]; out may be x."""
-    m, k = _dims(x, "x", 2)
-    _check(weight, _F32, "weight", (k,))
-    _check(out, _F32, "out", (m, k))
-    _writable(out, "out")
-    build.load("layers").rmsnorm(x, weight, float(eps), out, m, k)
+    m, k = require_ndim(x, _F32, "x", 2)
+    require(weight, _F32, "weight", (k,))
+    require(out, _F32, "out", (m, k))
+    require_writable(out, "out")
+    build.load("layers").rmsnorm(x, weight, out, (m, k), float(eps))
 
 
 def add_rmsnorm(x: np.ndarray, delta: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray) -> None:
     """Residual add then norm: x += delta (in place), out = rmsnorm(x, weight, eps)."""
-    m, k = _dims(x, "x", 2)
-    _check(delta, _F32, "delta", (m, k))
-    _check(weight, _F32, "weight", (k,))
-    _check(out, _F32, "out", (m, k))
-    _writable(x, "x")
-    _writable(out, "out")
-    build.load("layers").add_rmsnorm(x, delta, weight, float(eps), out, m, k)
+    m, k = require_ndim(x, _F32, "x", 2)
+    require(delta, _F32, "delta", (m, k))
+    require(weight, _F32, "weight", (k,))
+    require(out, _F32, "out", (m, k))
+    require_writable(x, "x")
+    require_writable(out, "out")
+    build.load("layers").add_rmsnorm(x, delta, weight, out, (m, k), float(eps))
 
 
-def rope(x: np.ndarray, positions: np.ndarray, theta: float, neox: bool, n_rot: int | None = None) -> None:
-    """Rotary embedding in place on the first n_rot (default D) dims of each head of x float32 [T, H, D].
+def rope_table(positions: np.ndarray, theta: float, n_rot: int) -> np.ndarray:
+    """float32 [T, n_rot]: row t holds cos, then sin, of positions[t] * theta^(-2i/n_rot), i < n_rot/2.
 
-    positions: int32 [T]. neox=True rotates pairs (i, i + n_rot/2) (Qwen2, GPT-NeoX);
-    neox=False rotates pairs (2i, 2i + 1) (llama GGUF). Angle = pos * theta^(-2i/n_rot).
-    """
-    t, h, d = _dims(x, "x", 3)
-    _check(positions, _I32, "positions", (t,))
-    _writable(x, "x")
-    if n_rot is None:
-        n_rot = d
-    if n_rot <= 0 or n_rot > d or n_rot % 2:
-        raise ValueError(f"n_rot must be even and in (0, {d}], got {n_rot}")
+    Computed once per forward pass and RoPE base, then shared by the q and k of every layer."""
+    (t,) = require_ndim(positions, _I32, "positions", 1)
+    if n_rot <= 0 or n_rot % 2:
+        raise ValueError(f"n_rot must be even and positive, got {n_rot}")
     if not theta > 0:
         raise ValueError(f"theta must be positive, got {theta}")
-    build.load("layers").rope(x, positions, t, h, d, float(theta), int(bool(neox)), n_rot)
+    table = np.empty((t, n_rot), dtype=np.float32)
+    build.load("layers").rope_table(positions, table, (t, n_rot), float(theta))
+    return table
+
+
+def rope(x: np.ndarray, table: np.ndarray, neox: bool) -> None:
+    """Rotary embedding in place on the first n_rot dims of each head of x float32 [T, H, D], with
+    table = rope_table(positions, theta, n_rot).
+
+    neox=True rotates pairs (i, i + n_rot/2) (Qwen2, GPT-NeoX); neox=False rotates pairs (2i, 2i + 1)
+    (llama GGUF).
+    """
+    t, h, d = require_ndim(x, _F32, "x", 3)
+    rows, n_rot = require_ndim(table, _F32, "table", 2)
+    if rows != t or n_rot > d or n_rot <= 0 or n_rot % 2:
+        raise ValueError(f"table: expected shape ({t}, n_rot) with an even n_rot <= {d}, got {table.shape}")
+    require_writable(x, "x")
+    build.load("layers").rope(x, table, (t, h, d, int(bool(neox)), n_rot))
 
 
 def silu_mul(gate_up: np.ndarray, out: np.ndarray) -> None:
@@ -84,16 +75,9 @@ def gelu_tanh_mul(gate_up: np.ndarray, out: np.ndarray) -> None:
 
 
 def _glu_mul(gate_up: np.ndarray, out: np.ndarray, gelu: bool) -> None:
-    m, f2 = _dims(gate_up, "gate_up", 2)
+    m, f2 = require_ndim(gate_up, _F32, "gate_up", 2)
     if f2 % 2:
         raise ValueError(f"gate_up: last dim must be even (gate then up), got {f2}")
-    _check(out, _F32, "out", (m, f2 // 2))
-    _writable(out, "out")
-    build.load("layers").glu_mul(gate_up, out, m, f2 // 2, int(gelu))
-
-
-def softmax(x: np.ndarray) -> None:
-    """Row softmax in place on x float32 [M, N] (the row max is subtracted first)."""
-    m, n = _dims(x, "x", 2)
-    _writable(x, "x")
-    build.load("layers").softmax(x, m, n)
+    require(out, _F32, "out", (m, f2 // 2))
+    require_writable(out, "out")
+    build.load("layers").glu_mul(gate_up, out, (m, f2 // 2, int(gelu)))

@@ -10,7 +10,7 @@ from wicore.kernels import build
 
 @functools.cache
 def _pool(pid: int) -> int:
-    return int(build.load("matmul").start_pool(0))
+    return int(build.load("matmul").start_pool((0,)))
 
 
 def thread_pool() -> int:

@@ -8,25 +8,37 @@ top-k -> top-p -> min-p -> renormalise -> draw.  The draw uses a counter-based g
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from wicore.engine.sampling import SamplingParams
 from wicore.kernels import build
-from wicore.kernels._arrays import require
+from wicore.kernels.checks import kernel_error, require
 
-PARAMS_WIDTH = 8  # temperature, top_k, top_p, min_p, repetition, frequency, presence, unused
+
+class RowParams(NamedTuple):
+    """How the kernel picks one row's token: a row of its float32 `params` array, in this order."""
+
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 or -1 = off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # over history: logit > 0 divided, < 0 multiplied
+    frequency_penalty: float = 0.0  # over the generated part: logit -= count * frequency_penalty
+    presence_penalty: float = 0.0  # over the generated part: logit -= presence_penalty if count > 0
+
+
+PARAMS_WIDTH = 8  # the RowParams fields, then one unused float (sampling.mojo NPARAMS)
 
 _workspaces: dict[int, np.ndarray] = {}  # per vocabulary size; the kernel runs holding the GIL
-_seed_source = np.random.default_rng()
 
 
 def _workspace(vocab: int) -> np.ndarray:
     ws = _workspaces.get(vocab)
     if ws is None:
         # zeroed: the kernel keeps its token counters at zero between calls
-        ws = np.zeros(build.load("sampling").workspace_words(vocab), dtype=np.uint64)
+        ws = np.zeros(build.load("sampling").workspace_words((vocab,)), dtype=np.uint64)
         _workspaces[vocab] = ws
     return ws
 
@@ -47,7 +59,7 @@ def sample(
 ) -> None:
     """Sample one token per row of `logits` (float32 [B, V], biased and penalised in place).
 
-    params: float32 [B, 8], see PARAMS_WIDTH (SamplingParams.kernel_row gives a row).
+    params: float32 [B, PARAMS_WIDTH], rows of RowParams (pack_params builds it).
     seeds: uint64 [B] random stream per row; steps: int64 [B] token index, mixed into the draw.
     history: int32 [H], row b's tokens (prompt + generated) are history[history_offsets[b]:
     history_offsets[b + 1]], its generated ones from index output_start[b] of that slice.
@@ -75,21 +87,19 @@ def sample(
     if batch == 0:
         return
     ws = _workspace(vocab)
-    sizes = (batch, vocab, history.shape[0], bias_ids.shape[0], ws.shape[0])
+    dims = (batch, vocab, history.shape[0], bias_ids.shape[0], ws.shape[0])
     try:
         build.load("sampling").sample(
             logits, params, seeds, steps, history, history_offsets, output_start,
-            bias_ids, bias_values, bias_offsets, out_tokens, out_logprobs, ws, sizes,
+            bias_ids, bias_values, bias_offsets, out_tokens, out_logprobs, ws, dims,
         )  # fmt: skip
-    except Exception as e:
-        if type(e) is Exception:  # the kernel's own index checks arrive as plain Exception
-            raise ValueError(str(e)) from None
-        raise
+    except Exception as e:  # an offset or token id out of range: no row was sampled
+        raise kernel_error(e) from None
 
 
-def pack_params(params: Sequence[SamplingParams]) -> np.ndarray:
-    """The kernel's float32 [B, 8] params array for a batch of requests."""
-    return np.array([p.kernel_row() for p in params], dtype=np.float32).reshape(len(params), PARAMS_WIDTH)
+def pack_params(rows: Sequence[RowParams]) -> np.ndarray:
+    """The kernel's float32 [B, PARAMS_WIDTH] params array for a batch of rows."""
+    return np.array([(*r, 0.0) for r in rows], dtype=np.float32).reshape(len(rows), PARAMS_WIDTH)
 
 
 def pack_ragged(rows: Sequence[Sequence[int] | np.ndarray], dtype: type = np.int32) -> tuple[np.ndarray, np.ndarray]:
@@ -100,36 +110,12 @@ def pack_ragged(rows: Sequence[Sequence[int] | np.ndarray], dtype: type = np.int
     return values.astype(dtype, copy=False), offsets
 
 
-def pack_logit_bias(params: Sequence[SamplingParams]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(bias_ids int32 [L], bias_values float32 [L], bias_offsets int32 [B + 1]) for a batch."""
-    ids, offsets = pack_ragged([list(p.logit_bias) for p in params])
-    values, _ = pack_ragged([list(p.logit_bias.values()) for p in params], np.float32)
+def pack_logit_bias(biases: Sequence[Mapping[int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bias_ids int32 [L], bias_values float32 [L], bias_offsets int32 [B + 1]) for a batch of
+    token id -> bias maps."""
+    ids, offsets = pack_ragged([list(b) for b in biases])
+    values, _ = pack_ragged([list(b.values()) for b in biases], np.float32)
     return ids, values, offsets
-
-
-def sample_one(
-    logits_row: np.ndarray,
-    params: SamplingParams,
-    history: Sequence[int] | np.ndarray = (),
-    output_start: int = 0,
-    step: int = 0,
-) -> tuple[int, float]:
-    """Sample one token from a float32 [V] row (modified in place); returns (token, logprob).
-
-    history holds the prompt + generated tokens, the generated ones from `output_start`; a
-    request without a seed draws a fresh one."""
-    require(logits_row, np.float32, "logits_row", (-1,))
-    seed = params.seed if params.seed is not None else int(_seed_source.integers(0, 2**63))
-    hist, hist_offsets = pack_ragged([history])
-    bias_ids, bias_values, bias_offsets = pack_logit_bias([params])
-    token = np.zeros(1, dtype=np.int32)
-    logprob = np.zeros(1, dtype=np.float32)
-    sample(
-        logits_row.reshape(1, -1), pack_params([params]), np.array([seed], dtype=np.uint64),
-        np.array([step], dtype=np.int64), hist, hist_offsets, np.array([output_start], dtype=np.int32),
-        bias_ids, bias_values, bias_offsets, token, logprob,
-    )  # fmt: skip
-    return int(token[0]), float(logprob[0])
 
 
 def top_logprobs(logits_row: np.ndarray, k: int, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

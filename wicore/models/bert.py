@@ -21,7 +21,7 @@ from safetensors.numpy import load_file
 
 from wicore.kernels.encoder import add_layer_norm, attention, gelu, layer_norm
 from wicore.kernels.matmul import matmul
-from wicore.models.quant import DenseWeight
+from wicore.kernels.weights import DenseWeight
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from typing import Any
 import gguf
 import numpy as np
 
+from wicore.kernels.weights import DenseWeight, QuantWeight, SplitWeight, Weight
 from wicore.models.config import ModelConfig, read_metadata
-from wicore.models.quant import DenseWeight, QuantWeight, SplitWeight, Weight
 from wicore.models.registry import wicore_home
 from wicore.models.weights import LayerWeights, ModelWeights, load_weights
 
@@ -33,30 +34,66 @@ def _cache_dir(path: Path) -> Path:
     return wicore_home() / "prepared" / f"{path.stem}-{st.st_size:x}-{st.st_mtime_ns:x}-v{FORMAT_VERSION}"
 
 
+def _metadata_file(path: Path, suffix: str = ".metadata.json") -> Path:
+    cache = _cache_dir(path)
+    return cache.with_name(cache.name + suffix)
+
+
+def _is_vocabulary(key: str, value: Any) -> bool:
+    """The tokenizer's per-token arrays (tokens, scores, types, merges): most of the metadata's bytes."""
+    return key.startswith("tokenizer.ggml.") and isinstance(value, list)
+
+
+def remove_stale_caches(path: Path) -> None:
+    """Delete this model's caches from older files or format versions, and abandoned temporaries.
+
+    Processes still mapping a deleted cache keep their pages (unlinked files live until unmapped)."""
+    current = _cache_dir(path).name
+    mine = re.compile(rf"{re.escape(path.stem)}-[0-9a-f]+-[0-9a-f]+-v\d+(\.metadata\.json|\.vocab\.json|\.tmp(\d+))?")
+    keep = {current, _metadata_file(path).name, _metadata_file(path, ".vocab.json").name}
+    for entry in _cache_dir(path).parent.iterdir():
+        match = mine.fullmatch(entry.name)
+        if not match or entry.name in keep:
+            continue
+        if match[2] and Path(f"/proc/{match[2]}").exists():  # another process is preparing it right now
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def metadata(path: Path, reader: gguf.GGUFReader | None = None) -> dict[str, Any]:
-    """The GGUF file's key/value metadata, parsed once and then read from a JSON cache."""
-    cached = _cache_dir(path).with_suffix(".metadata.json")
-    if cached.exists():
-        return json.loads(cached.read_text(encoding="utf-8"))
-    meta = read_metadata(reader if reader is not None else gguf.GGUFReader(path))
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(cached, json.dumps(meta, ensure_ascii=False))
+def metadata(path: Path, reader: gguf.GGUFReader | None = None, vocabulary: bool = True) -> dict[str, Any]:
+    """The GGUF file's key/value metadata, parsed once and then read from a JSON cache.
+
+    vocabulary=False leaves out the tokenizer's per-token arrays, for callers that need only the
+    model's shape: parsing a 262k-token vocabulary costs ~60 MB of short-lived Python objects."""
+    rest, vocab = _metadata_file(path), _metadata_file(path, ".vocab.json")
+    if not (rest.exists() and vocab.exists()):
+        meta = read_metadata(reader if reader is not None else gguf.GGUFReader(path))
+        rest.parent.mkdir(parents=True, exist_ok=True)
+        # The vocabulary first: the other file's presence marks both complete.
+        _atomic_write(vocab, json.dumps({k: v for k, v in meta.items() if _is_vocabulary(k, v)}, ensure_ascii=False))
+        _atomic_write(rest, json.dumps({k: v for k, v in meta.items() if not _is_vocabulary(k, v)}, ensure_ascii=False))
+        return meta
+    meta = json.loads(rest.read_text(encoding="utf-8"))
+    if vocabulary:
+        meta.update(json.loads(vocab.read_text(encoding="utf-8")))
     return meta
 
 
-def load_prepared(path: Path) -> tuple[ModelConfig, dict[str, Any], ModelWeights]:
-    """(config, metadata, weights) of a GGUF file, preparing the cache on first use."""
+def load_prepared(path: Path) -> tuple[ModelConfig, ModelWeights]:
+    """(config, weights) of a GGUF file, preparing the cache on first use."""
     cache = _cache_dir(path)
     if not (cache / "index.json").exists():
         _prepare(path, cache)
-    meta = metadata(path)
-    config = ModelConfig.from_metadata(meta)
+    config = ModelConfig.from_metadata(metadata(path, vocabulary=False))
     index = json.loads((cache / "index.json").read_text())
 
     def array(name: str) -> np.ndarray:
@@ -89,7 +126,7 @@ def load_prepared(path: Path) -> tuple[ModelConfig, dict[str, Any], ModelWeights
         output_norm=array("output_norm"),
         output=weight("output") if "output" in index else token_embd,
     )
-    return config, meta, weights
+    return config, weights
 
 
 def _kind(field: dataclasses.Field) -> type:
@@ -135,3 +172,4 @@ def _prepare(path: Path, cache: Path) -> None:
     (tmp / "index.json").write_text(json.dumps(index))
     shutil.rmtree(cache, ignore_errors=True)
     os.replace(tmp, cache)
+    remove_stale_caches(path)

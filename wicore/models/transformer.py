@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from wicore.kernels.attention import paged_attention
-from wicore.kernels.layers import add_rmsnorm, gelu_tanh_mul, rmsnorm, rope, silu_mul
+from wicore.kernels.layers import add_rmsnorm, gelu_tanh_mul, rmsnorm, rope, rope_table, silu_mul
 from wicore.kernels.matmul import matmul
 from wicore.models.config import ModelConfig
 from wicore.models.weights import ModelWeights
@@ -61,10 +61,6 @@ class KVCache:
             block_size=block_size,
         )
 
-    @staticmethod
-    def bytes_per_token(config: ModelConfig, dtype: KVDtype = "float16") -> int:
-        return 2 * config.n_layers * config.n_kv_heads * config.head_dim * np.dtype(dtype).itemsize
-
 
 class Transformer:
     def __init__(self, config: ModelConfig, weights: ModelWeights) -> None:
@@ -84,6 +80,9 @@ class Transformer:
         h = np.empty_like(x)  # normalised input of the next block
         rmsnorm(x, w.layers[0].attn_norm, c.rms_eps, h)
         glu = gelu_tanh_mul if c.ffn_act == "gelu_tanh" else silu_mul
+        # cos/sin per position, once per RoPE base (Gemma's local layers have their own).
+        thetas = [c.rope_theta_local if c.is_local(i) else c.rope_theta for i in range(c.n_layers)]
+        tables = {theta: rope_table(batch.positions, theta, c.head_dim) for theta in set(thetas)}
         for i, layer in enumerate(w.layers):
             local = c.is_local(i)
             # Attention: project, (normalise heads,) rotate, store K/V, attend over the cache.
@@ -94,9 +93,9 @@ class Transformer:
                 for heads, norm in ((q, layer.q_norm), (k, layer.k_norm)):
                     rows = heads.reshape(-1, c.head_dim)
                     rmsnorm(rows, norm, c.rms_eps, rows)
-            theta = c.rope_theta_local if local else c.rope_theta
-            rope(q, batch.positions, theta, c.rope_neox)
-            rope(k, batch.positions, theta, c.rope_neox)
+            table = tables[thetas[i]]
+            rope(q, table, c.rope_neox)
+            rope(k, table, c.rope_neox)
             kv.k[i][batch.slots] = k
             kv.v[i][batch.slots] = qkv[:, q_dim + kv_dim :].reshape(n_tok, c.n_kv_heads, c.head_dim)
             attn = np.empty_like(q)

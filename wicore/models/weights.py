@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import gguf
 import numpy as np
 
+from wicore.kernels.weights import Weight, concat_rows
 from wicore.models.config import ModelConfig
-from wicore.models.quant import Weight, concat_rows, repack
+from wicore.models.quant import repack
 
 
 @dataclass

@@ -19,7 +19,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from wicore.engine.messages import RequestOutput, SchedulerStats
+from wicore.engine.messages import SchedulerStats
+from wicore.engine.request import RequestOutput
 
 PREFIX = "wicore:"
 # vLLM's buckets, so percentiles line up with its dashboards.

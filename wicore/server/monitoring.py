@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from wicore import __version__
-from wicore.engine.messages import Priority, SchedulerStats
+from wicore.engine.messages import SchedulerStats
+from wicore.engine.request import Priority
 from wicore.server.service import GenerationService
 
 

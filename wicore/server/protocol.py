@@ -27,15 +27,12 @@ from pydantic import (
     model_serializer,
 )
 
-from wicore.engine.messages import Priority
+from wicore.engine.request import Priority, PriorityName
 from wicore.engine.sampling import SamplingParams
 from wicore.server.errors import APIError, validation_error
 
 MAX_STOP_SEQUENCES = 4
 CHAT_DEFAULT_MAX_TOKENS = 512  # the default of WiCore's API contract (and AIgo's)
-
-# A request's priority as clients write it; the engine's Priority by the same (upper-case) name.
-PriorityName = Literal["low", "normal", "high", "urgent"]
 
 
 def engine_priority(name: PriorityName) -> Priority:

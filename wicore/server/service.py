@@ -25,7 +25,8 @@ from pydantic import BaseModel
 
 from wicore.config import Settings
 from wicore.engine.client import EngineClient, EngineUnavailable, QueueFull
-from wicore.engine.messages import EmbedRequest, EngineRequest, Priority, RequestOutput
+from wicore.engine.messages import EmbedRequest
+from wicore.engine.request import EngineRequest, Priority, RequestOutput
 from wicore.server.catalogue import Catalogue
 from wicore.server.errors import APIError
 from wicore.server.metrics import Metrics, SequenceTimer

@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
-from wicore.engine.messages import RequestOutput
+from wicore.engine.request import RequestOutput
 from wicore.server.errors import APIError, ClientGone
 from wicore.server.middleware import ServerCounters
 

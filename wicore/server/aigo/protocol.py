@@ -11,12 +11,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
+from wicore.engine.request import PriorityName
 from wicore.server.catalogue import PROVIDER
 from wicore.server.protocol import (
     ChatMessage,
     DeltaMessage,
     PositiveInt,
-    PriorityName,
     SamplingRequest,
     StrictRequest,
     UsageInfo,

@@ -11,8 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from wicore.engine.request import PriorityName
 from wicore.server.errors import validation_error
-from wicore.server.protocol import PositiveInt, PriorityName, SamplingRequest
+from wicore.server.protocol import PositiveInt, SamplingRequest
 
 # Ollama's defaults for a model whose Modelfile sets none.
 DEFAULT_OPTIONS = {"temperature": 0.8, "top_p": 0.9, "top_k": 40}

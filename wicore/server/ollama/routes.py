@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from wicore import __version__
-from wicore.engine.messages import Priority
+from wicore.engine.request import Priority
 from wicore.models import registry
 from wicore.server.errors import APIError
 from wicore.server.ollama.protocol import (

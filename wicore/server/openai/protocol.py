@@ -11,12 +11,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
-from wicore.engine.messages import Priority
+from wicore.engine.request import Priority, PriorityName
 from wicore.server.protocol import (
     ChatMessage,
     DeltaMessage,
     PositiveInt,
-    PriorityName,
     SamplingRequest,
     StrictRequest,
     Temperature,

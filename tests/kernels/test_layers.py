@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.references import layers as ref
+from tests.kernels.references import layers as ref
 from wicore.kernels import layers
 
 # (M, K): decode rows, odd widths that leave SIMD tails, and 449 x 901, big enough for every
@@ -80,7 +80,9 @@ def test_rope(rng: np.random.Generator, neox: bool, theta: float, d: int, n_rot:
     x = _f32(rng, 5, 3, d)
     positions = np.array([0, 7, 30000, 3, 131071], np.int32)  # out of order, far apart
     expected = ref.rope(x, positions, theta, neox, n_rot)
-    layers.rope(x, positions, theta, neox, n_rot)
+    table = layers.rope_table(positions, theta, n_rot or d)
+    np.testing.assert_allclose(table, ref.rope_table(positions, theta, n_rot or d), rtol=1e-6, atol=1e-7)
+    layers.rope(x, table, neox)
     np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -90,14 +92,14 @@ def test_rope_threaded(rng: np.random.Generator, neox: bool) -> None:
     x = _f32(rng, t, h, d)
     positions = rng.permutation(40000)[:t].astype(np.int32)
     expected = ref.rope(x, positions, 1e6, neox, 62)
-    layers.rope(x, positions, 1e6, neox, 62)
+    layers.rope(x, layers.rope_table(positions, 1e6, 62), neox)
     np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_rope_position_zero_is_identity(rng: np.random.Generator) -> None:
     x = _f32(rng, 2, 3, 33 * 2)
     before = x.copy()
-    layers.rope(x, np.zeros(2, np.int32), 1e4, False)
+    layers.rope(x, layers.rope_table(np.zeros(2, np.int32), 1e4, 66), False)
     np.testing.assert_array_equal(x, before)
 
 
@@ -117,17 +119,6 @@ def test_gelu_tanh_mul(rng: np.random.Generator, m: int, f: int) -> None:
     out = np.full((m, f), np.nan, np.float32)
     layers.gelu_tanh_mul(gate_up, out)
     np.testing.assert_allclose(out, ref.gelu_tanh_mul(gate_up), rtol=2e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("m,n", [*ROW_SHAPES, (5, 1)])
-def test_softmax(rng: np.random.Generator, m: int, n: int) -> None:
-    x = _f32(rng, m, n, scale=20.0) + 1000.0  # naive exp would overflow
-    if n > 3:
-        x[0, 2] = -np.inf  # a masked entry
-    expected = ref.softmax(x)
-    layers.softmax(x)
-    np.testing.assert_allclose(x, expected, rtol=2e-6, atol=1e-12)
-    np.testing.assert_allclose(x.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_bad_inputs() -> None:
@@ -152,23 +143,27 @@ def test_bad_inputs() -> None:
 
     q = np.zeros((2, 3, 8), np.float32)
     pos = np.zeros(2, np.int32)
+    table = layers.rope_table(pos, 1e4, 8)
     with pytest.raises(ValueError, match="dtype"):
-        layers.rope(q, pos.astype(np.int64), 1e4, True)
+        layers.rope_table(pos.astype(np.int64), 1e4, 8)
     with pytest.raises(ValueError, match="shape"):
-        layers.rope(q, np.zeros(3, np.int32), 1e4, True)
+        layers.rope(q, layers.rope_table(np.zeros(3, np.int32), 1e4, 8), True)
     with pytest.raises(ValueError, match="contiguous"):
-        layers.rope(np.zeros((2, 3, 16), np.float32)[..., ::2], pos, 1e4, True)
-    for n_rot in (0, 7, 10):
+        layers.rope(np.zeros((2, 3, 16), np.float32)[..., ::2], table, True)
+    for n_rot in (0, 7):
         with pytest.raises(ValueError, match="n_rot"):
-            layers.rope(q, pos, 1e4, True, n_rot)
+            layers.rope_table(pos, 1e4, n_rot)
+    with pytest.raises(ValueError, match="n_rot"):
+        layers.rope(q, layers.rope_table(pos, 1e4, 10), True)
     with pytest.raises(ValueError, match="theta"):
-        layers.rope(q, pos, 0.0, True)
+        layers.rope_table(pos, 0.0, 8)
 
     with pytest.raises(ValueError, match="even"):
         layers.silu_mul(np.zeros((3, 33), np.float32), np.zeros((3, 16), np.float32))
     with pytest.raises(ValueError, match="shape"):
         layers.silu_mul(np.zeros((3, 34), np.float32), np.zeros((3, 16), np.float32))
+    # (these two checked the removed softmax kernel's arguments; the same checks on silu_mul's)
     with pytest.raises(ValueError, match="dtype"):
-        layers.softmax(np.zeros((3, 5), np.float16))
+        layers.silu_mul(np.zeros((3, 6), np.float16), np.zeros((3, 3), np.float32))
     with pytest.raises(ValueError, match="contiguous"):
-        layers.softmax(np.zeros((5, 3), np.float32).T)
+        layers.silu_mul(np.zeros((6, 3), np.float32).T, np.zeros((3, 3), np.float32))

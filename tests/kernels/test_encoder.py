@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.references import encoder as ref
+from tests.kernels.references import encoder as ref
 from wicore.kernels import encoder
 
 # (M, K): one row, SIMD tails, BERT's width, and 449 x 901, big enough to split over threads.

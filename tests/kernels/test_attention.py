@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.references.attention import paged_attention as reference
+from tests.kernels.references.attention import paged_attention as reference
 from wicore.kernels.attention import paged_attention
 
 

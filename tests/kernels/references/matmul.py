@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wicore.models.quant import Weight
+from wicore.kernels.weights import Weight
 
 
 def matmul(x: np.ndarray, weight: Weight, bias: np.ndarray | None = None) -> np.ndarray:

@@ -51,10 +51,26 @@ def test_batched_and_chunked_prefill_match_single_runs(llm: LLM) -> None:
     alone = [llm.generate([p], params)[0].token_ids for p in prompts]
     together = [c.token_ids for c in llm.generate(prompts, params)]
     assert together == alone
-    chunked = LLM.__new__(LLM)
-    chunked.__dict__.update(llm.__dict__)
-    chunked.max_batch_tokens = 3  # prompts run 3 tokens at a time, mixed with decodes
-    assert [c.token_ids for c in chunked.generate(prompts, params)] == alone
+    scheduler = llm.core.scheduler
+    settings = scheduler.settings
+    # Prompts run 3 tokens at a time, mixed with decodes (below the settings' minimum: model_copy skips it).
+    scheduler.settings = settings.model_copy(update={"max_batch_tokens": 3})
+    try:
+        assert [c.token_ids for c in llm.generate(prompts, params)] == alone
+    finally:
+        scheduler.settings = settings
+
+
+def test_a_full_kv_cache_preempts_and_keeps_outputs_exact(llm: LLM) -> None:
+    """The offline LLM runs the serving scheduler: a KV cache too small for the batch preempts
+    sequences (and recomputes them) instead of failing."""
+    prompts = ["Once upon a time", "def quicksort(arr):", "The three primary colors are"]
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    alone = [llm.generate([p], params)[0].token_ids for p in prompts]
+    small = LLM(MODEL, max_model_len=64, kv_cache_tokens=64)  # 4 blocks for three sequences of ~45 tokens
+    assert [c.token_ids for c in small.generate(prompts, params)] == alone
+    stats = small.core.scheduler.snapshot()
+    assert stats.preempted > 0 and stats.kv_blocks_free == stats.kv_blocks_total
 
 
 def test_stop_strings_and_max_tokens(llm: LLM) -> None:
@@ -77,7 +93,8 @@ def test_seeded_sampling_is_reproducible(llm: LLM) -> None:
 def test_prompt_longer_than_context_is_refused(llm: LLM) -> None:
     with pytest.raises(ValueError, match="context length"):
         llm.generate([list(range(100, 1200))], GREEDY)
-    assert llm.runner.blocks.num_free == llm.runner.blocks.num_blocks  # nothing leaked
+    blocks = llm.core.scheduler.blocks
+    assert blocks.num_free == blocks.num_blocks  # nothing leaked
 
 
 def test_cli_generate_streams_chat_answer_with_stats() -> None:
@@ -104,7 +121,7 @@ def test_repeated_prompt_reuses_cached_blocks(llm: LLM) -> None:
 
 
 GEMMA = "gemma-3-270m"
-GEMMA_REFERENCE = Path(__file__).parent / "data" / "gemma3_reference.json"  # scripts/make_gemma_reference.py
+GEMMA_REFERENCE = Path(__file__).parents[1] / "data" / "gemma3_reference.json"  # scripts/make_gemma_reference.py
 
 
 @pytest.fixture(scope="module")

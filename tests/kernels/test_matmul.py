@@ -14,10 +14,10 @@ from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize
 
 from tests.helpers import model_path
-from tests.references import matmul as ref
-from wicore.kernels import build
+from tests.kernels.references import matmul as ref
 from wicore.kernels.matmul import matmul
-from wicore.models.quant import DenseWeight, QuantWeight, SplitWeight, concat_rows, repack
+from wicore.kernels.weights import DenseWeight, QuantWeight, SplitWeight, concat_rows
+from wicore.models.quant import repack
 
 RNG = np.random.default_rng(1234)
 # x rows go 4 at a time: every remainder (1, 2, 3) after 0, 1 and several full blocks; dense: panel tiles.
@@ -26,13 +26,6 @@ M_SIZES = [1, 2, 5, 8, 9, 16, 17, 33]
 BLOCKS = {QT.Q8_0: (34, 32, (0,)), QT.Q5_0: (22, 32, (0,)), QT.Q6_K: (210, 256, (208,)), QT.Q4_K: (144, 256, (0, 2))}
 # K values per block size; N 1, 7, 131: partial 16-row tiles.
 K_SIZES = {32: [32, 96, 288, 896], 256: [256, 768]}
-
-
-@pytest.fixture(params=build.host_targets(build.cpu_flags()), ids=lambda t: t.isa)
-def isa(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test once per kernel build this CPU can execute (AVX2 always, AVX-512 VNNI, AMX)."""
-    monkeypatch.setattr(build, "TARGET", request.param)
-    return request.param.isa
 
 
 def random_blocks(qtype: QT, n: int, k: int) -> np.ndarray:

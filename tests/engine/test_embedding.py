@@ -16,7 +16,7 @@ from wicore.models import registry
 from wicore.models.embedding import MAX_BATCH_TOKENS, EmbeddingModel, _batches
 
 MODEL = "all-minilm-l6-v2"
-REFERENCE = json.loads((Path(__file__).parent / "data" / "embedding_reference.json").read_text())
+REFERENCE = json.loads((Path(__file__).parents[1] / "data" / "embedding_reference.json").read_text())
 TEXTS = [item["text"] for item in REFERENCE["items"]]
 EXPECTED = np.array([item["embedding"] for item in REFERENCE["items"]], dtype=np.float64)
 

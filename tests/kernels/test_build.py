@@ -22,6 +22,14 @@ def test_cache_key_follows_the_sources(tmp_path: Path, monkeypatch: pytest.Monke
     assert build.source_hash() != first
     monkeypatch.setattr(build, "TARGET", build.Target("x86-64-v4", "+avx512vnni", "avx512-vnni"))
     assert build.source_hash() != first
+    # A module outside the kernels' folder (a benchmark's) is keyed on both folders.
+    extra = tmp_path / "benchmarks"
+    extra.mkdir()
+    (extra / "b.mojo").write_text("def g(): pass\n")
+    with_extra = build.source_hash(source_dir=extra)
+    assert with_extra != build.source_hash()
+    (src / "a.mojo").write_text("def f(): pass\n")
+    assert build.source_hash(source_dir=extra) != with_extra
 
 
 def test_target_follows_the_feature_flags_not_the_cpu_name() -> None:

@@ -17,7 +17,7 @@ import pytest
 from wicore.models.registry import ModelError, resolve
 from wicore.tokenizer import Tokenizer
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "tokenizer_reference.json").read_text(encoding="utf-8"))
+REFERENCE = json.loads((Path(__file__).parents[1] / "data" / "tokenizer_reference.json").read_text(encoding="utf-8"))
 
 # What the reference file does not state: our own choices, and facts about the GGUF files.
 EXPECTED = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.references import sampling as ref
+from tests.kernels.references import sampling as ref
 from wicore.engine.sampling import SamplingParams
 from wicore.kernels import sampling as ks
 
@@ -22,9 +22,10 @@ def make_batch(
 ) -> dict[str, np.ndarray]:
     batch = logits.shape[0]
     if isinstance(params, np.ndarray):
-        p, bias = params, ks.pack_logit_bias([SamplingParams()] * batch)
+        p, bias = params, ks.pack_logit_bias([{}] * batch)
     else:
-        p, bias = ks.pack_params(params), ks.pack_logit_bias(params)
+        p = ks.pack_params([sp.kernel_params() for sp in params])
+        bias = ks.pack_logit_bias([sp.logit_bias for sp in params])
     history, offsets = ks.pack_ragged(histories if histories is not None else [[]] * batch)
     return {
         "logits": logits,
@@ -46,6 +47,18 @@ def run(args: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     tokens, logprobs = np.zeros(batch, np.int32), np.zeros(batch, np.float32)
     ks.sample(**{**args, "logits": args["logits"].copy()}, out_tokens=tokens, out_logprobs=logprobs)
     return tokens, logprobs
+
+
+def sample_one(
+    row: np.ndarray, sp: SamplingParams, history: list[int] | None = None, output_start: int = 0, step: int = 0
+) -> tuple[int, float]:
+    """One float32 [V] row through the batch kernel: (token, logprob)."""
+    args = make_batch(
+        [sp], row.reshape(1, -1), histories=[np.array(history or [], np.int32)], output_start=[output_start],
+        seeds=np.array([sp.seed], np.uint64), steps=np.array([step], np.int64),
+    )  # fmt: skip
+    tokens, logprobs = run(args)
+    return int(tokens[0]), float(logprobs[0])
 
 
 def tokens_of(params: list[SamplingParams], logits: np.ndarray, **kw: object) -> np.ndarray:
@@ -245,7 +258,7 @@ def test_logprob_is_under_the_tempered_untruncated_distribution() -> None:
     vocab = 1001
     row = (rng.standard_normal(vocab) * 2).astype(np.float32)
     sp = SamplingParams(temperature=0.7, top_k=20, seed=5)
-    token, logprob = ks.sample_one(row.copy(), sp)
+    token, logprob = sample_one(row, sp)
     ids, lps = ks.top_logprobs(row, 20, temperature=0.7)
     assert token in ids.tolist()
     assert lps[ids.tolist().index(token)] == pytest.approx(logprob, abs=1e-5)
@@ -269,9 +282,9 @@ def test_sample_one_matches_batch_and_reference() -> None:
     row = rng.standard_normal(1001).astype(np.float32)
     sp = SamplingParams(temperature=0.9, top_p=0.9, repetition_penalty=1.3, seed=99, logit_bias={4: 3.0})
     history = [4, 10, 10, 500]
-    token, logprob = ks.sample_one(row.copy(), sp, history, output_start=2, step=7)
-    bias = ks.pack_logit_bias([sp])
-    want = ref.sample_row(row, ks.pack_params([sp])[0], 99, 7, np.array(history), 2, bias[0], bias[1])
+    token, logprob = sample_one(row, sp, history, output_start=2, step=7)
+    bias = ks.pack_logit_bias([sp.logit_bias])
+    want = ref.sample_row(row, ks.pack_params([sp.kernel_params()])[0], 99, 7, np.array(history), 2, bias[0], bias[1])
     assert token == want[0]
     assert logprob == pytest.approx(want[1], abs=1e-4)
 
@@ -322,38 +335,3 @@ def test_kernel_rejects_bad_arguments() -> None:
         run({**args, "params": args["params"].astype(np.float64)})
     with pytest.raises(ValueError, match="history_offsets"):
         run({**args, "history_offsets": np.array([0, 1, 0], dtype=np.int32)})
-
-
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("temperature", -0.1),
-        ("temperature", 2.5),
-        ("top_k", -2),
-        ("top_k", 1.5),
-        ("top_p", 0.0),
-        ("top_p", 1.1),
-        ("min_p", -0.1),
-        ("min_p", 1.5),
-        ("repetition_penalty", 0.0),
-        ("frequency_penalty", 2.5),
-        ("presence_penalty", -3.0),
-        ("logit_bias", {1: 101.0}),
-        ("logit_bias", {-1: 1.0}),
-        ("seed", -1),
-        ("max_tokens", 0),
-        ("stop", ("",)),
-        ("stop_token_ids", (-5,)),
-        ("logprobs", 21),
-    ],
-)
-def test_sampling_params_validation_names_the_field(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=f"^{field}:"):
-        SamplingParams(**{field: value})
-
-
-def test_sampling_params_defaults_and_shapes() -> None:
-    sp = SamplingParams(stop="###", stop_token_ids=[1, 2])
-    assert sp.stop == ("###",) and sp.stop_token_ids == (1, 2)
-    assert not sp.is_greedy and SamplingParams(temperature=0).is_greedy
-    assert sp.kernel_row() == (1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0)

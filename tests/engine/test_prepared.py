@@ -1,0 +1,48 @@
+"""The prepared-model cache: stale entries of a model are deleted, nothing else is."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import model_path
+from wicore.models import prepared
+
+
+def test_remove_stale_caches_keeps_current_and_other_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WICORE_HOME", str(tmp_path / "home"))
+    model = tmp_path / "qwen2.5-coder-0.5b-instruct.gguf"
+    model.write_bytes(b"GGUF")
+    st = model.stat()
+    root = tmp_path / "home" / "prepared"
+    root.mkdir(parents=True)
+    current = f"{model.stem}-{st.st_size:x}-{st.st_mtime_ns:x}-v{prepared.FORMAT_VERSION}"
+    dead_pid = 2**22 + 1  # above pid_max's default: no such process
+    stale = [f"{model.stem}-1d4a-18edbe-v1", f"{model.stem}-1d4a-18edbe-v1.metadata.json", f"{current}.tmp{dead_pid}"]
+    kept = [
+        current,
+        f"{current}.metadata.json",
+        f"{current}.tmp{os.getpid()}",  # a preparation in progress
+        f"{model.stem}-q5_0-1d4a-18edbe-v1",  # another model whose name starts with this one's
+        "gemma-3-270m-f16-18ed-v2",
+    ]
+    for name in stale + kept:
+        if name.endswith(".json"):
+            (root / name).write_text("{}")
+        else:
+            (root / name).mkdir()
+            (root / name / "index.json").write_text("{}")
+    prepared.remove_stale_caches(model)
+    assert sorted(p.name for p in root.iterdir()) == sorted(kept)
+
+
+def test_metadata_without_vocabulary_has_the_model_shape_only() -> None:
+    path = model_path("gemma-3-270m")
+    full = prepared.metadata(path)
+    shape_only = prepared.metadata(path, vocabulary=False)
+    assert len(full["tokenizer.ggml.tokens"]) == 262_144
+    assert "tokenizer.ggml.tokens" not in shape_only and "tokenizer.ggml.token_type" not in shape_only
+    assert shape_only["general.architecture"] == "gemma3"
+    assert shape_only.items() <= full.items()
