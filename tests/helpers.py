@@ -1,12 +1,32 @@
-"""Shared test helpers."""
+"""Shared test helpers: the bundled models' names and paths."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from wicore.models import registry
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+DATA = TESTS / "data"
+MODEL = "qwen2.5-coder-0.5b-instruct"  # the default chat model
+EMBED = "all-minilm-l6-v2"  # the embedding model
+GEMMA = "gemma-3-270m"  # the second chat model: a base model without a chat template
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+# What the last line of an Ollama response holds besides the text.
+OLLAMA_FINAL_KEYS = {
+    "model", "created_at", "done", "done_reason", "total_duration", "load_duration", "prompt_eval_count",
+    "prompt_eval_duration", "eval_count", "eval_duration",
+}  # fmt: skip
+STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to code."}]
+
+
+def story(max_tokens: int, stream: bool = False, **extra: object) -> dict:
+    """A greedy chat completion body whose answer runs long (for tests that need a busy engine)."""
+    return {"model": MODEL, "messages": STORY, "max_tokens": max_tokens, "temperature": 0, "stream": stream, **extra}
 
 
 def model_path(name: str) -> Path:
@@ -23,3 +43,12 @@ def embedding_path(name: str) -> Path:
         return registry.resolve_embedding(name)
     except registry.ModelError as e:
         pytest.fail(f"{e} (make test pulls it)")
+
+
+def assert_error(r: httpx.Response, status: int, param: str | None) -> None:
+    """`r` is the error envelope with `status`, naming `param` (in `param` and in the message)."""
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == str(status) and error["param"] == param
+    if param:
+        assert param in error["message"]

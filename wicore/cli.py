@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="address to bind (default: api.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: api.port, 8000)")
     serve.add_argument("--model", default=None, help="bundled model name or GGUF path (default: model.name)")
-    serve.add_argument("--config", default=None, help="JSON config file with the seed's keys (configs/*.json)")
+    serve.add_argument("--config", default=None, help="JSON settings file (see configs/default.json)")
     serve.set_defaults(func=_serve)
     return parser
 

@@ -1,7 +1,7 @@
 """One settings model for the server, the engine and the SDK.
 
-Sources, later ones winning: defaults, a JSON config file (the seed's keys,
-e.g. `{"api": {"auth_enabled": true, "api_key": "..."}}`), then environment
+Sources, later ones winning: defaults, a JSON config file (sections api,
+scheduler, model and logging, e.g. `{"api": {"auth_enabled": true, "api_key": "..."}}`), then environment
 variables `WICORE_<SECTION>__<KEY>` (e.g. `WICORE_API__API_KEY`,
 `WICORE_SCHEDULER__MAX_BATCH_SIZE`), then explicit overrides (CLI flags).
 """

@@ -1,1 +1,1 @@
-"""The OpenAI-compatible HTTP server: `create_app(settings, engine)` builds the FastAPI app."""
+"""The HTTP server (OpenAI, AIgo and Ollama APIs): `server.app.create_app(settings, engine)` builds it."""

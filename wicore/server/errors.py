@@ -1,4 +1,5 @@
-"""The seed's error envelope `{"error": {"message", "type", "code"}}` and the handlers that produce it.
+"""The error envelope `{"error": {"message", "type", "code"}}` of WiCore's API contract, and the handlers
+that produce it.
 
 Every client mistake maps to a 4xx that names the offending parameter; only our own faults are 500s.
 """
@@ -12,18 +13,34 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from wicore.server.protocol import ErrorInfo, ErrorResponse
-
 log = structlog.get_logger("wicore.server")
+# Status of a response the client hung up on before it was complete (nginx's and MAX's 499).
+CLIENT_CLOSED = 499
 
 _TYPE_BY_STATUS = {
     401: "authentication_error",
     408: "timeout_error",
     429: "rate_limit_exceeded",
 }
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str  # the HTTP status as a string, as the contract has it
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the response began; answered (and logged) as 499."""
 
 
 def error_type(status: int) -> str:
@@ -134,6 +151,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no such endpoint: {request.method} {request.url.path}"
         return error_response(exc.status_code, message, headers=exc.headers)
 
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        return Response(status_code=CLIENT_CLOSED)
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", path=request.url.path)
         return error_response(500, "internal server error")
@@ -141,4 +161,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ClientGone, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)

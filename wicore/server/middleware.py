@@ -22,7 +22,7 @@ import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from wicore.server.errors import error_response
+from wicore.server.errors import CLIENT_CLOSED, error_response
 
 log = structlog.get_logger("wicore.access")
 
@@ -32,8 +32,6 @@ PUBLIC_PATHS = frozenset(
     {"/", "/health", "/metrics", "/docs", "/redoc", "/openapi.json", "/api/v1/health", "/api/version"}
 )
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Status logged for a response the client hung up on before it was complete (nginx's and MAX's 499).
-CLIENT_CLOSED = 499
 
 
 def is_api_path(path: str) -> bool:

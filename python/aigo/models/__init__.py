@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aigo.models.base import CapabilityError, ModelConfig, ModelError, ModelRunner
+from aigo.models.base import CapabilityError, ModelConfig, Runner, RunnerError
 from aigo.models.local import HuggingFaceRunner, WiCoreRunner
 from aigo.models.mixed import MixedModelRunner
 from aigo.models.remote import OllamaRunner, OpenAIRunner
@@ -12,8 +12,8 @@ __all__ = [
     "HuggingFaceRunner",
     "MixedModelRunner",
     "ModelConfig",
-    "ModelError",
-    "ModelRunner",
+    "RunnerError",
+    "Runner",
     "OllamaRunner",
     "OpenAIRunner",
     "WiCoreRunner",
@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 
-def get_model_runner(config: ModelConfig) -> ModelRunner:
+def get_model_runner(config: ModelConfig) -> Runner:
     """The runner for `config.provider`: ollama, openai, huggingface, wicore or mixed.
 
     provider="wicore" runs a bundled model in this process, or, given a base_url, talks to a WiCore

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from aigo.models import get_model_runner
-from aigo.models.base import Message, ModelConfig, ModelRunner
+from aigo.models.base import Message, ModelConfig, Runner
 
 
 class _Adapter:
-    def __init__(self, config: ModelConfig, runner: ModelRunner | None = None) -> None:
+    def __init__(self, config: ModelConfig, runner: Runner | None = None) -> None:
         self.config = config
         self.runner = runner or get_model_runner(config)
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 Message = dict[str, str]
 
 
-class ModelError(RuntimeError):
+class RunnerError(RuntimeError):
     """A runner could not do what was asked: model missing, server unreachable or refusing."""
 
 
@@ -25,7 +25,10 @@ class CapabilityError(NotImplementedError):
 
 
 class ModelConfig(BaseModel):
-    """What to run and how. Unset base_url / api_key fall back to each provider's default."""
+    """What to run and how. Unset base_url / api_key fall back to each provider's default.
+
+    The name is AIgo's documented API (`from aigo.models.base import ModelConfig`), so it stays; it is
+    not the engine's `wicore.models.config.ModelConfig` (a model's hyperparameters)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -43,7 +46,7 @@ class ModelConfig(BaseModel):
     routes: dict[str, list[ModelConfig]] = Field(default_factory=dict)
 
 
-class ModelRunner(ABC):
+class Runner(ABC):
     """One model behind one provider. Methods load the model on first use; load() does it up front."""
 
     def __init__(self, config: ModelConfig) -> None:

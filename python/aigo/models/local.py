@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aigo.models.base import Message, ModelConfig, ModelError, ModelRunner
+from aigo.models.base import Message, ModelConfig, Runner, RunnerError
 
 if TYPE_CHECKING:  # the engine is imported on load(), so importing aigo stays light
     from wicore.engine.llm import LLM
@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # the engine is imported on load(), so importing aigo stays l
     from wicore.models.embedding import EmbeddingModel
 
 
-class _LocalRunner(ModelRunner):
+class _LocalRunner(Runner):
     """A GGUF chat/completion model (generate, chat) or a BERT embedding folder (embed)."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -113,7 +113,7 @@ class WiCoreRunner(_LocalRunner):
                 return "embedding", registry.resolve_embedding(self.config.model_name)
             return "gguf", registry.resolve(self.config.model_name)
         except registry.ModelError as e:
-            raise ModelError(f"{self.name}: {e}") from e
+            raise RunnerError(f"{self.name}: {e}") from e
 
 
 def _hub_cache() -> Path:
@@ -142,7 +142,7 @@ class HuggingFaceRunner(_LocalRunner):
                 wanted = self.config.extra.get("filename", "*.gguf")
                 if found := sorted(path.glob(wanted)):
                     return "gguf", found[0]
-        raise ModelError(
+        raise RunnerError(
             f"{self.name}: not on disk (looked at {candidates[0]} and in the hub cache {repo.parent}), and the "
             f"Hugging Face hub cannot be reached from here (offline). Get it on a connected machine with "
             f"`huggingface-cli download {name}` and copy the cache folder to {_hub_cache()}, or pass the path "

@@ -6,19 +6,19 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from aigo.models.base import CapabilityError, Message, ModelConfig, ModelError, ModelRunner
+from aigo.models.base import CapabilityError, Message, ModelConfig, Runner, RunnerError
 
 T = TypeVar("T")
 CAPABILITIES = ("chat", "generate", "embed")
 log = logging.getLogger(__name__)
 
 
-class MixedModelRunner(ModelRunner):
+class MixedModelRunner(Runner):
     """`routes` maps "chat" / "generate" / "embed" to runners tried in order: a runner that fails
     (server down, model missing, capability lacking) hands the call to the next one. Streaming falls
     back only before the first piece arrives, since a caller cannot take back text already shown."""
 
-    def __init__(self, config: ModelConfig, routes: dict[str, list[ModelRunner]]) -> None:
+    def __init__(self, config: ModelConfig, routes: dict[str, list[Runner]]) -> None:
         super().__init__(config)
         unknown = set(routes) - set(CAPABILITIES)
         if unknown:
@@ -35,27 +35,27 @@ class MixedModelRunner(ModelRunner):
             for runner in runners:
                 try:
                     runner.load()
-                except ModelError as e:
+                except RunnerError as e:
                     log.warning("runner failed to load", extra={"runner": runner.name, "error": str(e)})
 
-    def _runners(self, capability: str) -> list[ModelRunner]:
+    def _runners(self, capability: str) -> list[Runner]:
         runners = self.routes.get(capability)
         if not runners:
             raise self._unsupported(capability, f"no runner is routed for it (routes: {sorted(self.routes)})")
         return runners
 
-    def _first(self, capability: str, call: Callable[[ModelRunner], T]) -> T:
+    def _first(self, capability: str, call: Callable[[Runner], T]) -> T:
         failures = []
         for runner in self._runners(capability):
             try:
                 return call(runner)
-            except (ModelError, CapabilityError) as e:
+            except (RunnerError, CapabilityError) as e:
                 log.warning("runner failed, trying the next", extra={"runner": runner.name, "error": str(e)})
                 failures.append(f"{runner.name}: {e}")
-        raise ModelError(f"every runner failed for {capability}: " + "; ".join(failures))
+        raise RunnerError(f"every runner failed for {capability}: " + "; ".join(failures))
 
-    def _first_stream(self, capability: str, call: Callable[[ModelRunner], Iterator[str]]) -> Iterator[str]:
-        def start(runner: ModelRunner) -> tuple[str, Iterator[str]]:
+    def _first_stream(self, capability: str, call: Callable[[Runner], Iterator[str]]) -> Iterator[str]:
+        def start(runner: Runner) -> tuple[str, Iterator[str]]:
             stream = iter(call(runner))
             return next(stream, ""), stream  # the first piece proves the runner works
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from aigo.models.base import Message, ModelConfig, ModelError, ModelRunner
+from aigo.models.base import Message, ModelConfig, Runner, RunnerError
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -25,7 +25,7 @@ def _error_text(response: httpx.Response) -> str:
     return str(error or body)[:500]
 
 
-class _HttpRunner(ModelRunner):
+class _HttpRunner(Runner):
     default_base_url = ""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -41,18 +41,18 @@ class _HttpRunner(ModelRunner):
 
     @contextmanager
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Iterator[httpx.Response]:
-        """A streamed response with a 2xx status; transport and HTTP errors become ModelError."""
+        """A streamed response with a 2xx status; transport and HTTP errors become RunnerError."""
         try:
             with self._client.stream(method, path, json=body) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise ModelError(
+                    raise RunnerError(
                         f"{self.name}: {method} {self.base_url}{path} answered {response.status_code}: "
                         f"{_error_text(response)}"
                     )
                 yield response
         except httpx.HTTPError as e:
-            raise ModelError(f"{self.name}: cannot reach {self.base_url}{path}: {e}") from e
+            raise RunnerError(f"{self.name}: cannot reach {self.base_url}{path}: {e}") from e
 
     def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         with self._request(method, path, body) as response:
@@ -60,7 +60,7 @@ class _HttpRunner(ModelRunner):
             try:
                 return response.json()
             except ValueError as e:
-                raise ModelError(f"{self.name}: {path} did not answer JSON: {response.text[:200]!r}") from e
+                raise RunnerError(f"{self.name}: {path} did not answer JSON: {response.text[:200]!r}") from e
 
 
 class OpenAIRunner(_HttpRunner):
@@ -97,7 +97,7 @@ class OpenAIRunner(_HttpRunner):
                 chunk = json.loads(line[6:])
                 if error := chunk.get("error"):  # a failure after the stream started: one error event
                     message = error.get("message", error) if isinstance(error, dict) else error
-                    raise ModelError(f"{self.name}: the stream failed: {message}")
+                    raise RunnerError(f"{self.name}: the stream failed: {message}")
                 for choice in chunk.get("choices", []):
                     if piece := choice.get("delta", {}).get("content"):
                         yield piece
@@ -124,7 +124,7 @@ class OllamaRunner(_HttpRunner):
         names = {m.get("name") for m in self._json("GET", "/api/tags").get("models", [])}
         # Ollama lists "llama2:latest" for a model asked for as "llama2".
         if not {self.config.model_name, self.config.model_name + ":latest"} & names:
-            raise ModelError(
+            raise RunnerError(
                 f"{self.name}: {self.base_url} has no such model (it has {sorted(names)}); "
                 f"run `ollama pull {self.config.model_name}` there"
             )
@@ -145,7 +145,7 @@ class OllamaRunner(_HttpRunner):
                     continue
                 chunk = json.loads(line)
                 if "error" in chunk:
-                    raise ModelError(f"{self.name}: {chunk['error']}")
+                    raise RunnerError(f"{self.name}: {chunk['error']}")
                 piece = chunk["message"].get("content", "") if field == "message" else chunk.get(field, "")
                 if piece:
                     yield piece

@@ -6,28 +6,19 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import embedding_path, model_path
-from tests.server import Server, serve
+from tests.helpers import REPO
+from tests.live_server import KEPT_ENV, Server
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    model_path("qwen2.5-coder-0.5b-instruct")
-    embedding_path("all-minilm-l6-v2")
-    with serve(tmp_path_factory.mktemp("examples-server")) as s:
-        yield s
+EXAMPLES = REPO / "examples"
 
 
 def run(script: str, cwd: Path, base_url: str | None, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AIGO_", "WICORE_")) or k == "WICORE_HOME"}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AIGO_", "WICORE_")) or k in KEPT_ENV}
     full_env |= {"AIGO_MAX_TOKENS": "12", **env}
     if base_url:
         full_env["AIGO_BASE_URL"] = base_url

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from aigo.adapters.vector import VectorStore
-from aigo.models import ModelError
+from aigo.models import RunnerError
 from aigo.models.adapters import EmbeddingAdapter
 from aigo.models.base import ModelConfig
 from tests.helpers import embedding_path
-from tests.server import free_port
+from tests.live_server import free_port
 
 EMBEDDER = "all-minilm-l6-v2"
 # English versions of the seed's three documents.
@@ -96,7 +96,7 @@ def test_survives_restart_and_readers_run_beside_a_writer(store: VectorStore) ->
 
 def test_failed_embedding_writes_nothing(store: VectorStore) -> None:
     down = ModelConfig(provider="openai", model_name=EMBEDDER, base_url=f"http://127.0.0.1:{free_port()}/v1")
-    with VectorStore(EmbeddingAdapter(down), store.path) as other, pytest.raises(ModelError, match="cannot reach"):
+    with VectorStore(EmbeddingAdapter(down), store.path) as other, pytest.raises(RunnerError, match="cannot reach"):
         other.add_documents([{"id": "doc1", "text": "replaced"}, {"id": "doc9", "text": "new"}])
     assert store.count() == 3 and store.search("computer science", top_k=1)[0]["text"] == DOCS[0]["text"]
 

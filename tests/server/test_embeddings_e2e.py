@@ -6,7 +6,6 @@ import base64
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,15 +14,13 @@ import openai
 import pytest
 from openai.types import CreateEmbeddingResponse
 
-from tests.helpers import embedding_path, model_path
-from tests.server import Server, serve
-from tests.test_server_limits import Streamer, chat, wait_for_status
+from tests.helpers import EMBED, embedding_path, story
+from tests.live_server import Server, Streamer, serve, wait_for_status
 from wicore.engine.messages import EmbedOutput, EmbedRequest
 from wicore.engine.request import Priority
 from wicore.engine.worker import Embedder
 from wicore.models.embedding import EmbeddingModel
 
-EMBED = "all-minilm-l6-v2"
 TEXTS = ["What is machine learning?", "机器学习是什么？", "def gcd(a, b):\n    return a if not b else gcd(b, a % b)"]
 
 
@@ -35,14 +32,6 @@ def embedding_model_path() -> Path:
 def reference() -> np.ndarray:
     embedding_model_path()
     return EmbeddingModel.load(EMBED).embed(TEXTS)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    model_path("qwen2.5-coder-0.5b-instruct")
-    embedding_model_path()
-    with serve(tmp_path_factory.mktemp("embed"), {"api": {"rate_limit_per_minute": 0}}) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
@@ -144,39 +133,11 @@ def test_base64_wire_format_and_dimensions(server: Server, reference: np.ndarray
     np.testing.assert_allclose(vector, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("body", "status", "param"),
-    [
-        ({"model": EMBED, "input": "x", "dimensions": 385}, 400, "dimensions"),
-        ({"model": EMBED, "input": "x", "dimensions": 0}, 400, "dimensions"),
-        ({"model": EMBED, "input": [1, 2, 3]}, 400, "input"),
-        ({"model": EMBED, "input": [[1, 2]]}, 400, "input"),
-        ({"model": EMBED, "input": ""}, 400, "input"),
-        ({"model": EMBED, "input": []}, 400, "input"),
-        ({"model": EMBED, "input": ["ok", 5]}, 400, "input"),
-        ({"model": EMBED, "input": ["x"] * 2049}, 400, "input"),
-        ({"model": EMBED}, 400, "input"),
-        ({"model": EMBED, "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
-        ({"model": "text-embedding-3-small", "input": "x"}, 404, "model"),
-    ],
-)
-def test_bad_requests_in_the_envelope(server: Server, body: dict, status: int, param: str) -> None:
-    r = httpx.post(server.url + "/v1/embeddings", json=body, timeout=30)
-    assert r.status_code == status
-    error = r.json()["error"]
-    assert error["code"] == str(status) and error["param"] == param and param in error["message"]
-
-
-def test_dimensions_too_large_through_the_client(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="dimensions"):
-        client.embeddings.create(model=EMBED, input="x", dimensions=1024)
-
-
 def test_embeddings_count_toward_the_in_flight_limit(tmp_path: Path) -> None:
     config = {"scheduler": {"max_concurrent": 1, "max_queue_size": 0}, "api": {"rate_limit_per_minute": 0}}
     with serve(tmp_path, config) as server:
         # A generation holds the only slot for ~40 tokens, then its client hangs up.
-        streamer = Streamer(server.url, chat(400, stream=True, ignore_eos=True), stop_after=40)
+        streamer = Streamer(server.url, story(400, stream=True, ignore_eos=True), stop_after=40)
         streamer.start()
         wait_for_status(server, lambda s: s["active"] == 1)
         r = httpx.post(server.url + "/v1/embeddings", json={"model": EMBED, "input": "x"}, timeout=30)
@@ -193,12 +154,3 @@ def test_embeddings_count_toward_the_in_flight_limit(tmp_path: Path) -> None:
         server.wait_ready(60)
         r = httpx.post(server.url + "/api/v1/embed", json={"input": "x"}, timeout=30)
         assert r.status_code == 200 and len(r.json()["embedding"]) == 384
-
-
-def test_timeout_is_408(tmp_path: Path) -> None:
-    config = {"scheduler": {"request_timeout": 1e-6}, "api": {"rate_limit_per_minute": 0}}
-    with serve(tmp_path, config) as server:
-        for path, body in (("/v1/embeddings", {"input": "x"}), ("/api/v1/embed", {"input": "x"}),
-                           ("/api/embed", {"model": EMBED, "input": "x"})):  # fmt: skip
-            r = httpx.post(server.url + path, json=body, timeout=30)
-            assert r.status_code == 408 and "timed out" in r.json()["error"]["message"]

@@ -1,35 +1,17 @@
-"""The Ollama-compatible routes on a real server process: NDJSON streaming, options, errors."""
+"""The Ollama-compatible routes on a real server process: the real model's text, options and embeddings
+(shapes and errors: test_ollama_routes.py)."""
 
 from __future__ import annotations
 
-import datetime
 import json
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
-import pytest
 
-from tests.helpers import embedding_path, model_path
-from tests.server import Server, serve
-from wicore.models import registry
+from tests.helpers import EMBED, FRANCE, MODEL, OLLAMA_FINAL_KEYS
+from tests.live_server import Server
 
-MODEL = "qwen2.5-coder-0.5b-instruct"
-EMBED = "all-minilm-l6-v2"
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0, "num_predict": 32}
-FINAL_KEYS = {
-    "model", "created_at", "done", "done_reason", "total_duration", "load_duration", "prompt_eval_count",
-    "prompt_eval_duration", "eval_count", "eval_duration",
-}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    model_path(MODEL)
-    embedding_path(EMBED)
-    with serve(tmp_path_factory.mktemp("ollama"), {"api": {"rate_limit_per_minute": 0}}) as s:
-        yield s
 
 
 def post(server: Server, path: str, body: object) -> httpx.Response:
@@ -42,31 +24,12 @@ def ndjson(server: Server, path: str, body: dict) -> list[dict]:
         return [json.loads(line) for line in r.iter_lines() if line]
 
 
-def assert_error(r: httpx.Response, status: int, param: str | None) -> None:
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert error["code"] == str(status) and error["param"] == param
-    if param:
-        assert param in error["message"]
-
-
 def assert_final(chunk: dict, reason: str) -> None:
-    assert set(chunk) >= FINAL_KEYS and chunk["done"] is True and chunk["done_reason"] == reason
+    assert set(chunk) >= OLLAMA_FINAL_KEYS and chunk["done"] is True and chunk["done_reason"] == reason
     assert chunk["prompt_eval_count"] > 5 and chunk["eval_count"] > 0
     # Durations are nanoseconds: a real generation takes well over a millisecond and under a minute.
     assert 1e6 < chunk["total_duration"] < 6e10
     assert chunk["prompt_eval_duration"] + chunk["eval_duration"] <= chunk["total_duration"]
-
-
-def test_version_and_tags(server: Server) -> None:
-    assert httpx.get(server.url + "/api/version").json()["version"]
-    models = httpx.get(server.url + "/api/tags").json()["models"]
-    assert [m["name"] for m in models] == [f"{MODEL}:latest", f"{EMBED}:latest"]
-    chat = models[0]
-    assert chat["size"] == registry.BUNDLED[MODEL].size and chat["digest"] == registry.BUNDLED[MODEL].sha256
-    assert chat["details"]["family"] == "qwen2" and chat["details"]["parameter_size"] == "0.5B"
-    assert chat["details"]["quantization_level"] == "Q4_K_M" and chat["details"]["format"] == "gguf"
-    datetime.datetime.fromisoformat(chat["modified_at"])
 
 
 def test_chat_streams_ndjson_by_default(server: Server) -> None:
@@ -120,13 +83,6 @@ def test_generate_system_and_raw(server: Server) -> None:
     assert raw["prompt_eval_count"] < templated["prompt_eval_count"]
 
 
-def test_empty_prompt_or_messages_only_load(server: Server) -> None:
-    g = post(server, "/api/generate", {"model": MODEL}).json()
-    assert g["done"] is True and g["done_reason"] == "load" and g["response"] == ""
-    c = post(server, "/api/chat", {"model": MODEL, "messages": []}).json()
-    assert c["done"] is True and c["done_reason"] == "load" and c["message"]["content"] == ""
-
-
 def test_embed(server: Server) -> None:
     r = post(server, "/api/embed", {"model": EMBED, "input": ["Why is the sky blue?", "Why is grass green?"]}).json()
     assert r["model"] == EMBED and len(r["embeddings"]) == 2 and all(len(e) == 384 for e in r["embeddings"])
@@ -134,31 +90,3 @@ def test_embed(server: Server) -> None:
     one = post(server, "/api/embed", {"model": f"{EMBED}:latest", "input": "Why is the sky blue?"}).json()
     np.testing.assert_allclose(one["embeddings"][0], r["embeddings"][0], atol=1e-6)
     assert one["prompt_eval_count"] > 3 and one["total_duration"] > 0
-
-
-@pytest.mark.parametrize(
-    ("path", "body", "status", "param"),
-    [
-        ("/api/chat", {"model": "llama3", "messages": FRANCE}, 404, "model"),
-        ("/api/chat", {"messages": FRANCE}, 400, "model"),
-        ("/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
-        ("/api/chat", {"model": MODEL, "messages": FRANCE, "options": {"temperature": "hot"}}, 400,
-         "options.temperature"),
-        ("/api/chat", {"model": MODEL, "messages": FRANCE, "options": {"top_p": 1.5}}, 400, "options.top_p"),
-        ("/api/chat", {"model": MODEL, "messages": FRANCE, "options": {"repeat_penalty": 0}}, 400,
-         "options.repeat_penalty"),
-        ("/api/chat", {"model": MODEL, "messages": FRANCE, "stream": "no"}, 400, "stream"),
-        ("/api/chat", {"model": MODEL, "messages": FRANCE, "format": "json"}, 400, "format"),
-        ("/api/chat", {"model": EMBED, "messages": FRANCE}, 400, "model"),
-        ("/api/generate", {"model": MODEL, "prompt": ["a"]}, 400, "prompt"),
-        ("/api/generate", {"model": MODEL, "prompt": "hi", "images": ["aGk="]}, 400, "images"),
-        ("/api/generate", {"model": "nope:7b", "prompt": "hi"}, 404, "model"),
-        ("/api/embed", {"model": EMBED, "input": ""}, 400, "input"),
-        ("/api/embed", {"model": EMBED, "input": [1, 2]}, 400, "input[0]"),
-        ("/api/embed", {"model": EMBED, "input": "x", "dimensions": 999}, 400, "dimensions"),
-        ("/api/embed", {"model": MODEL, "input": "x"}, 400, "model"),
-        ("/api/embed", {"model": "bge-m3", "input": "x"}, 404, "model"),
-    ],
-)  # fmt: skip
-def test_bad_input_in_the_envelope(server: Server, path: str, body: dict, status: int, param: str) -> None:
-    assert_error(post(server, path, body), status, param)

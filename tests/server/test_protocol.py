@@ -15,7 +15,8 @@ from wicore.engine.messages import SchedulerStats
 from wicore.engine.request import Priority
 from wicore.server.errors import APIError, validation_error
 from wicore.server.middleware import SlidingWindowLimiter
-from wicore.server.protocol import (
+from wicore.server.monitoring import StatusResponse
+from wicore.server.openai.protocol import (
     ChatChoiceLogprobs,
     ChatCompletionChoice,
     ChatCompletionChunkChoice,
@@ -27,14 +28,12 @@ from wicore.server.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    DeltaMessage,
     ModelCard,
     ModelList,
-    StatusResponse,
     TopLogprob,
-    UsageInfo,
 )
-from wicore.server.protocol import ChatCompletionChunk as WicoreChunk
+from wicore.server.openai.protocol import ChatCompletionChunk as WicoreChunk
+from wicore.server.protocol import DeltaMessage, UsageInfo
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

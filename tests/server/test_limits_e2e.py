@@ -1,0 +1,114 @@
+"""Scheduling, limits and faults, seen from a client of a real server process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import MODEL, model_path, story
+from tests.live_server import Server, Streamer, serve, wait_for_status
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _model() -> None:
+    model_path(MODEL)
+
+
+def test_new_request_joins_while_another_generates(server: Server) -> None:
+    long = Streamer(server.url, story(150, stream=True))
+    long.start()
+    while len(long.events) < 5:
+        time.sleep(0.01)
+    r = httpx.post(server.url + "/v1/chat/completions", json=story(5), timeout=60)
+    short_done = time.time()
+    assert r.status_code == 200
+    assert long.done_at is None, "the short request waited for the long one to finish"
+    long.join(120)
+    assert long.done_at is not None and long.done_at > short_done
+
+
+def test_disconnect_cancels_the_sequence(server: Server) -> None:
+    # The shared server may have cancelled requests of earlier tests: this one adds exactly one.
+    before = wait_for_status(server, lambda sched: sched["active"] == 0)["cancelled"]
+    s = Streamer(server.url, story(1000, stream=True), stop_after=5)
+    s.start()
+    s.join(60)
+    sched = wait_for_status(server, lambda sched: sched["active"] == 0 and sched["cancelled"] == before + 1)
+    assert sched["active"] == 0 and sched["cancelled"] == before + 1, sched
+
+
+def test_priority_queue_full_and_timeout(tmp_path: Path) -> None:
+    config = {"scheduler": {"max_concurrent": 1, "max_batch_size": 1, "max_queue_size": 4, "request_timeout": 20}}
+    with serve(tmp_path, config) as server:
+        blocker = Streamer(server.url, story(60, stream=True))
+        blocker.start()
+        while not blocker.events:
+            time.sleep(0.01)
+        # The batch is full: queue low ones, then an urgent one.
+        lows = [Streamer(server.url, story(3, stream=True, priority="low")) for _ in range(3)]
+        for s in lows:
+            s.start()
+            time.sleep(0.05)
+        urgent = Streamer(server.url, story(3, stream=True, priority="urgent"))
+        urgent.start()
+        urgent.started.wait(10)
+        # 1 running + 4 waiting fills the bounded queue: the next request is turned away at once.
+        r = httpx.post(server.url + "/v1/chat/completions", json=story(3), timeout=10)
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["type"] == "rate_limit_exceeded"
+        for s in [blocker, urgent, *lows]:
+            s.join(120)
+        assert all(s.events[-1] == "[DONE]" for s in [blocker, urgent, *lows])
+        assert urgent.first_content < min(s.first_content for s in lows)
+
+
+def test_timeout_is_an_error_in_the_envelope(tmp_path: Path) -> None:
+    with serve(tmp_path, {"scheduler": {"request_timeout": 1.5}}) as server:
+        r = httpx.post(server.url + "/v1/chat/completions", json=story(2000), timeout=60)
+        assert r.status_code == 408 and "timed out" in r.json()["error"]["message"]
+        s = Streamer(server.url, story(2000, stream=True))
+        s.run()
+        assert s.events[-1] == "[DONE]"
+        assert "timed out" in json.loads(s.events[-2])["error"]["message"]
+        assert wait_for_status(server, lambda sched: sched["active"] == 0)["failed"] == 2
+
+
+def test_503_while_loading_and_after_the_worker_dies(tmp_path: Path) -> None:
+    with serve(tmp_path, wait=False) as server:
+        saw_loading = False
+        while True:
+            try:
+                r = httpx.get(server.url + "/health", timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.02)
+                continue
+            if r.status_code == 503:
+                saw_loading = True
+                c = httpx.post(server.url + "/v1/chat/completions", json=story(1), timeout=10)
+                assert c.status_code in (503, 200)
+                if c.status_code == 503:
+                    assert c.json()["error"]["type"] == "server_error"
+            elif r.status_code == 200:
+                break
+            time.sleep(0.02)
+        assert saw_loading
+
+        s = Streamer(server.url, story(1000, stream=True))
+        s.start()
+        while len(s.events) < 3:
+            time.sleep(0.01)
+        os.kill(server.worker_pid(), signal.SIGKILL)
+        s.join(30)
+        assert not s.is_alive(), "the in-flight request hung after the worker died"
+        assert s.events[-1] == "[DONE]" and "error" in json.loads(s.events[-2])
+        r = httpx.post(server.url + "/v1/chat/completions", json=story(1), timeout=10)
+        assert r.status_code == 503
+        server.wait_ready(60)  # restarted
+        r = httpx.post(server.url + "/v1/chat/completions", json=story(2), timeout=60)
+        assert r.status_code == 200

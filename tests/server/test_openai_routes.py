@@ -1,0 +1,234 @@
+"""The OpenAI-compatible routes in process, over a fake engine: validation, envelopes, SSE framing,
+fan-out, logprob shapes and the mapping of engine refusals and failures to HTTP statuses."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+from openai.types import Completion, CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from tests.fake_engine import REPLY, FakeEngine, in_process
+from tests.helpers import EMBED, FRANCE, MODEL, assert_error
+from wicore.engine.client import EngineUnavailable, QueueFull
+from wicore.engine.request import EngineRequest, FinishReason, Priority
+
+pytestmark = pytest.mark.anyio
+
+
+async def sse_events(response: httpx.Response) -> list[str]:
+    return [line[6:] async for line in response.aiter_lines() if line.startswith("data: ")]
+
+
+async def chat(client: httpx.AsyncClient, **body: object) -> httpx.Response:
+    return await client.post("/v1/chat/completions", json={"model": MODEL, "messages": FRANCE, **body})
+
+
+async def test_chat_completion_shape(engine: FakeEngine) -> None:
+    async with in_process(engine) as client:
+        r = await chat(client, temperature=0, max_tokens=32)
+    assert r.status_code == 200, r.text
+    c = ChatCompletion.model_validate(r.json())
+    assert c.choices[0].message.content == REPLY
+    assert c.choices[0].message.role == "assistant" and c.choices[0].finish_reason == "stop"
+    assert c.usage is not None and c.usage.prompt_tokens > 10
+    assert c.usage.total_tokens == c.usage.prompt_tokens + c.usage.completion_tokens
+    assert c.model == MODEL and c.object == "chat.completion" and c.id.startswith("chatcmpl-")
+
+
+async def test_chat_streaming_shape_and_done(engine: FakeEngine) -> None:
+    async with in_process(engine) as client:
+        body = {"model": MODEL, "messages": FRANCE, "max_tokens": 32, "stream": True,
+                "stream_options": {"include_usage": True}}  # fmt: skip
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            events = await sse_events(r)
+    assert events[-1] == "[DONE]"
+    chunks = [ChatCompletionChunk.model_validate(json.loads(e)) for e in events[:-1]]
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REPLY
+    finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finishing) == 1 and finishing[0].choices[0].finish_reason == "stop"
+    assert not finishing[0].choices[0].delta.content
+    usage = chunks[-1]
+    assert usage.choices == [] and usage.usage is not None and usage.usage.completion_tokens > 0
+
+
+async def test_completion_length_and_stop(engine: FakeEngine) -> None:
+    async with in_process(engine) as client:
+        r = await client.post("/v1/completions", json={"model": MODEL, "prompt": "Once upon a time", "max_tokens": 3})
+        c = Completion.model_validate(r.json())
+        assert c.choices[0].finish_reason == "length" and c.usage is not None and c.usage.completion_tokens == 3
+        r = await client.post("/v1/completions", json={"prompt": "Once", "max_tokens": 32, "stop": ["Paris"]})
+        c = Completion.model_validate(r.json())
+        assert c.choices[0].text == "The capital of France is " and c.choices[0].finish_reason == "stop"
+
+
+async def test_n_fans_out_with_seeds_and_priority(engine: FakeEngine) -> None:
+    async with in_process(engine) as client:
+        r = await chat(client, n=3, seed=11, priority="urgent", max_tokens=4)
+        assert [c["index"] for c in r.json()["choices"]] == [0, 1, 2]
+        requests = [q for q in engine.requests if isinstance(q, EngineRequest)]
+        assert [q.params.seed for q in requests] == [11, 12, 13]
+        assert all(q.priority == Priority.URGENT for q in requests)
+        assert len({q.request_id for q in requests}) == 3
+        batch = await client.post("/v1/completions", json={"prompt": ["a", "b"], "n": 2, "max_tokens": 2})
+        assert [c["index"] for c in batch.json()["choices"]] == [0, 1, 2, 3]
+
+
+async def test_logprob_shapes(engine: FakeEngine) -> None:
+    async with in_process(engine) as client:
+        r = await chat(client, temperature=0, max_tokens=4, logprobs=True, top_logprobs=3)
+        content = ChatCompletion.model_validate(r.json()).choices[0].logprobs.content  # type: ignore[union-attr]
+        assert len(content) == 4 and all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
+        assert content[0].token == content[0].top_logprobs[0].token
+        text = bytes(b for t in content for b in t.bytes).decode()  # type: ignore[union-attr]
+        assert text == "The capital of France"
+        r = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 3, "logprobs": 2})
+        lp = r.json()["choices"][0]["logprobs"]
+        assert lp["text_offset"] == [0, 3, 11] and all(len(t) == 2 for t in lp["top_logprobs"])
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"temperature": 3}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"frequency_penalty": -3}, "frequency_penalty"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"priority": "asap"}, "priority"),
+        ({"n": 0}, "n"),
+        ({"logit_bias": {"12": 500}}, "logit_bias"),
+        ({"top_logprobs": 50, "logprobs": True}, "top_logprobs"),
+        ({"messages": []}, "messages"),
+        ({"messages": "hi"}, "messages"),
+        ({"best_of": 2}, "best_of"),
+    ],
+)
+async def test_bad_parameters_are_400_naming_the_parameter(engine: FakeEngine, body: dict, param: str) -> None:
+    async with in_process(engine) as client:
+        r = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": FRANCE, **body})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert param in err["message"] and err["type"] == "invalid_request_error" and err["code"] == "400"
+    assert not engine.requests
+
+
+async def test_unknown_model_is_404_and_long_prompt_is_400(engine: FakeEngine) -> None:
+    async with in_process(engine) as client:
+        r = await client.post("/v1/chat/completions", json={"model": "gpt-9", "messages": FRANCE})
+        assert r.status_code == 404 and "gpt-9" in r.json()["error"]["message"]
+        long = [{"role": "user", "content": "word " * 5000}]
+        r = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": long})
+        assert r.status_code == 400 and "context" in r.json()["error"]["message"]
+        r = await client.post(
+            "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+        r = await client.post("/v1/completions", json={"prompt": [10**7], "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+        r = await chat(client, n=33)  # more sequences than the scheduler admits at once
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    assert not engine.requests
+
+
+async def test_models(engine: FakeEngine) -> None:
+    async with in_process(engine) as client:
+        models = (await client.get("/v1/models")).json()
+        assert [m["id"] for m in models["data"]] == [MODEL] and models["data"][0]["owned_by"] == "wicore"
+        assert (await client.get(f"/v1/models/{MODEL}")).json()["id"] == MODEL
+        assert (await client.get("/v1/models/gpt-9")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "kind"),
+    [(QueueFull("full"), 429, "rate_limit_exceeded"), (EngineUnavailable("loading"), 503, "server_error")],
+)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_refusals_keep_their_status(engine: FakeEngine, refusal: Exception, status: int, kind: str,
+                                          stream: bool) -> None:  # fmt: skip
+    engine.refuse = refusal
+    async with in_process(engine) as client:
+        r = await chat(client, max_tokens=2, stream=stream)
+        assert r.status_code == status and r.json()["error"]["type"] == kind
+        if status == 429:
+            assert r.headers["retry-after"] == "1"
+        e = await client.post("/v1/embeddings", json={"model": EMBED, "input": "x"})
+        assert e.status_code == status
+
+
+@pytest.mark.parametrize(("finish", "status"), [(FinishReason.TIMEOUT, 408), (FinishReason.ERROR, 500)])
+async def test_failures_in_the_envelope_and_mid_stream(engine: FakeEngine, finish: FinishReason, status: int) -> None:
+    engine.finish = finish
+    async with in_process(engine) as client:
+        r = await chat(client, max_tokens=8)
+        assert r.status_code == status and r.json()["error"]["code"] == str(status)
+        async with client.stream("POST", "/v1/chat/completions", json={"messages": FRANCE, "stream": True}) as s:
+            events = await sse_events(s)
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == str(status)
+    if finish == FinishReason.TIMEOUT:
+        assert "timed out" in json.loads(events[-2])["error"]["message"]
+
+
+async def test_a_dead_engine_is_503(engine: FakeEngine) -> None:
+    engine.finish, engine.ready = FinishReason.ERROR, False
+    async with in_process(engine) as client:
+        r = await chat(client, max_tokens=8)
+    assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+
+
+async def test_embeddings_float_base64_and_dimensions(engine: FakeEngine) -> None:
+    async with in_process(engine) as client:
+        r = await client.post("/v1/embeddings", json={"model": EMBED, "input": ["a", "b"], "dimensions": 8})
+        e = CreateEmbeddingResponse.model_validate(r.json())
+        assert [len(d.embedding) for d in e.data] == [8, 8] and e.model == EMBED
+        r = await client.post("/v1/embeddings", json={"input": "a", "encoding_format": "base64", "priority": "high"})
+        assert isinstance(r.json()["data"][0]["embedding"], str)
+        assert engine.requests[-1].priority == Priority.HIGH
+        r = await client.post("/v1/embeddings", json={"input": "a", "dimensions": 385})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
+        r = await client.post("/v1/embeddings", json={"model": MODEL, "input": "a"})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": EMBED, "input": "x", "dimensions": 385}, 400, "dimensions"),
+        ({"model": EMBED, "input": "x", "dimensions": 0}, 400, "dimensions"),
+        ({"model": EMBED, "input": [1, 2, 3]}, 400, "input"),
+        ({"model": EMBED, "input": [[1, 2]]}, 400, "input"),
+        ({"model": EMBED, "input": ""}, 400, "input"),
+        ({"model": EMBED, "input": []}, 400, "input"),
+        ({"model": EMBED, "input": ["ok", 5]}, 400, "input"),
+        ({"model": EMBED, "input": ["x"] * 2049}, 400, "input"),
+        ({"model": EMBED}, 400, "input"),
+        ({"model": EMBED, "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
+        ({"model": "text-embedding-3-small", "input": "x"}, 404, "model"),
+    ],
+)
+async def test_bad_embedding_requests_in_the_envelope(engine: FakeEngine, body: dict, status: int, param: str) -> None:
+    async with in_process(engine) as client:
+        assert_error(await client.post("/v1/embeddings", json=body), status, param)
+    assert not engine.requests
+
+
+async def test_dimensions_too_large_through_the_client(engine: FakeEngine) -> None:
+    async with in_process(engine) as http:
+        client = openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="dimensions"):
+            await client.embeddings.create(model=EMBED, input="x", dimensions=1024)
+
+
+async def test_embedding_timeout_is_408(engine: FakeEngine) -> None:
+    async with in_process(engine, {"scheduler": {"request_timeout": 1e-6}}) as client:
+        for path, body in (("/v1/embeddings", {"input": "x"}), ("/api/v1/embed", {"input": "x"}),
+                           ("/api/embed", {"model": EMBED, "input": "x"})):  # fmt: skip
+            r = await client.post(path, json=body)
+            assert r.status_code == 408 and "timed out" in r.json()["error"]["message"]

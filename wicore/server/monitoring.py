@@ -1,0 +1,189 @@
+"""The server's own routes (`/`, `/health`, `/status`, `/metrics`) in the shapes of WiCore's API contract.
+
+/health and /status answer with the contract's string figures and Chinese status texts; /status also has
+the same figures as numbers under `scheduler`.  /metrics is Prometheus text (metrics.py).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from wicore import __version__
+from wicore.engine.messages import SchedulerStats
+from wicore.engine.request import Priority
+from wicore.server.service import GenerationService
+
+
+class RootResponse(BaseModel):
+    message: str = "WiCore Mojo 推理引擎"
+    version: str
+
+
+class HealthResponse(BaseModel):
+    """Every figure is a string, as the contract has it."""
+
+    status: Literal["healthy", "loading"]
+    engine: str = "wicore-mojo"
+    version: str
+    uptime: str
+    scheduler: str
+    total_requests: str
+    error_count: str
+    error_rate: str
+
+
+class SchedulerSnapshot(BaseModel):
+    """The figures of /status's two text blocks, as numbers."""
+
+    running: bool
+    total_requests: int
+    completed: int
+    failed: int
+    cancelled: int
+    preempted: int
+    active: int
+    queue_length: int
+    waiting_by_priority: dict[str, int]
+    success_rate: float  # percent of finished requests that completed
+    avg_processing_time: float
+    avg_wait_time: float
+    kv_blocks_total: int
+    kv_blocks_free: int
+    kv_cache_usage: float  # fraction of KV blocks in use
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int  # of those, tokens whose KV was reused
+    active_request_ids: list[str]
+
+    @classmethod
+    def of(cls, stats: SchedulerStats) -> SchedulerSnapshot:
+        waiting = {p.name.lower(): int(stats.waiting_by_priority.get(p.name.lower(), 0)) for p in Priority}
+        finished = stats.completed + stats.failed + stats.cancelled
+        used = stats.kv_blocks_total - stats.kv_blocks_free
+        return cls(
+            running=stats.running,
+            total_requests=stats.total_requests,
+            completed=stats.completed,
+            failed=stats.failed,
+            cancelled=stats.cancelled,
+            preempted=stats.preempted,
+            active=stats.active,
+            queue_length=sum(waiting.values()),
+            waiting_by_priority=waiting,
+            # Nothing finished yet means nothing failed: 100 %, matching /health's 0 % error rate.
+            success_rate=100.0 * stats.completed / finished if finished else 100.0,
+            avg_processing_time=stats.avg_processing_time,
+            avg_wait_time=stats.avg_wait_time,
+            kv_blocks_total=stats.kv_blocks_total,
+            kv_blocks_free=stats.kv_blocks_free,
+            kv_cache_usage=used / stats.kv_blocks_total if stats.kv_blocks_total else 0.0,
+            prompt_tokens_total=stats.prompt_tokens_total,
+            generation_tokens_total=stats.generation_tokens_total,
+            prefix_cache_queries=stats.prefix_cache_queries,
+            prefix_cache_hits=stats.prefix_cache_hits,
+            active_request_ids=list(stats.active_request_ids),
+        )
+
+
+def _yes_no(flag: bool) -> str:
+    return "是" if flag else "否"
+
+
+def scheduler_status_text(s: SchedulerSnapshot) -> str:
+    """The contract's multi-line `scheduler_status` text."""
+    return (
+        "调度器状态:\n"
+        f"  运行中: {_yes_no(s.running)}\n"
+        f"  总请求数: {s.total_requests}\n"
+        f"  已完成: {s.completed}\n"
+        f"  失败: {s.failed}\n"
+        f"  取消: {s.cancelled}\n"
+        f"  活跃请求: {s.active}\n"
+        f"  队列长度: {s.queue_length}\n"
+        f"  成功率: {s.success_rate:.1f}%\n"
+        f"  平均处理时间: {s.avg_processing_time:.3f}s\n"
+        f"  平均等待时间: {s.avg_wait_time:.3f}s"
+    )
+
+
+_PRIORITY_LABELS = {"low": "低优先级", "normal": "普通优先级", "high": "高优先级", "urgent": "紧急优先级"}
+
+
+def queue_summary_text(s: SchedulerSnapshot) -> str:
+    """The contract's multi-line `queue_summary` text."""
+    lines = [f"  {label}: {s.waiting_by_priority.get(name, 0)} 个请求" for name, label in _PRIORITY_LABELS.items()]
+    return "\n".join(["队列状态:", *lines, f"  活跃处理: {s.active} 个请求"])
+
+
+class StatusResponse(BaseModel):
+    server_running: str
+    port: str
+    uptime: str
+    total_requests: str
+    error_count: str
+    scheduler_status: str
+    queue_summary: str
+    scheduler: SchedulerSnapshot
+
+    @classmethod
+    def of(
+        cls, stats: SchedulerStats, *, port: int, uptime: float, total_requests: int, error_count: int
+    ) -> StatusResponse:
+        snapshot = SchedulerSnapshot.of(stats)
+        return cls(
+            server_running=_yes_no(True),  # answering this request is the proof
+            port=str(port),
+            uptime=f"{uptime:.1f}s",
+            total_requests=str(total_requests),
+            error_count=str(error_count),
+            scheduler_status=scheduler_status_text(snapshot),
+            queue_summary=queue_summary_text(snapshot),
+            scheduler=snapshot,
+        )
+
+
+def router(service: GenerationService) -> APIRouter:
+    api = APIRouter()
+    engine, counters = service.engine, service.counters
+
+    @api.get("/")
+    async def root() -> RootResponse:
+        return RootResponse(version=__version__)
+
+    @api.get("/health", response_model=HealthResponse)
+    async def health() -> JSONResponse:
+        ready = engine.ready
+        body = HealthResponse(
+            status="healthy" if ready else "loading",
+            version=__version__,
+            uptime=f"{time.time() - engine.started_at:.1f}",
+            scheduler="running" if ready and engine.stats.running else "stopped",
+            total_requests=str(counters.total_requests),
+            error_count=str(counters.error_count),
+            error_rate=f"{100 * counters.error_rate:.1f}%",
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+    @api.get("/status")
+    async def status(request: Request) -> StatusResponse:
+        server = request.scope.get("server")
+        return StatusResponse.of(
+            engine.stats,
+            port=server[1] if server else service.settings.api.port,  # the bound port, right even on port 0
+            uptime=time.time() - engine.started_at,
+            total_requests=counters.total_requests,
+            error_count=counters.error_count,
+        )
+
+    @api.get("/metrics")
+    async def prometheus() -> Response:
+        data, content_type = service.metrics.render()
+        return Response(data, media_type=content_type)
+
+    return api

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible surface: its protocol (request and response models) and routes."""

@@ -1,0 +1,260 @@
+"""The OpenAI-compatible request and response models (/v1/chat/completions, /v1/completions, /v1/embeddings,
+/v1/models).
+
+Requests share the strict sampling parameters of server/protocol.py; responses validate as the `openai`
+package's own types.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
+
+from wicore.engine.request import Priority, PriorityName
+from wicore.server.protocol import (
+    ChatMessage,
+    DeltaMessage,
+    PositiveInt,
+    SamplingRequest,
+    StrictRequest,
+    Temperature,
+    UsageInfo,
+    between,
+    check_texts,
+    conversation,
+    engine_priority,
+    is_token_id,
+)
+
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
+# JSON has no -inf; a token the sampler could never pick gets this instead (as vLLM does).
+MIN_LOGPROB = -9999.0
+TopLogprobs = Annotated[int, between(0, 20)]
+
+
+# -- requests -----------------------------------------------------------------------------------------
+
+
+class ResponseFormat(StrictRequest):
+    # Only plain text: accepting "json_object" or a schema without enforcing it would silently break clients.
+    type: Literal["text"]
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: PositiveInt | None = None  # OpenAI's newer name for max_tokens
+    logprobs: bool = False
+    top_logprobs: TopLogprobs | None = None
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs: requires logprobs to be true")
+        return self
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def num_logprobs(self) -> int | None:
+        """How many alternatives the engine reports per token; None: no logprobs at all."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def conversation(self) -> list[dict[str, str]]:
+        return conversation(self.messages)
+
+
+class CompletionRequest(SamplingRequest):
+    # A string, a batch of strings, token ids, or a batch of token-id lists (OpenAI's four shapes).
+    prompt: str | list[str] | list[int] | list[list[int]]
+    # OpenAI's defaults for the legacy endpoint (512 / 0.7 are chat's).
+    max_tokens: PositiveInt | None = COMPLETION_DEFAULT_MAX_TOKENS
+    temperature: Temperature = 1.0
+    logprobs: TopLogprobs | None = None
+    echo: bool = False
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _check_prompt(cls, value: Any) -> Any:
+        ok = (
+            isinstance(value, str)
+            or (isinstance(value, list) and value and all(isinstance(p, str) for p in value))
+            or (isinstance(value, list) and value and all(is_token_id(t) for t in value))
+            or (
+                isinstance(value, list)
+                and value
+                and all(isinstance(p, list) and p and all(is_token_id(t) for t in p) for p in value)
+            )
+        )
+        if not ok:
+            raise ValueError("must be a string, a list of strings, a list of token ids or a list of token-id lists")
+        return value
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("echo=true is not supported")
+        return value
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts of the batch, each a string or token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(t, int) for t in p):
+            return [p]  # type: ignore[list-item]
+        return list(p)  # type: ignore[arg-type]
+
+
+class EmbeddingRequest(StrictRequest):
+    # Text only: token-id inputs would need the embedding model's vocabulary on the client side.
+    input: str | list[str]
+    model: str | None = None
+    dimensions: PositiveInt | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+    priority: PriorityName = "normal"
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _check_input(cls, value: Any) -> Any:
+        if isinstance(value, list) and value and all(is_token_id(t) or isinstance(t, list) for t in value):
+            raise ValueError("token-id inputs are not supported; send a string or a list of strings")
+        return check_texts(value)
+
+    @property
+    def engine_priority(self) -> Priority:
+        return engine_priority(self.priority)
+
+
+# -- responses ----------------------------------------------------------------------------------------
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatChoiceLogprobs(BaseModel):
+    content: list[ChatLogprob] = Field(default_factory=list)
+
+
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int
+    message: ChatResponseMessage
+    logprobs: ChatChoiceLogprobs | None = None
+    finish_reason: FinishReason
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: UsageInfo
+
+
+class ChatCompletionChunkChoice(BaseModel):
+    index: int
+    delta: DeltaMessage
+    logprobs: ChatChoiceLogprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+def _drop_none_usage(data: dict[str, Any]) -> dict[str, Any]:
+    # Only the last chunk of a stream with include_usage carries "usage".
+    if data.get("usage") is None:
+        data.pop("usage", None)
+    return data
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatCompletionChunkChoice]
+    usage: UsageInfo | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_none_usage(handler(self))
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: FinishReason | None  # None only in stream chunks before the last
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_none_usage(handler(self))
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # a string: base64 of float32 little-endian
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int) -> EmbeddingUsage:
+        return cls(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens)
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "wicore"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

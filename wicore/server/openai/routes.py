@@ -1,0 +1,271 @@
+"""The OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models
+(the /v1-less paths too, as llama-server and vLLM accept them).
+
+Streams are SSE ending with `data: [DONE]`; an error after the stream began is one `data: {"error": ...}`
+event before it.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncGenerator
+
+import numpy as np
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from wicore.server.errors import APIError
+from wicore.server.openai.protocol import (
+    COMPLETION_DEFAULT_MAX_TOKENS,
+    MIN_LOGPROB,
+    ChatChoiceLogprobs,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprob,
+    ChatResponseMessage,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    ModelCard,
+    ModelList,
+    TopLogprob,
+    UsageInfo,
+)
+from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, parse_body
+from wicore.server.service import GenerationRequest, GenerationService, Outputs, cached_tokens
+from wicore.server.streaming import StreamFormat, sse
+from wicore.tokenizer import Tokenizer
+
+SSE_DONE = "data: [DONE]\n\n"
+OPENAI_SSE = StreamFormat("text/event-stream", lambda e: sse(e.body()), SSE_DONE)
+
+
+class LogprobRenderer:
+    """Token logprobs in OpenAI's two shapes; each token's text is decoded once per server."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._token_text: dict[int, str] = {}
+
+    def token_text(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._token_text[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return text
+
+    def chat(
+        self, token_ids: list[int], logprobs: list[float], top: list[list[tuple[int, float]]]
+    ) -> ChatChoiceLogprobs:
+        # `bytes` are the token's own bytes: joined over a response they give its UTF-8 text, also
+        # where a character is split across tokens (whose `token` text then shows U+FFFD).
+        token_bytes = self.tokenizer.token_bytes
+        content = []
+        for k, (token_id, lp) in enumerate(zip(token_ids, logprobs, strict=False)):
+            alternatives = [
+                TopLogprob(token=self.token_text(i), logprob=max(v, MIN_LOGPROB), bytes=list(token_bytes(i)))
+                for i, v in (top[k] if k < len(top) else [])
+            ]
+            content.append(
+                ChatLogprob(
+                    token=self.token_text(token_id),
+                    logprob=max(lp, MIN_LOGPROB),
+                    bytes=list(token_bytes(token_id)),
+                    top_logprobs=alternatives,
+                )  # fmt: skip
+            )
+        return ChatChoiceLogprobs(content=content)
+
+    def completion(
+        self, token_ids: list[int], logprobs: list[float], top: list[list[tuple[int, float]]], offset: int,
+        with_top: bool,
+    ) -> CompletionLogprobs:  # fmt: skip
+        result = CompletionLogprobs()
+        for k, (token_id, lp) in enumerate(zip(token_ids, logprobs, strict=False)):
+            text = self.token_text(token_id)
+            result.tokens.append(text)
+            result.token_logprobs.append(max(lp, MIN_LOGPROB))
+            alternatives = top[k] if k < len(top) else []
+            result.top_logprobs.append(
+                {self.token_text(i): max(v, MIN_LOGPROB) for i, v in alternatives} if with_top else None
+            )
+            result.text_offset.append(offset)
+            offset += len(text)
+        return result
+
+
+def _b64(vector: list[float]) -> str:
+    """OpenAI's base64 encoding: the float32 little-endian bytes."""
+    return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
+
+
+def router(service: GenerationService) -> APIRouter:
+    api = APIRouter()
+    engine = service.engine
+    render = LogprobRenderer(engine.tokenizer)
+
+    def check_model(model: str | None) -> None:
+        if model is not None and service.catalogue.kind(model) != "chat":
+            raise APIError(
+                404, f"the model `{model}` does not exist; this server serves `{engine.model_name}`", param="model"
+            )
+
+    def card() -> ModelCard:
+        return ModelCard(id=engine.model_name, created=engine.created)
+
+    @api.get("/v1/models")
+    async def models() -> ModelList:
+        return ModelList(data=[card()])
+
+    @api.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> ModelCard:
+        check_model(model_id)
+        return card()
+
+    @api.post("/v1/chat/completions", response_model=None)
+    @api.post("/chat/completions", response_model=None, include_in_schema=False)
+    async def chat(request: Request) -> Response:
+        body = await parse_body(request, ChatCompletionRequest)
+        check_model(body.model)
+        prompt_ids = service.chat_prompt(body.conversation())
+        request_id, seqs = service.start(
+            GenerationRequest(
+                [prompt_ids], body, body.requested_max_tokens, CHAT_DEFAULT_MAX_TOKENS, body.num_logprobs,
+                prompt_param="messages",
+                max_tokens_param="max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
+            )
+        )  # fmt: skip
+        response_id, created, model = f"chatcmpl-{request_id}", int(time.time()), engine.model_name
+        structlog.contextvars.bind_contextvars(completion_id=response_id)
+
+        def build() -> ChatCompletionResponse:
+            choices = [
+                ChatCompletionChoice(
+                    index=s.index,
+                    message=ChatResponseMessage(content="".join(s.text)),
+                    logprobs=render.chat(s.tokens, s.logprobs, s.top_logprobs) if body.logprobs else None,
+                    finish_reason=s.finish_reason,  # type: ignore[arg-type]
+                )
+                for s in seqs
+            ]
+            usage = UsageInfo.of(len(prompt_ids), sum(len(s.tokens) for s in seqs), cached_tokens(seqs, body.n))
+            return ChatCompletionResponse(id=response_id, created=created, model=model, choices=choices, usage=usage)
+
+        def chunk(choice: ChatCompletionChunkChoice) -> str:
+            return sse(ChatCompletionChunk(id=response_id, created=created, model=model, choices=[choice]))
+
+        async def events(outputs: Outputs) -> AsyncGenerator[str, None]:
+            completion_tokens = 0
+            started: set[int] = set()
+            async for seq, out in outputs:
+                if seq.index not in started:  # each choice's first delta carries the role
+                    started.add(seq.index)
+                    yield chunk(
+                        ChatCompletionChunkChoice(index=seq.index, delta=DeltaMessage(role="assistant", content=""))
+                    )
+                logprobs = None
+                if body.logprobs and out.token_ids:
+                    logprobs = render.chat(out.token_ids, out.logprobs, out.top_logprobs)
+                if out.text or logprobs is not None:
+                    choice = ChatCompletionChunkChoice(
+                        index=seq.index, delta=DeltaMessage(content=out.text), logprobs=logprobs
+                    )
+                    yield chunk(choice)
+                if out.finish_reason is not None:
+                    completion_tokens += out.completion_tokens
+                    yield chunk(
+                        ChatCompletionChunkChoice(
+                            index=seq.index, delta=DeltaMessage(), finish_reason=out.finish_reason
+                        )  # type: ignore[arg-type]
+                    )
+            if body.include_usage:
+                usage = UsageInfo.of(len(prompt_ids), completion_tokens, cached_tokens(seqs, body.n))
+                yield sse(ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=usage))
+
+        return await service.respond(request, seqs, body.stream, build, events, OPENAI_SSE)
+
+    @api.post("/v1/completions", response_model=None)
+    @api.post("/completions", response_model=None, include_in_schema=False)
+    async def completions(request: Request) -> Response:
+        body = await parse_body(request, CompletionRequest)
+        check_model(body.model)
+        tokenizer = engine.tokenizer
+        prompts = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in body.prompts()]
+        for ids in prompts:
+            service.check_vocab(ids, "prompt")
+        request_id, seqs = service.start(
+            GenerationRequest(
+                prompts, body, body.max_tokens if "max_tokens" in body.model_fields_set else None,
+                COMPLETION_DEFAULT_MAX_TOKENS, body.logprobs, fanout_param="n" if len(prompts) == 1 else "prompt",
+            )
+        )  # fmt: skip
+        response_id, created, model = f"cmpl-{request_id}", int(time.time()), engine.model_name
+        structlog.contextvars.bind_contextvars(completion_id=response_id)
+        prompt_tokens = sum(len(ids) for ids in prompts)
+        with_top = bool(body.logprobs)
+
+        def build() -> CompletionResponse:
+            choices = [
+                CompletionChoice(
+                    index=s.index,
+                    text="".join(s.text),
+                    logprobs=None
+                    if body.logprobs is None
+                    else render.completion(s.tokens, s.logprobs, s.top_logprobs, 0, with_top),
+                    finish_reason=s.finish_reason,  # type: ignore[arg-type]
+                )
+                for s in seqs
+            ]
+            usage = UsageInfo.of(prompt_tokens, sum(len(s.tokens) for s in seqs), cached_tokens(seqs, body.n))
+            return CompletionResponse(id=response_id, created=created, model=model, choices=choices, usage=usage)
+
+        def chunk(choice: CompletionChoice) -> str:
+            return sse(CompletionResponse(id=response_id, created=created, model=model, choices=[choice]))
+
+        async def events(outputs: Outputs) -> AsyncGenerator[str, None]:
+            completion_tokens = 0
+            text_len: dict[int, int] = {}  # characters sent per choice, for text_offset
+            async for seq, out in outputs:
+                logprobs = None
+                offset = text_len.get(seq.index, 0)
+                if body.logprobs is not None and out.token_ids:
+                    logprobs = render.completion(out.token_ids, out.logprobs, out.top_logprobs, offset, with_top)
+                if out.text or logprobs is not None:
+                    yield chunk(CompletionChoice(index=seq.index, text=out.text, logprobs=logprobs, finish_reason=None))
+                    text_len[seq.index] = offset + len(out.text)
+                if out.finish_reason is not None:
+                    completion_tokens += out.completion_tokens
+                    yield chunk(CompletionChoice(index=seq.index, text="", finish_reason=out.finish_reason))  # type: ignore[arg-type]
+            if body.include_usage:
+                usage = UsageInfo.of(prompt_tokens, completion_tokens, cached_tokens(seqs, body.n))
+                yield sse(CompletionResponse(id=response_id, created=created, model=model, choices=[], usage=usage))
+
+        return await service.respond(request, seqs, body.stream, build, events, OPENAI_SSE)
+
+    @api.post("/v1/embeddings", response_model=None)
+    @api.post("/embeddings", response_model=None, include_in_schema=False)
+    async def embeddings(request: Request) -> Response:
+        body = await parse_body(request, EmbeddingRequest)
+        name = service.catalogue.embedding_name
+        if body.model is not None and service.catalogue.kind(body.model.removeprefix("wicore:")) != "embedding":
+            raise APIError(404, f"the model `{body.model}` does not exist; embeddings use `{name}`", param="model")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        vectors, tokens = await service.embed(request, texts, body.dimensions, body.engine_priority, "input")
+        data = [
+            EmbeddingData(index=i, embedding=_b64(v) if body.encoding_format == "base64" else v)
+            for i, v in enumerate(vectors)
+        ]
+        response = EmbeddingResponse(data=data, model=name, usage=EmbeddingUsage.of(tokens))
+        return Response(response.model_dump_json(), media_type="application/json")
+
+    return api
