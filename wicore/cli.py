@@ -1,4 +1,8 @@
-"""`wicore` command line: manage bundled models, generate text, and serve the OpenAI-compatible API."""
+"""`wicore` command line: manage bundled models, generate text, and serve the OpenAI-compatible API.
+
+Each subcommand imports the engine or server it needs when it runs, so `wicore models ...` starts
+without loading pydantic, FastAPI or the Mojo kernels (no import cycle is involved).
+"""
 
 from __future__ import annotations
 
