@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from wicore.config import Settings
 from wicore.engine.client import EngineClient, EngineUnavailable, QueueFull
 from wicore.engine.messages import EmbedRequest
-from wicore.engine.request import EngineRequest, Priority, RequestOutput
+from wicore.engine.request import EngineRequest, FinishReason, Priority, RequestOutput
 from wicore.server.catalogue import Catalogue
 from wicore.server.errors import APIError
 from wicore.server.metrics import Metrics, SequenceTimer
@@ -50,7 +50,7 @@ class ChoiceSequence:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
 
     def add(self, out: RequestOutput) -> None:
         self.text.append(out.text)
@@ -217,7 +217,7 @@ class GenerationService:
             return APIError(503, out.error or "the engine is restarting")
         return APIError(500, out.error or f"the request ended with {out.finish_reason}")
 
-    def _finished(self, seq: ChoiceSequence, reason: str, now: float) -> None:
+    def _finished(self, seq: ChoiceSequence, reason: FinishReason, now: float) -> None:
         seq.finish_reason = reason
         self.metrics.observe(seq.timer, reason, now)
         if self.settings.logging.enable_performance_logging:

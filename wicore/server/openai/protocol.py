@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
-from wicore.engine.request import Priority, PriorityName
+from wicore.engine.request import FinishReason, Priority, PriorityName
 from wicore.server.protocol import (
     ChatMessage,
     DeltaMessage,
@@ -134,7 +134,13 @@ class EmbeddingRequest(StrictRequest):
 # -- responses ----------------------------------------------------------------------------------------
 
 
-FinishReason = Literal["stop", "length"]
+# The engine's reasons a response can carry; the others (abort, timeout, error) end in an error instead.
+OpenAIFinishReason = Literal["stop", "length"]
+_OPENAI_REASONS: dict[FinishReason, OpenAIFinishReason] = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length"}
+
+
+def openai_finish_reason(reason: FinishReason | None) -> OpenAIFinishReason | None:
+    return None if reason is None else _OPENAI_REASONS[reason]
 
 
 class TopLogprob(BaseModel):
@@ -160,7 +166,7 @@ class ChatCompletionChoice(BaseModel):
     index: int
     message: ChatResponseMessage
     logprobs: ChatChoiceLogprobs | None = None
-    finish_reason: FinishReason
+    finish_reason: OpenAIFinishReason
 
 
 class ChatCompletionResponse(BaseModel):
@@ -176,7 +182,7 @@ class ChatCompletionChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
     logprobs: ChatChoiceLogprobs | None = None
-    finish_reason: FinishReason | None = None
+    finish_reason: OpenAIFinishReason | None = None
 
 
 def _drop_none_usage(data: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +216,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
-    finish_reason: FinishReason | None  # None only in stream chunks before the last
+    finish_reason: OpenAIFinishReason | None  # None only in stream chunks before the last
 
 
 class CompletionResponse(BaseModel):

@@ -41,6 +41,7 @@ from wicore.server.openai.protocol import (
     ModelList,
     TopLogprob,
     UsageInfo,
+    openai_finish_reason,
 )
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, parse_body
 from wicore.server.service import GenerationRequest, GenerationService, Outputs, cached_tokens
@@ -154,7 +155,7 @@ def router(service: GenerationService) -> APIRouter:
                     index=s.index,
                     message=ChatResponseMessage(content="".join(s.text)),
                     logprobs=render.chat(s.tokens, s.logprobs, s.top_logprobs) if body.logprobs else None,
-                    finish_reason=s.finish_reason,  # type: ignore[arg-type]
+                    finish_reason=openai_finish_reason(s.finish_reason),
                 )
                 for s in seqs
             ]
@@ -185,8 +186,8 @@ def router(service: GenerationService) -> APIRouter:
                     completion_tokens += out.completion_tokens
                     yield chunk(
                         ChatCompletionChunkChoice(
-                            index=seq.index, delta=DeltaMessage(), finish_reason=out.finish_reason
-                        )  # type: ignore[arg-type]
+                            index=seq.index, delta=DeltaMessage(), finish_reason=openai_finish_reason(out.finish_reason)
+                        )
                     )
             if body.include_usage:
                 usage = UsageInfo.of(len(prompt_ids), completion_tokens, cached_tokens(seqs, body.n))
@@ -222,7 +223,7 @@ def router(service: GenerationService) -> APIRouter:
                     logprobs=None
                     if body.logprobs is None
                     else render.completion(s.tokens, s.logprobs, s.top_logprobs, 0, with_top),
-                    finish_reason=s.finish_reason,  # type: ignore[arg-type]
+                    finish_reason=openai_finish_reason(s.finish_reason),
                 )
                 for s in seqs
             ]
@@ -245,7 +246,11 @@ def router(service: GenerationService) -> APIRouter:
                     text_len[seq.index] = offset + len(out.text)
                 if out.finish_reason is not None:
                     completion_tokens += out.completion_tokens
-                    yield chunk(CompletionChoice(index=seq.index, text="", finish_reason=out.finish_reason))  # type: ignore[arg-type]
+                    yield chunk(
+                        CompletionChoice(
+                            index=seq.index, text="", finish_reason=openai_finish_reason(out.finish_reason)
+                        )
+                    )
             if body.include_usage:
                 usage = UsageInfo.of(prompt_tokens, completion_tokens, cached_tokens(seqs, body.n))
                 yield sse(CompletionResponse(id=response_id, created=created, model=model, choices=[], usage=usage))
