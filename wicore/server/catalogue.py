@@ -53,8 +53,9 @@ class Catalogue:
 
     @functools.cached_property
     def chat_metadata(self) -> dict[str, Any]:
-        """The GGUF header's key-value metadata (the model itself loads in the engine worker)."""
-        return metadata(self.chat_path)
+        """The GGUF header's key-value metadata without the per-token vocabulary arrays (kept for the
+        server's lifetime; the model itself loads in the engine worker)."""
+        return metadata(self.chat_path, vocabulary=False)
 
     # -- the embedding model -------------------------------------------------------------------------
 
