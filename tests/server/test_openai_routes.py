@@ -232,3 +232,38 @@ async def test_embedding_timeout_is_408(engine: FakeEngine) -> None:
                            ("/api/embed", {"model": EMBED, "input": "x"})):  # fmt: skip
             r = await client.post(path, json=body)
             assert r.status_code == 408 and "timed out" in r.json()["error"]["message"]
+
+
+async def test_chat_with_tool_history_renders_it_through_the_template(engine: FakeEngine) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    messages = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
+    ]
+    async with in_process(engine) as client:
+        r = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": messages, "temperature": None})
+    assert r.status_code == 200, r.text
+    prompt = engine.tokenizer.decode(engine.requests[0].prompt_ids, skip_special_tokens=False)
+    # Qwen2.5's template: the developer text as the system turn, the call and the tool's answer in its tags.
+    assert prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert '<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
+    assert "<|im_start|>user\n<tool_response>\n21 C\n</tool_response><|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+async def test_completion_echo_prepends_the_prompt(engine: FakeEngine) -> None:
+    async with in_process(engine) as client:
+        r = await client.post("/v1/completions", json={"prompt": "Say hi.", "echo": True, "n": 2, "max_tokens": 4})
+        body = {"prompt": ["A.", "B."], "echo": True, "max_tokens": 4, "stream": True}
+        async with client.stream("POST", "/v1/completions", json=body) as s:
+            events = [json.loads(e) for e in await sse_events(s) if e != "[DONE]"]
+    assert r.status_code == 200, r.text
+    reply = engine.tokenizer.decode(engine.tokenizer.encode(REPLY, add_special_tokens=False)[:4])
+    assert [c.text for c in Completion.model_validate(r.json()).choices] == ["Say hi." + reply] * 2
+    texts = {0: "", 1: ""}
+    for e in events:
+        for c in e["choices"]:  # stream chunks before the last have finish_reason null
+            texts[c["index"]] += c["text"]
+    assert texts == {0: "A." + reply, 1: "B." + reply}

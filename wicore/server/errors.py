@@ -117,9 +117,8 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> APIError:
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")
         return APIError(400, f"the request body is not valid JSON: {detail}".rstrip(": "))
-    param = _param_path(first.get("loc", ()))
+    param, message = _located(first)
     if not param:
-        message = _describe(first)
         if first.get("type") in ("model_type", "model_attributes_type", "dict_type"):
             return APIError(400, "the request body must be a JSON object")
         if first.get("type") == "missing":
@@ -129,10 +128,21 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> APIError:
         return APIError(400, message, param=named.group(1) if named else None)
     said = []
     for error in errors:
-        text = _describe(error)
-        if _param_path(error.get("loc", ())) == param and text not in said:
+        where, text = _located(error)
+        if where == param and text not in said:
             said.append(text)
     return APIError(400, f"{param}: {'; '.join(said)}", param=param)
+
+
+def _located(error: Mapping[str, Any]) -> tuple[str, str]:
+    """The parameter an error is about and what it says. A check spanning an object's fields (a message's
+    role and content) names the field in its text: "content: ..." inside messages[0] is about
+    messages[0].content."""
+    path, text = _param_path(error.get("loc", ())), _describe(error)
+    named = _LEADING_PARAM.match(text)
+    if path and named:
+        return f"{path}.{named.group(1)}", text[named.end() :]
+    return path, text
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import jinja2
 import structlog
@@ -146,7 +147,7 @@ class GenerationService:
 
     # -- prompts ---------------------------------------------------------------------------------
 
-    def chat_prompt(self, conversation: list[dict[str, str]], param: str = "messages") -> list[int]:
+    def chat_prompt(self, conversation: list[dict[str, Any]], param: str = "messages") -> list[int]:
         tokenizer = self.engine.tokenizer
         try:
             text = tokenizer.apply_chat_template(conversation)

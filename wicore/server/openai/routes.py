@@ -201,7 +201,8 @@ def router(service: GenerationService) -> APIRouter:
         body = await parse_body(request, CompletionRequest)
         check_model(body.model)
         tokenizer = engine.tokenizer
-        prompts = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in body.prompts()]
+        given = body.prompts()
+        prompts = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in given]
         for ids in prompts:
             service.check_vocab(ids, "prompt")
         request_id, seqs = service.start(
@@ -214,12 +215,17 @@ def router(service: GenerationService) -> APIRouter:
         structlog.contextvars.bind_contextvars(completion_id=response_id)
         prompt_tokens = sum(len(ids) for ids in prompts)
         with_top = bool(body.logprobs)
+        # echo: each choice's text starts with its prompt (choice i of prompt p is p * n + i, as fan-out orders them).
+        echoed = [("" if not body.echo else p if isinstance(p, str) else tokenizer.decode(p)) for p in given]
+
+        def echo(index: int) -> str:
+            return echoed[index // body.n]
 
         def build() -> CompletionResponse:
             choices = [
                 CompletionChoice(
                     index=s.index,
-                    text="".join(s.text),
+                    text=echo(s.index) + "".join(s.text),
                     logprobs=None
                     if body.logprobs is None
                     else render.completion(s.tokens, s.logprobs, s.top_logprobs, 0, with_top),
@@ -237,6 +243,9 @@ def router(service: GenerationService) -> APIRouter:
             completion_tokens = 0
             text_len: dict[int, int] = {}  # characters sent per choice, for text_offset
             async for seq, out in outputs:
+                if body.echo and seq.index not in text_len:
+                    text_len[seq.index] = len(echo(seq.index))
+                    yield chunk(CompletionChoice(index=seq.index, text=echo(seq.index), finish_reason=None))
                 logprobs = None
                 offset = text_len.get(seq.index, 0)
                 if body.logprobs is not None and out.token_ids:
