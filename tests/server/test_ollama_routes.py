@@ -90,6 +90,12 @@ async def test_embed_shape(engine: FakeEngine) -> None:
     assert r["prompt_eval_count"] > 3 and r["total_duration"] > 0 and r["load_duration"] == 0
 
 
+async def test_embed_truncates_by_default(engine: FakeEngine) -> None:
+    async with in_process(engine) as client:
+        r = await client.post("/api/embed", json={"model": EMBED, "input": "word " * 300})
+    assert r.status_code == 200 and len(r.json()["embeddings"]) == 1
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "param"),
     [
@@ -112,6 +118,7 @@ async def test_embed_shape(engine: FakeEngine) -> None:
         ("/api/embed", {"model": EMBED, "input": "x", "dimensions": 999}, 400, "dimensions"),
         ("/api/embed", {"model": MODEL, "input": "x"}, 400, "model"),
         ("/api/embed", {"model": "bge-m3", "input": "x"}, 404, "model"),
+        ("/api/embed", {"model": EMBED, "input": "word " * 300, "truncate": False}, 400, "input"),
     ],
 )  # fmt: skip
 async def test_bad_input_in_the_envelope(engine: FakeEngine, path: str, body: dict, status: int, param: str) -> None:

@@ -140,8 +140,11 @@ async def test_unknown_model_is_404_and_long_prompt_is_400(engine: FakeEngine) -
 async def test_models(engine: FakeEngine) -> None:
     async with in_process(engine) as client:
         models = (await client.get("/v1/models")).json()
-        assert [m["id"] for m in models["data"]] == [MODEL] and models["data"][0]["owned_by"] == "wicore"
+        listed = openai.types.Model  # every card validates as the client's own type
+        assert [listed.model_validate(m).id for m in models["data"]] == [MODEL, EMBED]
+        assert all(m["owned_by"] == "wicore" and m["created"] > 0 for m in models["data"])
         assert (await client.get(f"/v1/models/{MODEL}")).json()["id"] == MODEL
+        assert (await client.get(f"/v1/models/{EMBED}")).json()["id"] == EMBED
         assert (await client.get("/v1/models/gpt-9")).status_code == 404
 
 
@@ -267,3 +270,13 @@ async def test_completion_echo_prepends_the_prompt(engine: FakeEngine) -> None:
         for c in e["choices"]:  # stream chunks before the last have finish_reason null
             texts[c["index"]] += c["text"]
     assert texts == {0: "A." + reply, 1: "B." + reply}
+
+
+async def test_embedding_over_the_limit_is_a_400_naming_input(engine: FakeEngine) -> None:
+    long = "word " * 300  # all-MiniLM-L6-v2 takes 256 tokens
+    async with in_process(engine) as client:
+        r = await client.post("/v1/embeddings", json={"model": EMBED, "input": ["short", long]})
+        assert_error(r, 400, "input")
+        assert r.json()["error"]["message"].startswith("input[1]: 302 tokens, more than")
+        assert (await client.post("/v1/embeddings", json={"input": "word " * 254})).status_code == 200  # 256 fits
+    assert len(engine.requests) == 1  # the refused one never reached the engine

@@ -245,10 +245,12 @@ class GenerationService:
     # -- embeddings ------------------------------------------------------------------------------
 
     async def embed(
-        self, request: Request, texts: list[str], dimensions: int | None, priority: Priority, input_param: str
-    ) -> tuple[list[list[float]], int]:
+        self, request: Request, texts: list[str], dimensions: int | None, priority: Priority, input_param: str,
+        truncate: bool,
+    ) -> tuple[list[list[float]], int]:  # fmt: skip
         """The embeddings of `texts` (computed in the engine worker) and the tokens they were made from;
-        raises ClientGone if the client hangs up first."""
+        raises ClientGone if the client hangs up first. A text longer than the model's limit is cut
+        there when `truncate`, else it is a 400."""
         if not texts or any(not t for t in texts):
             raise APIError(400, f"{input_param}: expected non-empty text", param=input_param)
         if len(texts) > MAX_EMBED_INPUTS:
@@ -256,6 +258,14 @@ class GenerationService:
                 400, f"{input_param}: at most {MAX_EMBED_INPUTS} texts per request, got {len(texts)}", param=input_param
             )
         size, name = self.catalogue.embedding_dimensions, self.catalogue.embedding_name
+        if not truncate:
+            limit = self.catalogue.embedding_max_length()
+            for i, length in enumerate(self.catalogue.embedding_lengths(texts)):
+                if length > limit:
+                    where = input_param if len(texts) == 1 else f"{input_param}[{i}]"
+                    raise APIError(
+                        400, f"{where}: {length} tokens, more than {name}'s limit of {limit} tokens", param=input_param
+                    )
         if dimensions is not None and dimensions > size:
             raise APIError(400, f"dimensions: {name} has {size} dimensions, got {dimensions}", param="dimensions")
         now = time.time()

@@ -199,7 +199,7 @@ def router(service: GenerationService) -> APIRouter:
             raise APIError(400, f"model: `{body.model}` is a chat model; embeddings use {model_id(name)}")
         texts = [body.input] if isinstance(body.input, str) else body.input
         priority = engine_priority(body.priority)
-        vectors, tokens = await service.embed(request, texts, body.dimensions, priority, "input")
+        vectors, tokens = await service.embed(request, texts, body.dimensions, priority, "input", truncate=True)
         single = isinstance(body.input, str)
         response = EmbedResponse(
             embedding=vectors[0] if single else None,

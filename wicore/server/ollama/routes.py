@@ -189,7 +189,7 @@ def router(service: GenerationService) -> APIRouter:
             raise APIError(400, f"model: `{body.model}` cannot embed; use {name}", param="model")
         texts = [body.input] if isinstance(body.input, str) else body.input
         start = time.time()
-        vectors, tokens = await service.embed(request, texts, body.dimensions, Priority.NORMAL, "input")
+        vectors, tokens = await service.embed(request, texts, body.dimensions, Priority.NORMAL, "input", body.truncate)
         reply = {
             "model": body.model,
             "embeddings": vectors,

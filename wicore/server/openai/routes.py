@@ -121,17 +121,26 @@ def router(service: GenerationService) -> APIRouter:
                 404, f"the model `{model}` does not exist; this server serves `{engine.model_name}`", param="model"
             )
 
-    def card() -> ModelCard:
-        return ModelCard(id=engine.model_name, created=engine.created)
+    def cards() -> list[ModelCard]:
+        """The chat model, and the embedding model once it is pulled (one not pulled cannot embed)."""
+        listed = [ModelCard(id=engine.model_name, created=engine.created)]
+        if service.catalogue.embedding_present():
+            created = int(service.catalogue.embedding_folder().stat().st_mtime)
+            listed.append(ModelCard(id=service.catalogue.embedding_name, created=created))
+        return listed
 
     @api.get("/v1/models")
     async def models() -> ModelList:
-        return ModelList(data=[card()])
+        return ModelList(data=cards())
 
     @api.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> ModelCard:
-        check_model(model_id)
-        return card()
+        for card in cards():
+            if card.id == model_id:
+                return card
+        raise APIError(
+            404, f"the model `{model_id}` does not exist; this server serves `{engine.model_name}`", param="model"
+        )
 
     @api.post("/v1/chat/completions", response_model=None)
     @api.post("/chat/completions", response_model=None, include_in_schema=False)
@@ -274,7 +283,9 @@ def router(service: GenerationService) -> APIRouter:
         if body.model is not None and service.catalogue.kind(body.model.removeprefix("wicore:")) != "embedding":
             raise APIError(404, f"the model `{body.model}` does not exist; embeddings use `{name}`", param="model")
         texts = [body.input] if isinstance(body.input, str) else body.input
-        vectors, tokens = await service.embed(request, texts, body.dimensions, body.engine_priority, "input")
+        vectors, tokens = await service.embed(
+            request, texts, body.dimensions, body.engine_priority, "input", truncate=False
+        )  # OpenAI answers 400, never truncates
         data = [
             EmbeddingData(index=i, embedding=_b64(v) if body.encoding_format == "base64" else v)
             for i, v in enumerate(vectors)
