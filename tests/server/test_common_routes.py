@@ -10,10 +10,11 @@ import openai
 import pytest
 
 from tests.fake_engine import FakeEngine, in_process
-from tests.helpers import EMBED, FRANCE, MODEL, STORY, story
+from tests.helpers import EMBED, FRANCE, MODEL, STORY, assert_ollama_error, story
 from wicore.config import Settings
 from wicore.engine.messages import SchedulerStats
 from wicore.server.app import create_app
+from wicore.server.errors import is_ollama_path
 
 pytestmark = pytest.mark.anyio
 MODEL_ID = f"wicore:{MODEL}"
@@ -65,11 +66,17 @@ async def test_auth_on_every_surface(engine: FakeEngine, capsys: pytest.CaptureF
             ("POST", "/api/generate", {"model": MODEL, "prompt": "hi", "options": {"num_predict": 2}}),
             ("POST", "/api/chat", {"model": MODEL, "messages": FRANCE, "options": {"num_predict": 2}}),
             ("POST", "/api/embed", {"model": EMBED, "input": "hi"}),
+            ("POST", "/api/embeddings", {"model": EMBED, "prompt": "hi"}),
+            ("POST", "/api/show", {"model": MODEL}),
+            ("GET", "/api/ps", None),
         ]
         for method, path, body in calls:
             for headers in ({}, wrong):
                 r = await client.request(method, path, json=body, headers=headers)
-                assert r.status_code == 401 and r.json()["error"]["code"] == "401", path
+                if is_ollama_path(path):  # Ollama's clients read its own shape
+                    assert_ollama_error(r, 401, "API key")
+                else:
+                    assert r.status_code == 401 and r.json()["error"]["code"] == "401", path
             r = await client.request(method, path, json=body, headers=ok)
             assert r.status_code == 200, (path, r.text)
     logged = capsys.readouterr()

@@ -12,7 +12,7 @@ from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from tests.fake_engine import REPLY, FakeEngine, in_process
-from tests.helpers import EMBED, FRANCE, MODEL, assert_error
+from tests.helpers import EMBED, FRANCE, MODEL, assert_error, assert_ollama_error
 from wicore.engine.client import EngineUnavailable, QueueFull
 from wicore.engine.request import EngineRequest, FinishReason, Priority
 
@@ -231,10 +231,10 @@ async def test_dimensions_too_large_through_the_client(engine: FakeEngine) -> No
 
 async def test_embedding_timeout_is_408(engine: FakeEngine) -> None:
     async with in_process(engine, {"scheduler": {"request_timeout": 1e-6}}) as client:
-        for path, body in (("/v1/embeddings", {"input": "x"}), ("/api/v1/embed", {"input": "x"}),
-                           ("/api/embed", {"model": EMBED, "input": "x"})):  # fmt: skip
+        for path, body in (("/v1/embeddings", {"input": "x"}), ("/api/v1/embed", {"input": "x"})):
             r = await client.post(path, json=body)
             assert r.status_code == 408 and "timed out" in r.json()["error"]["message"]
+        assert_ollama_error(await client.post("/api/embed", json={"model": EMBED, "input": "x"}), 408, "timed out")
 
 
 async def test_chat_with_tool_history_renders_it_through_the_template(engine: FakeEngine) -> None:

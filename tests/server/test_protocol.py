@@ -162,10 +162,13 @@ def test_error_envelope_matches_the_seed() -> None:
     ]
     for status, kind in cases:
         error = APIError(status, "boom", headers={"Retry-After": "1"} if status == 429 else None)
-        body = json.loads(error.response().body)
+        body = json.loads(error.response("/v1/chat/completions").body)
         assert body == {"error": {"message": "boom", "type": kind, "param": None, "code": str(status)}}
-        assert error.response().status_code == status
-    assert APIError(429, "busy", headers={"Retry-After": "1"}).response().headers["retry-after"] == "1"
+        assert error.response("/api/v1/chat").status_code == status
+        assert json.loads(error.response("/api/v1/chat").body) == body  # AIgo's paths have the envelope
+        ollama = error.response("/api/chat")  # Ollama's its own shape
+        assert json.loads(ollama.body) == {"error": "boom"} and ollama.status_code == status
+    assert APIError(429, "busy", headers={"Retry-After": "1"}).response("/api/tags").headers["retry-after"] == "1"
 
 
 def test_valid_chat_request_maps_to_sampling_params() -> None:

@@ -33,6 +33,14 @@ def safetensors_parameters(path: Path) -> int:
     return sum(functools.reduce(lambda a, b: a * b, t["shape"], 1) for k, t in header.items() if k != "__metadata__")
 
 
+def count_label(n: int) -> str:
+    """A parameter count as model cards write it: 494.0M, 22.7M."""
+    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
 class Catalogue:
     """The served chat model and the embedding model."""
 
