@@ -162,3 +162,39 @@ def test_serves_gemma3_completions_and_refuses_chat_without_a_template(tmp_path:
         assert r.usage is not None and r.usage.prompt_tokens == len(case["prompt_ids"])  # BOS included
         chat = httpx.post(server.url + "/v1/chat/completions", json={"messages": FRANCE}, timeout=30)
         assert chat.status_code == 400 and chat.json()["error"]["param"] == "messages"
+
+
+def test_nulls_and_documented_fields_as_other_clients_send_them(server: Server) -> None:
+    body = {
+        "model": MODEL, "messages": [{"role": "developer", "content": "Answer in one sentence."}, *FRANCE],
+        "max_tokens": 32, "temperature": 0, "top_p": None, "n": None, "stream": None, "stream_options": None,
+        "stop": None, "seed": None, "logprobs": None, "top_logprobs": None, "presence_penalty": None,
+        "frequency_penalty": None, "logit_bias": None, "user": None, "parallel_tool_calls": None, "store": False,
+        "metadata": {"run": "1"}, "service_tier": "auto", "reasoning_effort": None, "prompt_cache_key": "k",
+    }  # fmt: skip
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert ChatCompletion.model_validate(r.json()).choices[0].message.content == "The capital of France is Paris."
+    r = httpx.post(server.url + "/v1/chat/completions", json={**body, "invented": 1}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "invented"
+
+
+def test_tool_call_history_through_the_real_template(client: openai.OpenAI) -> None:
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_capital", "arguments": '{"country": "France"}'}}  # fmt: skip
+    r = client.chat.completions.create(
+        model=MODEL, temperature=0, max_tokens=32,
+        messages=[
+            *FRANCE,
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "Paris"},
+        ],
+    )  # fmt: skip
+    assert "Paris" in (r.choices[0].message.content or "")
+
+
+def test_completion_echo(client: openai.OpenAI) -> None:
+    prompt = "The capital of France is"
+    r = client.completions.create(model=MODEL, prompt=prompt, echo=True, max_tokens=4, temperature=0)
+    plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0)
+    assert r.choices[0].text == prompt + plain.choices[0].text and " Paris" in r.choices[0].text
