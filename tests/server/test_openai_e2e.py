@@ -198,3 +198,17 @@ def test_completion_echo(client: openai.OpenAI) -> None:
     r = client.completions.create(model=MODEL, prompt=prompt, echo=True, max_tokens=4, temperature=0)
     plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0)
     assert r.choices[0].text == prompt + plain.choices[0].text and " Paris" in r.choices[0].text
+
+
+def test_completion_echo_with_prompt_logprobs(client: openai.OpenAI) -> None:
+    """lm-evaluation-harness's log-likelihood request: echo, logprobs, no new tokens to speak of."""
+    prompt = "The capital of France is Paris"
+    r = client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=2, max_tokens=1, temperature=0)
+    lp = r.choices[0].logprobs
+    assert lp is not None and lp.tokens is not None and lp.token_logprobs is not None and lp.top_logprobs is not None
+    n = len(lp.tokens) - 1  # the prompt's tokens, then the one generated
+    assert "".join(lp.tokens[:n]) == prompt and r.choices[0].text.startswith(prompt)
+    assert lp.token_logprobs[0] is None and all(v is not None and v <= 0 for v in lp.token_logprobs[1:])
+    assert lp.token_logprobs[n - 1] > -1.0  # " Paris" is what the model expects here
+    assert lp.top_logprobs[0] is None and all(len(t) == 2 for t in lp.top_logprobs[1:])
+    assert lp.text_offset is not None and lp.text_offset[n] == len(prompt)

@@ -280,3 +280,29 @@ async def test_embedding_over_the_limit_is_a_400_naming_input(engine: FakeEngine
         assert r.json()["error"]["message"].startswith("input[1]: 302 tokens, more than")
         assert (await client.post("/v1/embeddings", json={"input": "word " * 254})).status_code == 200  # 256 fits
     assert len(engine.requests) == 1  # the refused one never reached the engine
+
+
+async def test_completion_echo_with_logprobs_scores_the_prompt(engine: FakeEngine) -> None:
+    body = {"prompt": "Say hi.", "echo": True, "logprobs": 1, "max_tokens": 2}
+    async with in_process(engine) as client:
+        r = await client.post("/v1/completions", json=body)
+        async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as s:
+            events = [json.loads(e) for e in await sse_events(s) if e != "[DONE]"]
+    assert r.status_code == 200, r.text
+    assert engine.requests[0].params.prompt_logprobs == 1 and engine.requests[0].params.logprobs == 1
+    prompt = engine.tokenizer.encode("Say hi.")
+    texts = [engine.tokenizer.decode([t]) for t in prompt]
+    # The first prompt token has nothing before it: null, as OpenAI sends it (openai-python's types say
+    # float, but its client does not validate responses); the fake engine scores the rest -1.
+    (choice,) = r.json()["choices"]
+    lp = choice["logprobs"]
+    n = len(prompt)
+    assert lp["tokens"][:n] == texts and len(lp["tokens"]) == n + 2
+    assert lp["token_logprobs"][:n] == [None] + [-1.0] * (n - 1) and lp["token_logprobs"][n:] == [-0.25, -0.25]
+    assert lp["top_logprobs"][0] is None and lp["top_logprobs"][1] == {texts[1]: -1.0}
+    # Offsets run through the echoed prompt, then the completion after it.
+    assert lp["text_offset"] == [sum(map(len, texts[:k])) for k in range(n)] + [7, 7 + len(lp["tokens"][n])]
+    first = events[0]["choices"][0]
+    assert first["text"] == "Say hi." and first["logprobs"]["tokens"] == texts
+    assert first["logprobs"]["token_logprobs"][0] is None
+    assert events[1]["choices"][0]["logprobs"]["text_offset"] == [7]

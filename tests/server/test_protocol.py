@@ -126,9 +126,7 @@ def test_chat_structure_errors(body: dict[str, Any], param: str, says: str) -> N
         ({"prompt": [[1, 2], []]}, "prompt", "must be a string, a list of strings"),
         ({"prompt": [-1]}, "prompt", "must be a string, a list of strings"),
         ({"prompt": "x", "logprobs": 21}, "logprobs", "must be between 0 and 20"),
-        ({"prompt": "x", "echo": True, "logprobs": 1}, "echo", "not supported"),
         ({"prompt": "x", "best_of": 3}, "best_of", "only best_of equal to n"),
-        ({"prompt": "x", "suffix": "y"}, "suffix", "unsupported parameter"),
         ({"prompt": "x", "suffix": "y"}, "suffix", "unsupported parameter"),
     ],
 )

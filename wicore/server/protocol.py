@@ -242,7 +242,9 @@ class SamplingRequest(StrictRequest):
     def engine_priority(self) -> Priority:
         return engine_priority(self.priority)
 
-    def sampling_params(self, max_tokens: int, logprobs: int | None, seed_offset: int = 0) -> SamplingParams:
+    def sampling_params(
+        self, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None, seed_offset: int = 0
+    ) -> SamplingParams:
         """The engine's parameters for the `seed_offset`-th of the request's `n` sequences."""
         seed = None if self.seed is None else (self.seed + seed_offset) % 2**64
         stop = self.stop if self.stop is not None else ()
@@ -261,6 +263,7 @@ class SamplingRequest(StrictRequest):
             stop=stop,
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
 
 

@@ -51,6 +51,8 @@ class ChoiceSequence:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    prompt_logprobs: list[float | None] = field(default_factory=list)
+    prompt_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     finish_reason: FinishReason | None = None
 
     def add(self, out: RequestOutput) -> None:
@@ -58,6 +60,8 @@ class ChoiceSequence:
         self.tokens += out.token_ids
         self.logprobs += out.logprobs
         self.top_logprobs += out.top_logprobs
+        self.prompt_logprobs += out.prompt_logprobs
+        self.prompt_top_logprobs += out.prompt_top_logprobs
 
 
 Outputs = AsyncIterator[tuple[ChoiceSequence, RequestOutput]]
@@ -80,6 +84,7 @@ class GenerationRequest:
     max_tokens: int | None  # as requested; None: `default_max_tokens`, shrunk to fit the context
     default_max_tokens: int
     logprobs: int | None = None  # alternatives reported per token; None: no logprobs
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (echo); None: not scored
     prompt_param: str = "prompt"
     max_tokens_param: str = "max_tokens"
     fanout_param: str = "n"
@@ -178,7 +183,7 @@ class GenerationService:
                     engine_request = EngineRequest(
                         request_id=request_id if total == 1 else f"{request_id}-{index}",
                         prompt_ids=prompt_ids,
-                        params=body.sampling_params(limit, req.logprobs, seed_offset=j),
+                        params=body.sampling_params(limit, req.logprobs, req.prompt_logprobs, seed_offset=j),
                         priority=body.engine_priority,
                         arrival=now,
                         deadline=deadline,

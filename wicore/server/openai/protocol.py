@@ -142,11 +142,9 @@ class CompletionRequest(OpenAIRequest, SamplingRequest):
     best_of: PositiveInt | None = None
 
     @model_validator(mode="after")
-    def _check_best_of_and_echo(self) -> CompletionRequest:
+    def _check_best_of(self) -> CompletionRequest:
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError(f"best_of: only best_of equal to n ({self.n}) is supported, got {self.best_of}")
-        if self.echo and self.logprobs is not None:
-            raise ValueError("echo: echo with logprobs (prompt-token logprobs) is not supported")
         return self
 
     def prompts(self) -> list[str | list[int]]:
@@ -259,6 +257,18 @@ class CompletionLogprobs(BaseModel):
     token_logprobs: list[float | None] = Field(default_factory=list)
     top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
+
+    @staticmethod
+    def joined(first: CompletionLogprobs | None, second: CompletionLogprobs) -> CompletionLogprobs:
+        """`second` after `first` (an echoed prompt's tokens before the completion's)."""
+        if first is None:
+            return second
+        return CompletionLogprobs(
+            tokens=first.tokens + second.tokens,
+            token_logprobs=first.token_logprobs + second.token_logprobs,
+            top_logprobs=first.top_logprobs + second.top_logprobs,
+            text_offset=first.text_offset + second.text_offset,
+        )
 
 
 class CompletionChoice(BaseModel):

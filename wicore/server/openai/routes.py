@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 import numpy as np
 import structlog
@@ -88,17 +88,20 @@ class LogprobRenderer:
         return ChatChoiceLogprobs(content=content)
 
     def completion(
-        self, token_ids: list[int], logprobs: list[float], top: list[list[tuple[int, float]]], offset: int,
-        with_top: bool,
+        self, token_ids: list[int], logprobs: Sequence[float | None], top: list[list[tuple[int, float]]],
+        offset: int, with_top: bool,
     ) -> CompletionLogprobs:  # fmt: skip
+        """`None` logprobs are a prompt's first token, which nothing predicts (OpenAI's null)."""
         result = CompletionLogprobs()
         for k, (token_id, lp) in enumerate(zip(token_ids, logprobs, strict=False)):
             text = self.token_text(token_id)
             result.tokens.append(text)
-            result.token_logprobs.append(max(lp, MIN_LOGPROB))
+            result.token_logprobs.append(None if lp is None else max(lp, MIN_LOGPROB))
             alternatives = top[k] if k < len(top) else []
             result.top_logprobs.append(
-                {self.token_text(i): max(v, MIN_LOGPROB) for i, v in alternatives} if with_top else None
+                {self.token_text(i): max(v, MIN_LOGPROB) for i, v in alternatives}
+                if with_top and lp is not None
+                else None
             )
             result.text_offset.append(offset)
             offset += len(text)
@@ -217,7 +220,8 @@ def router(service: GenerationService) -> APIRouter:
         request_id, seqs = service.start(
             GenerationRequest(
                 prompts, body, body.max_tokens if "max_tokens" in body.model_fields_set else None,
-                COMPLETION_DEFAULT_MAX_TOKENS, body.logprobs, fanout_param="n" if len(prompts) == 1 else "prompt",
+                COMPLETION_DEFAULT_MAX_TOKENS, body.logprobs, body.logprobs if body.echo else None,
+                fanout_param="n" if len(prompts) == 1 else "prompt",
             )
         )  # fmt: skip
         response_id, created, model = f"cmpl-{request_id}", int(time.time()), engine.model_name
@@ -230,6 +234,14 @@ def router(service: GenerationService) -> APIRouter:
         def echo(index: int) -> str:
             return echoed[index // body.n]
 
+        def echo_logprobs(index: int, logprobs: list[float | None], top: list[list[tuple[int, float]]]) -> (
+            CompletionLogprobs | None
+        ):  # fmt: skip
+            """The echoed prompt's tokens, scored, when logprobs are asked for."""
+            if body.logprobs is None or not body.echo:
+                return None
+            return render.completion(prompts[index // body.n], logprobs, top, 0, with_top)
+
         def build() -> CompletionResponse:
             choices = [
                 CompletionChoice(
@@ -237,7 +249,10 @@ def router(service: GenerationService) -> APIRouter:
                     text=echo(s.index) + "".join(s.text),
                     logprobs=None
                     if body.logprobs is None
-                    else render.completion(s.tokens, s.logprobs, s.top_logprobs, 0, with_top),
+                    else CompletionLogprobs.joined(
+                        echo_logprobs(s.index, s.prompt_logprobs, s.prompt_top_logprobs),
+                        render.completion(s.tokens, s.logprobs, s.top_logprobs, len(echo(s.index)), with_top),
+                    ),
                     finish_reason=openai_finish_reason(s.finish_reason),
                 )
                 for s in seqs
@@ -254,7 +269,12 @@ def router(service: GenerationService) -> APIRouter:
             async for seq, out in outputs:
                 if body.echo and seq.index not in text_len:
                     text_len[seq.index] = len(echo(seq.index))
-                    yield chunk(CompletionChoice(index=seq.index, text=echo(seq.index), finish_reason=None))
+                    prompt_logprobs = echo_logprobs(seq.index, out.prompt_logprobs, out.prompt_top_logprobs)
+                    yield chunk(
+                        CompletionChoice(
+                            index=seq.index, text=echo(seq.index), logprobs=prompt_logprobs, finish_reason=None
+                        )
+                    )
                 logprobs = None
                 offset = text_len.get(seq.index, 0)
                 if body.logprobs is not None and out.token_ids:
