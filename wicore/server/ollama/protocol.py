@@ -87,7 +87,6 @@ class OllamaModelRequest(OllamaRequest):
     """/api/show and /api/pull: a model by name."""
 
     model: str
-    verbose: bool = False  # /api/show: Ollama's full vocabulary arrays, which model_info never carries here
     stream: bool = True  # /api/pull
 
 

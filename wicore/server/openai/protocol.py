@@ -40,13 +40,12 @@ TopLogprobs = Annotated[int, between(0, 20)]
 
 # Documented OpenAI parameters that change nothing here (storage, billing, reasoning models, audio, ...):
 # accepted so that clients which always send them work, and logged once per process so the operator sees
-# what is being ignored. The NULL_ONLY ones are ignored only as `null`: a value would ask for a feature.
-IGNORED_CHAT = {
+# what is being ignored. A request's `null_only` ones are ignored only as `null`: a value would ask for a
+# feature.
+IGNORED_CHAT = frozenset({
     "store", "metadata", "service_tier", "reasoning_effort", "prompt_cache_key", "safety_identifier",
     "modalities", "audio", "prediction", "web_search_options", "verbosity",
-}  # fmt: skip
-NULL_ONLY_CHAT = {"parallel_tool_calls"}
-NULL_ONLY_COMPLETION = {"suffix"}
+})  # fmt: skip
 ignored_logged: set[str] = set()  # the fields logged so far
 
 
@@ -84,8 +83,8 @@ class ResponseFormat(StrictRequest):
 
 
 class ChatCompletionRequest(OpenAIRequest, SamplingRequest):
-    ignored = frozenset(IGNORED_CHAT)
-    null_only = frozenset(NULL_ONLY_CHAT)
+    ignored = IGNORED_CHAT
+    null_only = frozenset({"parallel_tool_calls"})
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None  # OpenAI's newer name for max_tokens
     logprobs: bool = False
@@ -112,7 +111,7 @@ class ChatCompletionRequest(OpenAIRequest, SamplingRequest):
 
 
 class CompletionRequest(OpenAIRequest, SamplingRequest):
-    null_only = frozenset(NULL_ONLY_COMPLETION)
+    null_only = frozenset({"suffix"})
     # A string, a batch of strings, token ids, or a batch of token-id lists (OpenAI's four shapes).
     prompt: str | list[str] | list[int] | list[list[int]]
     # OpenAI's defaults for the legacy endpoint (512 / 0.7 are chat's).
@@ -120,6 +119,8 @@ class CompletionRequest(OpenAIRequest, SamplingRequest):
     temperature: Temperature = 1.0
     logprobs: TopLogprobs | None = None
     echo: bool = False
+    # Returning the best of more sequences than n is not done; best_of = n asks for nothing more.
+    best_of: PositiveInt | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -137,9 +138,6 @@ class CompletionRequest(OpenAIRequest, SamplingRequest):
         if not ok:
             raise ValueError("must be a string, a list of strings, a list of token ids or a list of token-id lists")
         return value
-
-    # Returning the best of more sequences than n is not done; best_of = n asks for nothing more.
-    best_of: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _check_best_of(self) -> CompletionRequest:
