@@ -85,9 +85,15 @@ class FakeEngine:
                 if params.logprobs is not None:  # the sampled token first, as greedy picks it
                     alternatives = [(token, -0.25)] + [(i, -5.0 - i) for i in range(params.logprobs)]
                     logprobs, top = [-0.25], [alternatives[: params.logprobs]]
+                prompt_logprobs, prompt_top = [], []
+                if params.prompt_logprobs is not None and k == 0:  # every prompt token scored -1, the first none
+                    prompt = request.prompt_ids
+                    prompt_logprobs = [None] + [-1.0] * (len(prompt) - 1)
+                    prompt_top = [[]] + [[(t, -1.0)][: params.prompt_logprobs] for t in prompt[1:]]
                 yield RequestOutput(
                     request.request_id, [token], logprobs, top, finish_reason=end, error=FAILURES.get(end),
                     prompt_tokens=len(request.prompt_ids), completion_tokens=k + 1, text=piece,
+                    prompt_logprobs=prompt_logprobs, prompt_top_logprobs=prompt_top,
                 )  # fmt: skip
                 sent += piece
                 if end is not None:

@@ -52,3 +52,10 @@ def assert_error(r: httpx.Response, status: int, param: str | None) -> None:
     assert error["code"] == str(status) and error["param"] == param
     if param:
         assert param in error["message"]
+
+
+def assert_ollama_error(r: httpx.Response, status: int, says: str) -> None:
+    """`r` is Ollama's error shape, `{"error": "message"}`, with `status` and `says` in the message."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and says in body["error"], body

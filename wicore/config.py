@@ -29,6 +29,10 @@ class ApiSettings(_Section):
     # One key or several (a list, or comma-separated in the environment).
     api_key: str | list[str] | None = None
     rate_limit_per_minute: int = Field(100, ge=0, description="per API key, else per client IP; 0 = off")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='origins browsers may call the API from (["*"]: any); empty: no CORS headers',
+    )
 
     @property
     def api_keys(self) -> frozenset[str]:

@@ -160,3 +160,32 @@ def test_gemma3_matches_transformers(gemma: LLM, case: dict) -> None:
         [step] = gemma.generate([ids + greedy[:same]], SamplingParams(temperature=0.0, max_tokens=1, logprobs=5))
         top = dict(step.top_logprobs[0])
         assert top[out.token_ids[same]] - top.get(greedy[same], -np.inf) <= NEAR_TIE, (same, top)
+
+
+def test_prompt_logprobs_match_next_token_logprobs(llm: LLM) -> None:
+    """Each prompt token's score equals what the model gives that position when it is the next token to
+    sample, also when the prompt runs in chunks and its prefix is in the prefix cache."""
+    prompt = llm.tokenizer.encode("The capital of France is Paris, and the capital of Italy is Rome.")
+    scored = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=3)
+    llm.generate([prompt], GREEDY)  # puts the prompt's blocks in the prefix cache: scoring must not skip them
+    scheduler = llm.core.scheduler
+    settings = scheduler.settings
+    scheduler.settings = settings.model_copy(update={"max_batch_tokens": 5})  # the prompt in chunks of 5
+    try:
+        [out] = llm.generate([prompt], scored)
+    finally:
+        scheduler.settings = settings
+    assert len(out.prompt_logprobs) == len(prompt) and out.prompt_logprobs[0] is None
+    assert out.prompt_top_logprobs[0] == [] and all(len(t) == 3 for t in out.prompt_top_logprobs[1:])
+    next_token = SamplingParams(temperature=1.0, max_tokens=1, logprobs=20)
+    for i in (1, 5, len(prompt) - 1):
+        [ref] = llm.generate([prompt[:i]], next_token)
+        reference = dict(ref.top_logprobs[0])
+        assert [t for t, _ in out.prompt_top_logprobs[i]] == [t for t, _ in ref.top_logprobs[0][:3]]
+        assert np.allclose([v for _, v in out.prompt_top_logprobs[i]], [v for _, v in ref.top_logprobs[0][:3]],
+                           atol=2e-2)  # fmt: skip
+        if prompt[i] in reference:
+            assert abs(out.prompt_logprobs[i] - reference[prompt[i]]) < 2e-2
+    # " Paris" after "The capital of France is" is the likely token.
+    paris = next(i for i in range(len(prompt)) if llm.tokenizer.decode(prompt[: i + 1]).endswith(" Paris"))
+    assert out.prompt_logprobs[paris] > -1.0

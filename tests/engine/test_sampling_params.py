@@ -29,6 +29,8 @@ from wicore.kernels.sampling import pack_params
         ("stop", ("",)),
         ("stop_token_ids", (-5,)),
         ("logprobs", 21),
+        ("prompt_logprobs", -1),
+        ("prompt_logprobs", 21),
     ],
 )
 def test_sampling_params_validation_names_the_field(field: str, value: object) -> None:

@@ -10,10 +10,11 @@ import openai
 import pytest
 
 from tests.fake_engine import FakeEngine, in_process
-from tests.helpers import EMBED, FRANCE, MODEL, STORY, story
+from tests.helpers import EMBED, FRANCE, MODEL, STORY, assert_ollama_error, story
 from wicore.config import Settings
 from wicore.engine.messages import SchedulerStats
 from wicore.server.app import create_app
+from wicore.server.errors import is_ollama_path
 
 pytestmark = pytest.mark.anyio
 MODEL_ID = f"wicore:{MODEL}"
@@ -65,11 +66,17 @@ async def test_auth_on_every_surface(engine: FakeEngine, capsys: pytest.CaptureF
             ("POST", "/api/generate", {"model": MODEL, "prompt": "hi", "options": {"num_predict": 2}}),
             ("POST", "/api/chat", {"model": MODEL, "messages": FRANCE, "options": {"num_predict": 2}}),
             ("POST", "/api/embed", {"model": EMBED, "input": "hi"}),
+            ("POST", "/api/embeddings", {"model": EMBED, "prompt": "hi"}),
+            ("POST", "/api/show", {"model": MODEL}),
+            ("GET", "/api/ps", None),
         ]
         for method, path, body in calls:
             for headers in ({}, wrong):
                 r = await client.request(method, path, json=body, headers=headers)
-                assert r.status_code == 401 and r.json()["error"]["code"] == "401", path
+                if is_ollama_path(path):  # Ollama's clients read its own shape
+                    assert_ollama_error(r, 401, "API key")
+                else:
+                    assert r.status_code == 401 and r.json()["error"]["code"] == "401", path
             r = await client.request(method, path, json=body, headers=ok)
             assert r.status_code == 200, (path, r.text)
     logged = capsys.readouterr()
@@ -139,3 +146,30 @@ async def test_a_client_gone_before_the_answer_is_499_and_cancels(engine: FakeEn
     await app(scope, receive, send)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
     assert [r.request_id for r in engine.requests] == engine.cancelled
+
+
+async def test_cors_preflight_and_simple_request_for_configured_origins(engine: FakeEngine) -> None:
+    config = {"api": {"cors_origins": ["http://app.example"], "auth_enabled": True, "api_key": "k"}}
+    preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}  # fmt: skip
+    async with in_process(engine, config) as client:
+        r = await client.options("/v1/chat/completions", headers=preflight)  # no key: browsers send none here
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "http://app.example"
+        assert "POST" in r.headers["access-control-allow-methods"]
+        assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        r = await client.get("/v1/models", headers={"Origin": "http://app.example", "Authorization": "Bearer k"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.example"
+        assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
+        r = await client.get("/v1/models", headers={"Origin": "http://app.example"})  # the 401 is readable too
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "http://app.example"
+        r = await client.get("/v1/models", headers={"Origin": "http://evil.example", "Authorization": "Bearer k"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+async def test_no_cors_headers_by_default(engine: FakeEngine) -> None:
+    async with in_process(engine) as client:
+        r = await client.get("/v1/models", headers={"Origin": "http://app.example"})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+        preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+        assert (await client.options("/v1/chat/completions", headers=preflight)).status_code == 405

@@ -118,6 +118,14 @@ def test_openai_client_float_and_base64(client: openai.OpenAI, reference: np.nda
     CreateEmbeddingResponse.model_validate(raw, strict=True)
 
 
+def test_an_input_over_the_limit_is_a_400_and_the_model_is_listed(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=EMBED, input=["fine", "word " * 300])
+    assert info.value.body["param"] == "input" and "input[1]: 302 tokens" in info.value.body["message"]
+    assert EMBED in [m.id for m in client.models.list().data]
+    assert client.models.retrieve(EMBED).owned_by == "wicore"
+
+
 def test_base64_wire_format_and_dimensions(server: Server, reference: np.ndarray) -> None:
     body = {"model": EMBED, "input": TEXTS[1], "encoding_format": "base64", "dimensions": 32}
     r = httpx.post(server.url + "/v1/embeddings", json=body, timeout=30)

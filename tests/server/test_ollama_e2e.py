@@ -7,6 +7,8 @@ import json
 
 import httpx
 import numpy as np
+import ollama
+import pytest
 
 from tests.helpers import EMBED, FRANCE, MODEL, OLLAMA_FINAL_KEYS
 from tests.live_server import Server
@@ -90,3 +92,38 @@ def test_embed(server: Server) -> None:
     one = post(server, "/api/embed", {"model": f"{EMBED}:latest", "input": "Why is the sky blue?"}).json()
     np.testing.assert_allclose(one["embeddings"][0], r["embeddings"][0], atol=1e-6)
     assert one["prompt_eval_count"] > 3 and one["total_duration"] > 0
+
+
+def test_ollama_client_show_ps_pull_and_embeddings(server: Server) -> None:
+    client = ollama.Client(host=server.url)
+    shown = client.show(MODEL)
+    assert shown.details is not None and shown.details.family == "qwen2" and shown.capabilities == ["completion"]
+    assert shown.modelinfo is not None and shown.modelinfo["qwen2.context_length"] == 32768
+    assert shown.template and "<|im_start|>" in shown.template
+    (loaded,) = client.ps().models
+    assert loaded.model == f"{MODEL}:latest" and loaded.size_vram == 0 and loaded.details.family == "qwen2"
+    # The model is present: pull only verifies it.
+    statuses = [p.status for p in client.pull(MODEL, stream=True)]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    assert any("already present" in (s or "") for s in statuses)
+    assert client.pull(f"{EMBED}:latest").status == "success"
+    vector = client.embeddings(model=EMBED, prompt="hello world").embedding
+    assert len(vector) == 384 and abs(float(np.linalg.norm(vector)) - 1) < 1e-4
+    embedded = client.embed(model=EMBED, input="hello world").embeddings[0]
+    assert np.allclose(vector, embedded, atol=1e-5)
+
+
+def test_ollama_client_errors(server: Server) -> None:
+    client = ollama.Client(host=server.url)
+    with pytest.raises(ollama.ResponseError) as info:
+        client.show("llama3")
+    assert info.value.status_code == 404 and info.value.error == "model 'llama3' not found"
+    with pytest.raises(ollama.ResponseError) as info:
+        client.pull("llama3")
+    assert info.value.status_code == 404 and "bundled models are" in info.value.error
+    with pytest.raises(ollama.ResponseError) as info:
+        client.chat(model=MODEL, messages=FRANCE, options={"top_p": 1.5})
+    assert info.value.status_code == 400 and info.value.error.startswith("options.top_p: must be between 0 and 1")
+    with pytest.raises(ollama.ResponseError) as info:
+        client.embed(model=EMBED, input="word " * 300, truncate=False)
+    assert info.value.status_code == 400 and "more than" in info.value.error

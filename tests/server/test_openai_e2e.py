@@ -11,7 +11,7 @@ import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tests.helpers import DATA, FRANCE, GEMMA, MODEL, model_path
+from tests.helpers import DATA, EMBED, FRANCE, GEMMA, MODEL, model_path
 from tests.live_server import Server, serve
 from wicore.tokenizer import Tokenizer
 
@@ -99,7 +99,7 @@ def test_stop_seed_n_logprobs(client: openai.OpenAI) -> None:
 
 def test_models_health_status_root_metrics(server: Server, client: openai.OpenAI) -> None:
     models = client.models.list()
-    assert [m.id for m in models.data] == [MODEL] and models.data[0].owned_by == "wicore"
+    assert [m.id for m in models.data] == [MODEL, EMBED] and models.data[0].owned_by == "wicore"
     assert client.models.retrieve(MODEL).id == MODEL
     health = httpx.get(server.url + "/health").json()
     assert health["status"] == "healthy" and health["engine"] == "wicore-mojo"
@@ -162,3 +162,53 @@ def test_serves_gemma3_completions_and_refuses_chat_without_a_template(tmp_path:
         assert r.usage is not None and r.usage.prompt_tokens == len(case["prompt_ids"])  # BOS included
         chat = httpx.post(server.url + "/v1/chat/completions", json={"messages": FRANCE}, timeout=30)
         assert chat.status_code == 400 and chat.json()["error"]["param"] == "messages"
+
+
+def test_nulls_and_documented_fields_as_other_clients_send_them(server: Server) -> None:
+    body = {
+        "model": MODEL, "messages": [{"role": "developer", "content": "Answer in one sentence."}, *FRANCE],
+        "max_tokens": 32, "temperature": 0, "top_p": None, "n": None, "stream": None, "stream_options": None,
+        "stop": None, "seed": None, "logprobs": None, "top_logprobs": None, "presence_penalty": None,
+        "frequency_penalty": None, "logit_bias": None, "user": None, "parallel_tool_calls": None, "store": False,
+        "metadata": {"run": "1"}, "service_tier": "auto", "reasoning_effort": None, "prompt_cache_key": "k",
+    }  # fmt: skip
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert ChatCompletion.model_validate(r.json()).choices[0].message.content == "The capital of France is Paris."
+    r = httpx.post(server.url + "/v1/chat/completions", json={**body, "invented": 1}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "invented"
+
+
+def test_tool_call_history_through_the_real_template(client: openai.OpenAI) -> None:
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_capital", "arguments": '{"country": "France"}'}}  # fmt: skip
+    r = client.chat.completions.create(
+        model=MODEL, temperature=0, max_tokens=32,
+        messages=[
+            *FRANCE,
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "Paris"},
+        ],
+    )  # fmt: skip
+    assert "Paris" in (r.choices[0].message.content or "")
+
+
+def test_completion_echo(client: openai.OpenAI) -> None:
+    prompt = "The capital of France is"
+    r = client.completions.create(model=MODEL, prompt=prompt, echo=True, max_tokens=4, temperature=0)
+    plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0)
+    assert r.choices[0].text == prompt + plain.choices[0].text and " Paris" in r.choices[0].text
+
+
+def test_completion_echo_with_prompt_logprobs(client: openai.OpenAI) -> None:
+    """lm-evaluation-harness's log-likelihood request: echo, logprobs, no new tokens to speak of."""
+    prompt = "The capital of France is Paris"
+    r = client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=2, max_tokens=1, temperature=0)
+    lp = r.choices[0].logprobs
+    assert lp is not None and lp.tokens is not None and lp.token_logprobs is not None and lp.top_logprobs is not None
+    n = len(lp.tokens) - 1  # the prompt's tokens, then the one generated
+    assert "".join(lp.tokens[:n]) == prompt and r.choices[0].text.startswith(prompt)
+    assert lp.token_logprobs[0] is None and all(v is not None and v <= 0 for v in lp.token_logprobs[1:])
+    assert lp.token_logprobs[n - 1] > -1.0  # " Paris" is what the model expects here
+    assert lp.top_logprobs[0] is None and all(len(t) == 2 for t in lp.top_logprobs[1:])
+    assert lp.text_offset is not None and lp.text_offset[n] == len(prompt)

@@ -12,7 +12,7 @@ from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from tests.fake_engine import REPLY, FakeEngine, in_process
-from tests.helpers import EMBED, FRANCE, MODEL, assert_error
+from tests.helpers import EMBED, FRANCE, MODEL, assert_error, assert_ollama_error
 from wicore.engine.client import EngineUnavailable, QueueFull
 from wicore.engine.request import EngineRequest, FinishReason, Priority
 
@@ -140,8 +140,11 @@ async def test_unknown_model_is_404_and_long_prompt_is_400(engine: FakeEngine) -
 async def test_models(engine: FakeEngine) -> None:
     async with in_process(engine) as client:
         models = (await client.get("/v1/models")).json()
-        assert [m["id"] for m in models["data"]] == [MODEL] and models["data"][0]["owned_by"] == "wicore"
+        listed = openai.types.Model  # every card validates as the client's own type
+        assert [listed.model_validate(m).id for m in models["data"]] == [MODEL, EMBED]
+        assert all(m["owned_by"] == "wicore" and m["created"] > 0 for m in models["data"])
         assert (await client.get(f"/v1/models/{MODEL}")).json()["id"] == MODEL
+        assert (await client.get(f"/v1/models/{EMBED}")).json()["id"] == EMBED
         assert (await client.get("/v1/models/gpt-9")).status_code == 404
 
 
@@ -228,7 +231,78 @@ async def test_dimensions_too_large_through_the_client(engine: FakeEngine) -> No
 
 async def test_embedding_timeout_is_408(engine: FakeEngine) -> None:
     async with in_process(engine, {"scheduler": {"request_timeout": 1e-6}}) as client:
-        for path, body in (("/v1/embeddings", {"input": "x"}), ("/api/v1/embed", {"input": "x"}),
-                           ("/api/embed", {"model": EMBED, "input": "x"})):  # fmt: skip
+        for path, body in (("/v1/embeddings", {"input": "x"}), ("/api/v1/embed", {"input": "x"})):
             r = await client.post(path, json=body)
             assert r.status_code == 408 and "timed out" in r.json()["error"]["message"]
+        assert_ollama_error(await client.post("/api/embed", json={"model": EMBED, "input": "x"}), 408, "timed out")
+
+
+async def test_chat_with_tool_history_renders_it_through_the_template(engine: FakeEngine) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    messages = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
+    ]
+    async with in_process(engine) as client:
+        r = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": messages, "temperature": None})
+    assert r.status_code == 200, r.text
+    prompt = engine.tokenizer.decode(engine.requests[0].prompt_ids, skip_special_tokens=False)
+    # Qwen2.5's template: the developer text as the system turn, the call and the tool's answer in its tags.
+    assert prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert '<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
+    assert "<|im_start|>user\n<tool_response>\n21 C\n</tool_response><|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+async def test_completion_echo_prepends_the_prompt(engine: FakeEngine) -> None:
+    async with in_process(engine) as client:
+        r = await client.post("/v1/completions", json={"prompt": "Say hi.", "echo": True, "n": 2, "max_tokens": 4})
+        body = {"prompt": ["A.", "B."], "echo": True, "max_tokens": 4, "stream": True}
+        async with client.stream("POST", "/v1/completions", json=body) as s:
+            events = [json.loads(e) for e in await sse_events(s) if e != "[DONE]"]
+    assert r.status_code == 200, r.text
+    reply = engine.tokenizer.decode(engine.tokenizer.encode(REPLY, add_special_tokens=False)[:4])
+    assert [c.text for c in Completion.model_validate(r.json()).choices] == ["Say hi." + reply] * 2
+    texts = {0: "", 1: ""}
+    for e in events:
+        for c in e["choices"]:  # stream chunks before the last have finish_reason null
+            texts[c["index"]] += c["text"]
+    assert texts == {0: "A." + reply, 1: "B." + reply}
+
+
+async def test_embedding_over_the_limit_is_a_400_naming_input(engine: FakeEngine) -> None:
+    long = "word " * 300  # all-MiniLM-L6-v2 takes 256 tokens
+    async with in_process(engine) as client:
+        r = await client.post("/v1/embeddings", json={"model": EMBED, "input": ["short", long]})
+        assert_error(r, 400, "input")
+        assert r.json()["error"]["message"].startswith("input[1]: 302 tokens, more than")
+        assert (await client.post("/v1/embeddings", json={"input": "word " * 254})).status_code == 200  # 256 fits
+    assert len(engine.requests) == 1  # the refused one never reached the engine
+
+
+async def test_completion_echo_with_logprobs_scores_the_prompt(engine: FakeEngine) -> None:
+    body = {"prompt": "Say hi.", "echo": True, "logprobs": 1, "max_tokens": 2}
+    async with in_process(engine) as client:
+        r = await client.post("/v1/completions", json=body)
+        async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as s:
+            events = [json.loads(e) for e in await sse_events(s) if e != "[DONE]"]
+    assert r.status_code == 200, r.text
+    assert engine.requests[0].params.prompt_logprobs == 1 and engine.requests[0].params.logprobs == 1
+    prompt = engine.tokenizer.encode("Say hi.")
+    texts = [engine.tokenizer.decode([t]) for t in prompt]
+    # The first prompt token has nothing before it: null, as OpenAI sends it (openai-python's types say
+    # float, but its client does not validate responses); the fake engine scores the rest -1.
+    (choice,) = r.json()["choices"]
+    lp = choice["logprobs"]
+    n = len(prompt)
+    assert lp["tokens"][:n] == texts and len(lp["tokens"]) == n + 2
+    assert lp["token_logprobs"][:n] == [None] + [-1.0] * (n - 1) and lp["token_logprobs"][n:] == [-0.25, -0.25]
+    assert lp["top_logprobs"][0] is None and lp["top_logprobs"][1] == {texts[1]: -1.0}
+    # Offsets run through the echoed prompt, then the completion after it.
+    assert lp["text_offset"] == [sum(map(len, texts[:k])) for k in range(n)] + [7, 7 + len(lp["tokens"][n])]
+    first = events[0]["choices"][0]
+    assert first["text"] == "Say hi." and first["logprobs"]["tokens"] == texts
+    assert first["logprobs"]["token_logprobs"][0] is None
+    assert events[1]["choices"][0]["logprobs"]["text_offset"] == [7]

@@ -10,12 +10,14 @@ import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from wicore.engine.messages import SchedulerStats
 from wicore.engine.request import Priority
 from wicore.server.errors import APIError, validation_error
 from wicore.server.middleware import SlidingWindowLimiter
 from wicore.server.monitoring import StatusResponse
+from wicore.server.openai import protocol as openai_protocol
 from wicore.server.openai.protocol import (
     ChatChoiceLogprobs,
     ChatCompletionChoice,
@@ -28,6 +30,7 @@ from wicore.server.openai.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    EmbeddingRequest,
     ModelCard,
     ModelList,
     TopLogprob,
@@ -88,11 +91,22 @@ def test_chat_parameter_errors_name_the_parameter(param: str, value: Any, says: 
     [
         ({}, "messages", "is required"),
         ({"messages": []}, "messages", "at least 1 item"),
-        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "'system', 'user' or 'assistant'"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "'user', 'assistant' or 'tool'"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "must be a string or a list"),
         ({"messages": [{"role": "user"}]}, "messages[0].content", "is required"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content[0].type", "text"),
-        ({"messages": [{"role": "user", "content": "x", "tool_calls": []}]}, "messages[0].tool_calls", "unsupported"),
+        (
+            {"messages": [{"role": "user", "content": "x", "tool_calls": []}]},
+            "messages[0].tool_calls",
+            "only assistant",
+        ),
+        ({"messages": [{"role": "assistant", "content": None}]}, "messages[0].content", "is required"),
+        ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].tool_call_id", "is required"),
+        (
+            {"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]}]},
+            "messages[0].tool_calls[0].function",
+            "is required",
+        ),
         ({"messages": MESSAGES, "stream_options": {"include_usage": 1}}, "stream_options.include_usage", "boolean"),
         ({"messages": MESSAGES, "top_logprobs": 2}, "top_logprobs", "requires logprobs"),
     ],
@@ -112,9 +126,8 @@ def test_chat_structure_errors(body: dict[str, Any], param: str, says: str) -> N
         ({"prompt": [[1, 2], []]}, "prompt", "must be a string, a list of strings"),
         ({"prompt": [-1]}, "prompt", "must be a string, a list of strings"),
         ({"prompt": "x", "logprobs": 21}, "logprobs", "must be between 0 and 20"),
-        ({"prompt": "x", "echo": True}, "echo", "not supported"),
+        ({"prompt": "x", "best_of": 3}, "best_of", "only best_of equal to n"),
         ({"prompt": "x", "suffix": "y"}, "suffix", "unsupported parameter"),
-        ({"prompt": "x", "best_of": 2}, "best_of", "unsupported parameter"),
     ],
 )
 def test_completion_errors(body: dict[str, Any], param: str, says: str) -> None:
@@ -147,10 +160,13 @@ def test_error_envelope_matches_the_seed() -> None:
     ]
     for status, kind in cases:
         error = APIError(status, "boom", headers={"Retry-After": "1"} if status == 429 else None)
-        body = json.loads(error.response().body)
+        body = json.loads(error.response("/v1/chat/completions").body)
         assert body == {"error": {"message": "boom", "type": kind, "param": None, "code": str(status)}}
-        assert error.response().status_code == status
-    assert APIError(429, "busy", headers={"Retry-After": "1"}).response().headers["retry-after"] == "1"
+        assert error.response("/api/v1/chat").status_code == status
+        assert json.loads(error.response("/api/v1/chat").body) == body  # AIgo's paths have the envelope
+        ollama = error.response("/api/chat")  # Ollama's its own shape
+        assert json.loads(ollama.body) == {"error": "boom"} and ollama.status_code == status
+    assert APIError(429, "busy", headers={"Retry-After": "1"}).response("/api/tags").headers["retry-after"] == "1"
 
 
 def test_valid_chat_request_maps_to_sampling_params() -> None:
@@ -347,3 +363,72 @@ def test_sliding_window_limiter() -> None:
     assert limiter.hit("a", 61.0) == pytest.approx(9.0)
     # Idle clients are forgotten after a window, and start afresh.
     assert limiter.hit("a", 500.0) is None and "b" not in limiter._hits
+
+
+# Every chat parameter OpenAI's reference marks nullable, each as `null`: the default applies.
+NULLABLE_CHAT = [
+    "temperature", "top_p", "n", "max_tokens", "max_completion_tokens", "presence_penalty", "frequency_penalty",
+    "logprobs", "top_logprobs", "stream", "stream_options", "stop", "seed", "user", "logit_bias", "response_format",
+    "parallel_tool_calls", "store", "metadata", "service_tier", "reasoning_effort", "modalities", "audio",
+    "prediction", "web_search_options", "verbosity",
+]  # fmt: skip
+
+
+def test_chat_null_means_the_default() -> None:
+    body = ChatCompletionRequest.model_validate_json(json.dumps({"messages": MESSAGES} | dict.fromkeys(NULLABLE_CHAT)))
+    assert body == ChatCompletionRequest.model_validate({"messages": MESSAGES})
+    assert body.temperature == 0.7 and body.n == 1 and body.stream is False and body.logprobs is False
+
+
+def test_completion_and_embedding_nulls_mean_the_default() -> None:
+    nullable = ["echo", "suffix", "best_of", "logprobs", "max_tokens", "temperature", "top_p", "n", "stream", "seed",
+                "stop", "presence_penalty", "frequency_penalty", "logit_bias", "user", "stream_options"]  # fmt: skip
+    body = CompletionRequest.model_validate_json(json.dumps({"prompt": "x"} | dict.fromkeys(nullable)))
+    assert body == CompletionRequest.model_validate({"prompt": "x"})
+    assert body.max_tokens == 16 and body.temperature == 1.0 and body.echo is False
+    embed = EmbeddingRequest.model_validate_json('{"input": "x", "dimensions": null, "encoding_format": null}')
+    assert embed.encoding_format == "float" and embed.dimensions is None
+
+
+def test_documented_parameters_are_ignored_and_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    documented = {
+        "store": True, "metadata": {"k": "v"}, "service_tier": "auto", "reasoning_effort": "low",
+        "prompt_cache_key": "p", "safety_identifier": "s", "modalities": ["text"], "verbosity": "low",
+    }  # fmt: skip
+    monkeypatch.setattr(openai_protocol, "ignored_logged", set())  # as in a fresh process
+    with capture_logs() as logs:
+        for _ in range(2):
+            body = ChatCompletionRequest.model_validate_json(json.dumps({"messages": MESSAGES} | documented))
+    assert body == ChatCompletionRequest.model_validate({"messages": MESSAGES})
+    assert sorted(e["parameter"] for e in logs) == sorted(documented)  # each once, not once per request
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "says"),
+    [
+        ({"messages": MESSAGES, "invented": 1}, "invented", "unsupported parameter"),
+        ({"messages": MESSAGES, "parallel_tool_calls": True}, "parallel_tool_calls", "unsupported parameter"),
+        ({"messages": MESSAGES, "tools": None}, "tools", "unsupported parameter"),
+    ],
+)
+def test_invented_or_unsupported_fields_still_fail(body: dict[str, Any], param: str, says: str) -> None:
+    error = _error(ChatCompletionRequest, body)
+    assert error.param == param and says in error.message
+
+
+def test_tool_history_and_developer_role_reach_the_template_in_transformers_form() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    body = ChatCompletionRequest.model_validate_json(json.dumps({"messages": [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
+    ]}))  # fmt: skip
+    assert body.conversation() == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
+        ]},
+        {"role": "tool", "content": "21 C", "tool_call_id": "call_1"},
+    ]  # fmt: skip

@@ -116,7 +116,7 @@ class EngineCore:
         if not batch.work:
             return batch.finished
         start = time.perf_counter()
-        samples = self.runner.execute(batch.work)
+        step = self.runner.execute(batch.work)
         if timings is not None:
             timings.record(batch, time.perf_counter() - start)
-        return self.scheduler.update(batch, samples)
+        return self.scheduler.update(batch, step.samples, step.prompt_scores)

@@ -79,5 +79,7 @@ class Detokenizer:
             prompt_tokens=out.prompt_tokens,
             completion_tokens=out.completion_tokens - dropped,
             cached_tokens=out.cached_tokens,
+            prompt_logprobs=out.prompt_logprobs,
+            prompt_top_logprobs=out.prompt_top_logprobs,
             text=text,
         )

@@ -33,6 +33,9 @@ class Completion:
     timings: Timings = field(default_factory=Timings)
     # Per generated token, the `params.logprobs` most likely (token id, logprob), when asked for.
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    # With `params.prompt_logprobs`: each prompt token's logprob (None for the first) and top alternatives.
+    prompt_logprobs: list[float | None] = field(default_factory=list)
+    prompt_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
 
 class LLM:
@@ -95,6 +98,8 @@ class LLM:
                     prompt_tokens=len(request.prompt_ids),
                     timings=timings,
                     top_logprobs=[top for o in outs for top in o.top_logprobs],
+                    prompt_logprobs=[lp for o in outs for lp in o.prompt_logprobs],
+                    prompt_top_logprobs=[top for o in outs for top in o.prompt_top_logprobs],
                 )
             )
         return completions

@@ -60,6 +60,10 @@ class EngineOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # total so far
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    # With params.prompt_logprobs, in a request's first output only: each prompt token's logprob given
+    # the tokens before it (None for the first, which has none) and its top alternatives.
+    prompt_logprobs: list[float | None] = field(default_factory=list)
+    prompt_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
 
 @dataclass

@@ -40,6 +40,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # how many top logprobs to report per token
+    # Report each prompt token's logprob (given the tokens before it) and this many top alternatives;
+    # None: none. OpenAI's echo with logprobs; it costs a logits row per prompt token and the prefix cache.
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         # accept the OpenAI shapes (a single stop string, lists) but store tuples
@@ -89,6 +92,11 @@ class SamplingParams:
             self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= 20),
             "logprobs",
             f"must be None or an int in [0, 20], got {self.logprobs!r}",
+        )
+        _check(
+            self.prompt_logprobs is None or (_is_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= 20),
+            "prompt_logprobs",
+            f"must be None or an int in [0, 20], got {self.prompt_logprobs!r}",
         )
 
     def kernel_params(self) -> RowParams:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from wicore.config import SchedulerSettings
 from wicore.engine.block_manager import BlockManager, chain_hashes
 from wicore.engine.messages import SchedulerStats
-from wicore.engine.model_runner import Sample
+from wicore.engine.model_runner import PromptScores, Sample
 from wicore.engine.request import EngineOutput, EngineRequest, FinishReason, Priority
 from wicore.engine.sequence import Sequence
 
@@ -131,7 +131,10 @@ class Scheduler:
     def _output(self, seq: Sequence) -> EngineOutput:
         start = seq.sent_tokens
         seq.sent_tokens = len(seq.output_ids)
+        first = start == 0 and seq.params.prompt_logprobs is not None
         return EngineOutput(
+            prompt_logprobs=[None, *seq.prompt_logprobs] if first else [],
+            prompt_top_logprobs=[[], *seq.prompt_top_logprobs] if first else [],
             request_id=seq.request_id,
             token_ids=seq.output_ids[start:],
             logprobs=seq.output_logprobs[start:],
@@ -187,7 +190,8 @@ class Scheduler:
         it no longer has to compute. At least its last token is always computed: it yields the logits."""
         assert seq.num_computed == 0 and not seq.block_table
         bs = self.blocks.block_size
-        if not self.blocks.enable_prefix_caching:
+        # Prompt logprobs need a logits row for every prompt token, so nothing is skipped.
+        if not self.blocks.enable_prefix_caching or seq.params.prompt_logprobs is not None:
             return 0
         seq.block_hashes = chain_hashes(seq.token_ids, bs, seq.block_hashes)
         seq.cached_blocks = self.blocks.match_prefix(seq.block_table, seq.block_hashes, (seq.num_tokens - 1) // bs)
@@ -234,13 +238,20 @@ class Scheduler:
 
     # -- recording a step ---------------------------------------------------------------------
 
-    def update(self, batch: Batch, samples: list[Sample]) -> list[EngineOutput]:
+    def update(
+        self, batch: Batch, samples: list[Sample], prompt_scores: dict[int, PromptScores] | None = None
+    ) -> list[EngineOutput]:
         """Record that `batch` ran and `samples` (one per sequence that reached its end, in batch
-        order) were drawn; returns the outputs of the step, those ended while planning first."""
+        order) were drawn, and the prompt tokens scored (by index in the batch); returns the outputs of
+        the step, those ended while planning first."""
         outputs = list(batch.finished)
         bs = self.blocks.block_size
         drawn = iter(samples)
-        for seq, n in batch.work:
+        for k, (seq, n) in enumerate(batch.work):
+            scores = (prompt_scores or {}).get(k)
+            if scores is not None:
+                seq.prompt_logprobs += scores.logprobs
+                seq.prompt_top_logprobs += scores.top_logprobs
             seq.num_computed += n
             if n > 1:
                 self.stats.prompt_tokens_total += n

@@ -16,6 +16,9 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     output_logprobs: list[float] = field(default_factory=list)
     output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # when params.logprobs
+    # With params.prompt_logprobs: the scores of prompt tokens 1, 2, ... as far as computed.
+    prompt_logprobs: list[float] = field(default_factory=list)
+    prompt_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
     num_cached_prompt: int = 0  # prompt tokens whose K/V came from the prefix cache

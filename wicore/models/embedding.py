@@ -37,7 +37,7 @@ class EmbeddingModel:
         folder = registry.resolve_embedding(name) if path is None else Path(path)
         _check_pooling(folder)
         encoder = BertEncoder.load(folder)
-        max_length = _max_length(folder, encoder.config.max_positions)
+        max_length = max_length_of(folder, encoder.config.max_positions)
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         # The file pads everything to 128 tokens and truncates there; we pad per batch ourselves
         # and truncate at the length the model was trained for, as sentence-transformers does.
@@ -128,7 +128,7 @@ def _check_pooling(folder: Path) -> None:
             raise ValueError(f"{config}: only mean pooling is supported, the model asks for {sorted(modes)}")
 
 
-def _max_length(folder: Path, max_positions: int) -> int:
+def max_length_of(folder: Path, max_positions: int) -> int:
     """sentence-transformers' max_seq_length when the folder has one, else the position table's size."""
     st_config = folder / "sentence_bert_config.json"
     if st_config.is_file():

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from wicore import __version__
 from wicore.config import Settings
@@ -55,6 +56,13 @@ def create_app(settings: Settings, engine: EngineClient) -> FastAPI:
     app.add_middleware(
         RequestContextMiddleware, counters=counters, log_requests=settings.logging.enable_request_logging
     )
+    if api.cors_origins:
+        # Outermost, so a preflight needs no API key and 401s and 429s carry the headers a browser needs
+        # to show them.
+        app.add_middleware(
+            CORSMiddleware, allow_origins=api.cors_origins, allow_methods=["*"], allow_headers=["*"],
+            expose_headers=["X-Request-ID"],
+        )  # fmt: skip
     for surface in (monitoring, openai, aigo, ollama):
         app.include_router(surface.router(service))
     return app

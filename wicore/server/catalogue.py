@@ -13,8 +13,11 @@ import struct
 from pathlib import Path
 from typing import Any, Literal
 
+import tokenizers
+
 from wicore.engine.worker import EMBEDDING_MODEL
 from wicore.models import registry
+from wicore.models.embedding import max_length_of
 from wicore.models.prepared import metadata
 from wicore.server.errors import APIError
 
@@ -28,6 +31,14 @@ def safetensors_parameters(path: Path) -> int:
         (size,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(size))
     return sum(functools.reduce(lambda a, b: a * b, t["shape"], 1) for k, t in header.items() if k != "__metadata__")
+
+
+def count_label(n: int) -> str:
+    """A parameter count as model cards write it: 494.0M, 22.7M."""
+    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
 
 
 class Catalogue:
@@ -86,12 +97,19 @@ class Catalogue:
         return int(self.embedding_config()["hidden_size"])
 
     def embedding_max_length(self) -> int:
-        """Tokens an input may have (longer ones are truncated), as sentence-transformers sets it."""
-        folder = self.embedding_folder()
-        st = folder / "sentence_bert_config.json"
-        if st.is_file():
-            return int(json.loads(st.read_text())["max_seq_length"])
-        return int(self.embedding_config()["max_position_embeddings"])
+        """Tokens an input may have, as the model's loader sets it."""
+        return max_length_of(self.embedding_folder(), int(self.embedding_config()["max_position_embeddings"]))
+
+    @functools.cached_property
+    def _embedding_tokenizer(self) -> tokenizers.Tokenizer:
+        tokenizer = tokenizers.Tokenizer.from_file(str(self.embedding_folder() / "tokenizer.json"))
+        tokenizer.no_truncation()  # the file truncates at 128; here we want the true lengths
+        tokenizer.no_padding()
+        return tokenizer
+
+    def embedding_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens each text has for the embedding model ([CLS] and [SEP] included), before any truncation."""
+        return [len(e.ids) for e in self._embedding_tokenizer.encode_batch(texts)]
 
     def embedding_parameters(self) -> int:
         return safetensors_parameters(self.embedding_folder() / "model.safetensors")

@@ -1,5 +1,6 @@
 """The error envelope `{"error": {"message", "type", "code"}}` of WiCore's API contract, and the handlers
-that produce it.
+that produce it. Under Ollama's paths errors take Ollama's own shape, `{"error": "message"}`, which its
+clients read (whether a route, the validation, the auth or the rate limit refused the request).
 
 Every client mistake maps to a 4xx that names the offending parameter; only our own faults are 500s.
 """
@@ -71,14 +72,21 @@ class APIError(Exception):
             error=ErrorInfo(message=self.message, type=self.type, param=self.param, code=str(self.status))
         )
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body().model_dump(), status_code=self.status, headers=self.headers)
+    def response(self, path: str) -> JSONResponse:
+        """The error as the surface serving `path` spells errors."""
+        body = {"error": self.message} if is_ollama_path(path) else self.body().model_dump()
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def is_ollama_path(path: str) -> bool:
+    # Ollama's API lives under /api/, beside AIgo's /api/v1/.
+    return path.startswith("/api/") and not path.startswith("/api/v1/")
 
 
 def error_response(
-    status: int, message: str, *, type: str | None = None, headers: Mapping[str, str] | None = None
+    path: str, status: int, message: str, *, type: str | None = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    return APIError(status, message, type=type, headers=headers).response()
+    return APIError(status, message, type=type, headers=headers).response(path)
 
 
 # Union members show up in pydantic's error locations ("str", "list[TextContentPart]"); they are not
@@ -117,9 +125,8 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> APIError:
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")
         return APIError(400, f"the request body is not valid JSON: {detail}".rstrip(": "))
-    param = _param_path(first.get("loc", ()))
+    param, message = _located(first)
     if not param:
-        message = _describe(first)
         if first.get("type") in ("model_type", "model_attributes_type", "dict_type"):
             return APIError(400, "the request body must be a JSON object")
         if first.get("type") == "missing":
@@ -129,34 +136,45 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> APIError:
         return APIError(400, message, param=named.group(1) if named else None)
     said = []
     for error in errors:
-        text = _describe(error)
-        if _param_path(error.get("loc", ())) == param and text not in said:
+        where, text = _located(error)
+        if where == param and text not in said:
             said.append(text)
     return APIError(400, f"{param}: {'; '.join(said)}", param=param)
+
+
+def _located(error: Mapping[str, Any]) -> tuple[str, str]:
+    """The parameter an error is about and what it says. A check spanning an object's fields (a message's
+    role and content) names the field in its text: "content: ..." inside messages[0] is about
+    messages[0].content."""
+    path, text = _param_path(error.get("loc", ())), _describe(error)
+    named = _LEADING_PARAM.match(text)
+    if path and named:
+        return f"{path}.{named.group(1)}", text[named.end() :]
+    return path, text
 
 
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)
-        return exc.response()
+        return exc.response(request.url.path)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return validation_error(exc.errors()).response()
+        return validation_error(exc.errors()).response(request.url.path)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
-        return error_response(exc.status_code, message, headers=exc.headers)
+        return error_response(request.url.path, exc.status_code, message, headers=exc.headers)
 
     async def on_client_gone(request: Request, exc: Exception) -> Response:
         return Response(status_code=CLIENT_CLOSED)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", path=request.url.path)
-        return error_response(500, "internal server error")
+        return error_response(request.url.path, 500, "internal server error")
 
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -119,7 +119,7 @@ class AuthMiddleware:
         # Compare against every key in constant time, so timing tells nothing about near misses.
         if token is None or not any([hmac.compare_digest(token.encode(), k) for k in self.keys]):
             message = "missing API key (send Authorization: Bearer <key>)" if token is None else "invalid API key"
-            response = error_response(401, message, headers={"WWW-Authenticate": "Bearer"})
+            response = error_response(scope["path"], 401, message, headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return
         # The rate limiter keys on the caller's key; a digest keeps the key itself out of memory dumps.
@@ -175,6 +175,7 @@ class RateLimitMiddleware:
         if wait is not None:
             retry = max(1, math.ceil(wait))
             response = error_response(
+                scope["path"],
                 429,
                 f"rate limit exceeded: {self.limiter.limit} requests per minute; retry in {retry} s",
                 headers={"Retry-After": str(retry)},

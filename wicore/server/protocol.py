@@ -12,6 +12,7 @@ errors.py prefixes with the parameter's name.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -25,6 +26,7 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from wicore.engine.request import Priority, PriorityName
@@ -109,28 +111,79 @@ class TextContentPart(StrictRequest):
     text: str
 
 
+class FunctionCall(StrictRequest):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCall(StrictRequest):
+    """A call an earlier assistant turn made (history only: this server does not make calls itself)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(StrictRequest):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextContentPart]
+    # "developer" is OpenAI's newer name for the system role.
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None  # which call a "tool" message answers
 
     @field_validator("content", mode="before")
     @classmethod
     def _check_content(cls, value: Any) -> Any:
-        if not isinstance(value, (str, list)):
+        if value is not None and not isinstance(value, (str, list)):
             raise ValueError('must be a string or a list of {"type": "text", "text": ...} parts')
         return value
 
+    @model_validator(mode="after")
+    def _check_role_fields(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content: is required (only an assistant message with tool_calls may omit it)")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("tool_calls: only assistant messages carry tool calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("tool_call_id: is required in a tool message")
+        return self
+
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         # Text parts are one message's consecutive paragraphs (vLLM joins them the same way).
         return "\n".join(part.text for part in self.content)
 
+    def template_message(self) -> dict[str, Any]:
+        """The message as chat templates take it (transformers' form)."""
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.id, "type": c.type, "function": {"name": c.function.name, "arguments": _arguments(c)}}
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            message["name"] = self.name
+        return message
 
-def conversation(messages: list[ChatMessage]) -> list[dict[str, str]]:
+
+def _arguments(call: ToolCall) -> Any:
+    # Templates (Qwen2.5's among them) write `arguments | tojson`, expecting an object as the model was
+    # trained on; vLLM parses the JSON text the same way. Text that is not JSON goes through as it is.
+    try:
+        return json.loads(call.function.arguments)
+    except json.JSONDecodeError:
+        return call.function.arguments
+
+
+def conversation(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     """Messages as the chat template takes them."""
-    return [{"role": m.role, "content": m.text()} for m in messages]
+    return [m.template_message() for m in messages]
 
 
 class StreamOptions(StrictRequest):
@@ -189,7 +242,9 @@ class SamplingRequest(StrictRequest):
     def engine_priority(self) -> Priority:
         return engine_priority(self.priority)
 
-    def sampling_params(self, max_tokens: int, logprobs: int | None, seed_offset: int = 0) -> SamplingParams:
+    def sampling_params(
+        self, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None, seed_offset: int = 0
+    ) -> SamplingParams:
         """The engine's parameters for the `seed_offset`-th of the request's `n` sequences."""
         seed = None if self.seed is None else (self.seed + seed_offset) % 2**64
         stop = self.stop if self.stop is not None else ()
@@ -208,6 +263,7 @@ class SamplingRequest(StrictRequest):
             stop=stop,
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
 
 

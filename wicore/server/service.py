@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import jinja2
 import structlog
@@ -50,6 +51,8 @@ class ChoiceSequence:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    prompt_logprobs: list[float | None] = field(default_factory=list)
+    prompt_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     finish_reason: FinishReason | None = None
 
     def add(self, out: RequestOutput) -> None:
@@ -57,6 +60,8 @@ class ChoiceSequence:
         self.tokens += out.token_ids
         self.logprobs += out.logprobs
         self.top_logprobs += out.top_logprobs
+        self.prompt_logprobs += out.prompt_logprobs
+        self.prompt_top_logprobs += out.prompt_top_logprobs
 
 
 Outputs = AsyncIterator[tuple[ChoiceSequence, RequestOutput]]
@@ -79,6 +84,7 @@ class GenerationRequest:
     max_tokens: int | None  # as requested; None: `default_max_tokens`, shrunk to fit the context
     default_max_tokens: int
     logprobs: int | None = None  # alternatives reported per token; None: no logprobs
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (echo); None: not scored
     prompt_param: str = "prompt"
     max_tokens_param: str = "max_tokens"
     fanout_param: str = "n"
@@ -146,7 +152,7 @@ class GenerationService:
 
     # -- prompts ---------------------------------------------------------------------------------
 
-    def chat_prompt(self, conversation: list[dict[str, str]], param: str = "messages") -> list[int]:
+    def chat_prompt(self, conversation: list[dict[str, Any]], param: str = "messages") -> list[int]:
         tokenizer = self.engine.tokenizer
         try:
             text = tokenizer.apply_chat_template(conversation)
@@ -177,7 +183,7 @@ class GenerationService:
                     engine_request = EngineRequest(
                         request_id=request_id if total == 1 else f"{request_id}-{index}",
                         prompt_ids=prompt_ids,
-                        params=body.sampling_params(limit, req.logprobs, seed_offset=j),
+                        params=body.sampling_params(limit, req.logprobs, req.prompt_logprobs, seed_offset=j),
                         priority=body.engine_priority,
                         arrival=now,
                         deadline=deadline,
@@ -244,10 +250,12 @@ class GenerationService:
     # -- embeddings ------------------------------------------------------------------------------
 
     async def embed(
-        self, request: Request, texts: list[str], dimensions: int | None, priority: Priority, input_param: str
-    ) -> tuple[list[list[float]], int]:
+        self, request: Request, texts: list[str], dimensions: int | None, priority: Priority, input_param: str,
+        truncate: bool,
+    ) -> tuple[list[list[float]], int]:  # fmt: skip
         """The embeddings of `texts` (computed in the engine worker) and the tokens they were made from;
-        raises ClientGone if the client hangs up first."""
+        raises ClientGone if the client hangs up first. A text longer than the model's limit is cut
+        there when `truncate`, else it is a 400."""
         if not texts or any(not t for t in texts):
             raise APIError(400, f"{input_param}: expected non-empty text", param=input_param)
         if len(texts) > MAX_EMBED_INPUTS:
@@ -255,6 +263,14 @@ class GenerationService:
                 400, f"{input_param}: at most {MAX_EMBED_INPUTS} texts per request, got {len(texts)}", param=input_param
             )
         size, name = self.catalogue.embedding_dimensions, self.catalogue.embedding_name
+        if not truncate:
+            limit = self.catalogue.embedding_max_length()
+            for i, length in enumerate(self.catalogue.embedding_lengths(texts)):
+                if length > limit:
+                    where = input_param if len(texts) == 1 else f"{input_param}[{i}]"
+                    raise APIError(
+                        400, f"{where}: {length} tokens, more than {name}'s limit of {limit} tokens", param=input_param
+                    )
         if dimensions is not None and dimensions > size:
             raise APIError(400, f"dimensions: {name} has {size} dimensions, got {dimensions}", param="dimensions")
         now = time.time()

@@ -51,7 +51,7 @@ class AigoGenerateRequest(AigoSamplingRequest):
 class AigoChatRequest(AigoSamplingRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
 
-    def conversation(self) -> list[dict[str, str]]:
+    def conversation(self) -> list[dict[str, Any]]:
         return conversation(self.messages)
 
 

@@ -34,7 +34,7 @@ from wicore.server.aigo.protocol import (
     ModelsResponse,
     model_id,
 )
-from wicore.server.catalogue import PROVIDER, Catalogue, ModelKind
+from wicore.server.catalogue import PROVIDER, Catalogue, ModelKind, count_label
 from wicore.server.errors import APIError
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, DeltaMessage, UsageInfo, engine_priority, parse_body
 from wicore.server.service import GenerationRequest, GenerationService, Outputs
@@ -45,13 +45,6 @@ AIGO_SSE = StreamFormat("text/event-stream", lambda e: sse(e.body()), None)
 
 
 # -- the model catalogue, in AIgo's words -----------------------------------------------------------
-
-
-def _count_label(n: int) -> str:
-    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
 
 
 def chat_detail(catalogue: Catalogue, max_model_len: int, vocab_size: int) -> ModelDetail:
@@ -95,7 +88,7 @@ def embedding_detail(catalogue: Catalogue) -> ModelDetail:
             "context_window": max_len,
             "vocabulary_size": config["vocab_size"],
             "architecture": config.get("model_type", "bert"),
-            "parameter_count": _count_label(catalogue.embedding_parameters()),
+            "parameter_count": count_label(catalogue.embedding_parameters()),
             "format": "safetensors",
         },
     )
@@ -199,7 +192,7 @@ def router(service: GenerationService) -> APIRouter:
             raise APIError(400, f"model: `{body.model}` is a chat model; embeddings use {model_id(name)}")
         texts = [body.input] if isinstance(body.input, str) else body.input
         priority = engine_priority(body.priority)
-        vectors, tokens = await service.embed(request, texts, body.dimensions, priority, "input")
+        vectors, tokens = await service.embed(request, texts, body.dimensions, priority, "input", truncate=True)
         single = isinstance(body.input, str)
         response = EmbedResponse(
             embedding=vectors[0] if single else None,

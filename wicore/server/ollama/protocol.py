@@ -83,6 +83,20 @@ class OllamaChatRequest(OllamaGenerationRequest):
     messages: list[OllamaMessage] = []
 
 
+class OllamaModelRequest(OllamaRequest):
+    """/api/show and /api/pull: a model by name."""
+
+    model: str
+    stream: bool = True  # /api/pull
+
+
+class OllamaEmbeddingsRequest(OllamaRequest):
+    """The legacy /api/embeddings: one prompt, one vector."""
+
+    model: str
+    prompt: str
+
+
 class OllamaEmbedRequest(OllamaRequest):
     model: str
     input: str | list[str]

@@ -7,8 +7,9 @@ package's own types.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
+import structlog
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from wicore.engine.request import FinishReason, Priority, PriorityName
@@ -30,10 +31,50 @@ from wicore.server.protocol import (
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 # JSON has no -inf; a token the sampler could never pick gets this instead (as vLLM does).
 MIN_LOGPROB = -9999.0
+log = structlog.get_logger(__name__)
 TopLogprobs = Annotated[int, between(0, 20)]
 
 
 # -- requests -----------------------------------------------------------------------------------------
+
+
+# Documented OpenAI parameters that change nothing here (storage, billing, reasoning models, audio, ...):
+# accepted so that clients which always send them work, and logged once per process so the operator sees
+# what is being ignored. A request's `null_only` ones are ignored only as `null`: a value would ask for a
+# feature.
+IGNORED_CHAT = frozenset({
+    "store", "metadata", "service_tier", "reasoning_effort", "prompt_cache_key", "safety_identifier",
+    "modalities", "audio", "prediction", "web_search_options", "verbosity",
+})  # fmt: skip
+ignored_logged: set[str] = set()  # the fields logged so far
+
+
+def _log_ignored(field: str) -> None:
+    if field not in ignored_logged:
+        ignored_logged.add(field)
+        log.info("ignoring an OpenAI parameter that does not apply to this server", parameter=field)
+
+
+class OpenAIRequest(StrictRequest):
+    """What OpenAI's reference allows beyond our fields: `null` for a nullable parameter means its default
+    (some clients send every parameter), and documented parameters that do not apply are ignored. Anything
+    else unknown is still a 400 naming it."""
+
+    ignored: ClassVar[frozenset[str]] = frozenset()
+    null_only: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_for_null(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        kept = {}
+        for key, value in data.items():
+            if key in cls.ignored or (value is None and key in cls.null_only):
+                _log_ignored(key)
+            elif not (value is None and key in cls.model_fields):
+                kept[key] = value
+        return kept
 
 
 class ResponseFormat(StrictRequest):
@@ -41,7 +82,9 @@ class ResponseFormat(StrictRequest):
     type: Literal["text"]
 
 
-class ChatCompletionRequest(SamplingRequest):
+class ChatCompletionRequest(OpenAIRequest, SamplingRequest):
+    ignored = IGNORED_CHAT
+    null_only = frozenset({"parallel_tool_calls"})
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None  # OpenAI's newer name for max_tokens
     logprobs: bool = False
@@ -63,11 +106,12 @@ class ChatCompletionRequest(SamplingRequest):
         """How many alternatives the engine reports per token; None: no logprobs at all."""
         return (self.top_logprobs or 0) if self.logprobs else None
 
-    def conversation(self) -> list[dict[str, str]]:
+    def conversation(self) -> list[dict[str, Any]]:
         return conversation(self.messages)
 
 
-class CompletionRequest(SamplingRequest):
+class CompletionRequest(OpenAIRequest, SamplingRequest):
+    null_only = frozenset({"suffix"})
     # A string, a batch of strings, token ids, or a batch of token-id lists (OpenAI's four shapes).
     prompt: str | list[str] | list[int] | list[list[int]]
     # OpenAI's defaults for the legacy endpoint (512 / 0.7 are chat's).
@@ -75,6 +119,8 @@ class CompletionRequest(SamplingRequest):
     temperature: Temperature = 1.0
     logprobs: TopLogprobs | None = None
     echo: bool = False
+    # Returning the best of more sequences than n is not done; best_of = n asks for nothing more.
+    best_of: PositiveInt | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -93,12 +139,11 @@ class CompletionRequest(SamplingRequest):
             raise ValueError("must be a string, a list of strings, a list of token ids or a list of token-id lists")
         return value
 
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("echo=true is not supported")
-        return value
+    @model_validator(mode="after")
+    def _check_best_of(self) -> CompletionRequest:
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError(f"best_of: only best_of equal to n ({self.n}) is supported, got {self.best_of}")
+        return self
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts of the batch, each a string or token ids."""
@@ -110,7 +155,7 @@ class CompletionRequest(SamplingRequest):
         return list(p)  # type: ignore[arg-type]
 
 
-class EmbeddingRequest(StrictRequest):
+class EmbeddingRequest(OpenAIRequest):
     # Text only: token-id inputs would need the embedding model's vocabulary on the client side.
     input: str | list[str]
     model: str | None = None
@@ -210,6 +255,18 @@ class CompletionLogprobs(BaseModel):
     token_logprobs: list[float | None] = Field(default_factory=list)
     top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
+
+    @staticmethod
+    def joined(first: CompletionLogprobs | None, second: CompletionLogprobs) -> CompletionLogprobs:
+        """`second` after `first` (an echoed prompt's tokens before the completion's)."""
+        if first is None:
+            return second
+        return CompletionLogprobs(
+            tokens=first.tokens + second.tokens,
+            token_logprobs=first.token_logprobs + second.token_logprobs,
+            top_logprobs=first.top_logprobs + second.top_logprobs,
+            text_offset=first.text_offset + second.text_offset,
+        )
 
 
 class CompletionChoice(BaseModel):

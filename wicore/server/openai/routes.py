@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 import numpy as np
 import structlog
@@ -88,17 +88,20 @@ class LogprobRenderer:
         return ChatChoiceLogprobs(content=content)
 
     def completion(
-        self, token_ids: list[int], logprobs: list[float], top: list[list[tuple[int, float]]], offset: int,
-        with_top: bool,
+        self, token_ids: list[int], logprobs: Sequence[float | None], top: list[list[tuple[int, float]]],
+        offset: int, with_top: bool,
     ) -> CompletionLogprobs:  # fmt: skip
+        """`None` logprobs are a prompt's first token, which nothing predicts (OpenAI's null)."""
         result = CompletionLogprobs()
         for k, (token_id, lp) in enumerate(zip(token_ids, logprobs, strict=False)):
             text = self.token_text(token_id)
             result.tokens.append(text)
-            result.token_logprobs.append(max(lp, MIN_LOGPROB))
+            result.token_logprobs.append(None if lp is None else max(lp, MIN_LOGPROB))
             alternatives = top[k] if k < len(top) else []
             result.top_logprobs.append(
-                {self.token_text(i): max(v, MIN_LOGPROB) for i, v in alternatives} if with_top else None
+                {self.token_text(i): max(v, MIN_LOGPROB) for i, v in alternatives}
+                if with_top and lp is not None
+                else None
             )
             result.text_offset.append(offset)
             offset += len(text)
@@ -121,17 +124,26 @@ def router(service: GenerationService) -> APIRouter:
                 404, f"the model `{model}` does not exist; this server serves `{engine.model_name}`", param="model"
             )
 
-    def card() -> ModelCard:
-        return ModelCard(id=engine.model_name, created=engine.created)
+    def cards() -> list[ModelCard]:
+        """The chat model, and the embedding model once it is pulled (one not pulled cannot embed)."""
+        listed = [ModelCard(id=engine.model_name, created=engine.created)]
+        if service.catalogue.embedding_present():
+            created = int(service.catalogue.embedding_folder().stat().st_mtime)
+            listed.append(ModelCard(id=service.catalogue.embedding_name, created=created))
+        return listed
 
     @api.get("/v1/models")
     async def models() -> ModelList:
-        return ModelList(data=[card()])
+        return ModelList(data=cards())
 
     @api.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> ModelCard:
-        check_model(model_id)
-        return card()
+        for card in cards():
+            if card.id == model_id:
+                return card
+        raise APIError(
+            404, f"the model `{model_id}` does not exist; this server serves `{engine.model_name}`", param="model"
+        )
 
     @api.post("/v1/chat/completions", response_model=None)
     @api.post("/chat/completions", response_model=None, include_in_schema=False)
@@ -201,28 +213,46 @@ def router(service: GenerationService) -> APIRouter:
         body = await parse_body(request, CompletionRequest)
         check_model(body.model)
         tokenizer = engine.tokenizer
-        prompts = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in body.prompts()]
+        given = body.prompts()
+        prompts = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in given]
         for ids in prompts:
             service.check_vocab(ids, "prompt")
         request_id, seqs = service.start(
             GenerationRequest(
                 prompts, body, body.max_tokens if "max_tokens" in body.model_fields_set else None,
-                COMPLETION_DEFAULT_MAX_TOKENS, body.logprobs, fanout_param="n" if len(prompts) == 1 else "prompt",
+                COMPLETION_DEFAULT_MAX_TOKENS, body.logprobs, body.logprobs if body.echo else None,
+                fanout_param="n" if len(prompts) == 1 else "prompt",
             )
         )  # fmt: skip
         response_id, created, model = f"cmpl-{request_id}", int(time.time()), engine.model_name
         structlog.contextvars.bind_contextvars(completion_id=response_id)
         prompt_tokens = sum(len(ids) for ids in prompts)
         with_top = bool(body.logprobs)
+        # echo: each choice's text starts with its prompt (choice i of prompt p is p * n + i, as fan-out orders them).
+        echoed = [("" if not body.echo else p if isinstance(p, str) else tokenizer.decode(p)) for p in given]
+
+        def echo(index: int) -> str:
+            return echoed[index // body.n]
+
+        def echo_logprobs(index: int, logprobs: list[float | None], top: list[list[tuple[int, float]]]) -> (
+            CompletionLogprobs | None
+        ):  # fmt: skip
+            """The echoed prompt's tokens, scored, when logprobs are asked for."""
+            if body.logprobs is None or not body.echo:
+                return None
+            return render.completion(prompts[index // body.n], logprobs, top, 0, with_top)
 
         def build() -> CompletionResponse:
             choices = [
                 CompletionChoice(
                     index=s.index,
-                    text="".join(s.text),
+                    text=echo(s.index) + "".join(s.text),
                     logprobs=None
                     if body.logprobs is None
-                    else render.completion(s.tokens, s.logprobs, s.top_logprobs, 0, with_top),
+                    else CompletionLogprobs.joined(
+                        echo_logprobs(s.index, s.prompt_logprobs, s.prompt_top_logprobs),
+                        render.completion(s.tokens, s.logprobs, s.top_logprobs, len(echo(s.index)), with_top),
+                    ),
                     finish_reason=openai_finish_reason(s.finish_reason),
                 )
                 for s in seqs
@@ -237,6 +267,14 @@ def router(service: GenerationService) -> APIRouter:
             completion_tokens = 0
             text_len: dict[int, int] = {}  # characters sent per choice, for text_offset
             async for seq, out in outputs:
+                if body.echo and seq.index not in text_len:
+                    text_len[seq.index] = len(echo(seq.index))
+                    prompt_logprobs = echo_logprobs(seq.index, out.prompt_logprobs, out.prompt_top_logprobs)
+                    yield chunk(
+                        CompletionChoice(
+                            index=seq.index, text=echo(seq.index), logprobs=prompt_logprobs, finish_reason=None
+                        )
+                    )
                 logprobs = None
                 offset = text_len.get(seq.index, 0)
                 if body.logprobs is not None and out.token_ids:
@@ -265,7 +303,9 @@ def router(service: GenerationService) -> APIRouter:
         if body.model is not None and service.catalogue.kind(body.model.removeprefix("wicore:")) != "embedding":
             raise APIError(404, f"the model `{body.model}` does not exist; embeddings use `{name}`", param="model")
         texts = [body.input] if isinstance(body.input, str) else body.input
-        vectors, tokens = await service.embed(request, texts, body.dimensions, body.engine_priority, "input")
+        vectors, tokens = await service.embed(
+            request, texts, body.dimensions, body.engine_priority, "input", truncate=False
+        )  # OpenAI answers 400, never truncates
         data = [
             EmbeddingData(index=i, embedding=_b64(v) if body.encoding_format == "base64" else v)
             for i, v in enumerate(vectors)
