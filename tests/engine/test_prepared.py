@@ -24,11 +24,12 @@ def test_remove_stale_caches_keeps_current_and_other_models(tmp_path: Path, monk
         f"{model.stem}-1d4a-18edbe-v1",
         f"{model.stem}-1d4a-18edbe-v1.metadata.json",
         f"{current}.metadata.json",  # the one-file metadata of earlier versions
+        f"{current}.model.json",
         f"{current}.tmp{dead_pid}",
     ]
     kept = [
         current,
-        f"{current}.model.json",
+        f"{current}.header.json",
         f"{current}.vocab.json",
         f"{current}.tmp{os.getpid()}",  # a preparation in progress
         f"{model.stem}-q5_0-1d4a-18edbe-v1",  # another model whose name starts with this one's
@@ -52,3 +53,10 @@ def test_metadata_without_vocabulary_has_the_model_shape_only() -> None:
     assert "tokenizer.ggml.tokens" not in shape_only and "tokenizer.ggml.token_type" not in shape_only
     assert shape_only["general.architecture"] == "gemma3"
     assert shape_only.items() <= full.items()
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b-instruct", "gemma-3-270m"])
+def test_vocab_size_is_known_without_the_vocabulary(name: str) -> None:
+    path = model_path(name)
+    config, _ = prepared.load_prepared(path)
+    assert config.vocab_size == len(prepared.metadata(path)["tokenizer.ggml.tokens"]) > 150_000

@@ -49,9 +49,9 @@ def remove_stale_caches(path: Path) -> None:
 
     Processes still mapping a deleted cache keep their pages (unlinked files live until unmapped)."""
     current = _cache_dir(path).name
-    suffixes = r"(\.metadata\.json|\.model\.json|\.vocab\.json|\.tmp(\d+))?"
+    suffixes = r"(\.metadata\.json|\.model\.json|\.header\.json|\.vocab\.json|\.tmp(\d+))?"
     mine = re.compile(rf"{re.escape(path.stem)}-[0-9a-f]+-[0-9a-f]+-v\d+{suffixes}")
-    keep = {current, _metadata_file(path, ".model.json").name, _metadata_file(path, ".vocab.json").name}
+    keep = {current, _metadata_file(path, ".header.json").name, _metadata_file(path, ".vocab.json").name}
     for entry in _cache_dir(path).parent.iterdir():
         match = mine.fullmatch(entry.name)
         if not match or entry.name in keep:
@@ -76,14 +76,17 @@ def metadata(path: Path, reader: gguf.GGUFReader | None = None, vocabulary: bool
     vocabulary=False leaves out the tokenizer's per-token arrays, for callers that need only the
     model's shape: parsing a 262k-token vocabulary costs ~60 MB of short-lived Python objects."""
     # Not the one .metadata.json of earlier versions: those hold both parts, and old checkouts read it.
-    rest, vocab = _metadata_file(path, ".model.json"), _metadata_file(path, ".vocab.json")
+    rest, vocab = _metadata_file(path, ".header.json"), _metadata_file(path, ".vocab.json")
     if not (rest.exists() and vocab.exists()):
         meta = read_metadata(reader if reader is not None else gguf.GGUFReader(path))
+        header = {k: v for k, v in meta.items() if not _is_vocabulary(k, v)}
+        # The vocabulary's size stays in the header, under GGUF's own (optional) key for it.
+        vocab_key = f"{meta.get('general.architecture', '')}.vocab_size"
+        header.setdefault(vocab_key, len(meta.get("tokenizer.ggml.tokens", ())))
         rest.parent.mkdir(parents=True, exist_ok=True)
-        # The vocabulary first: the other file's presence marks both complete.
+        # The vocabulary first: the header's presence marks both complete.
         _atomic_write(vocab, json.dumps({k: v for k, v in meta.items() if _is_vocabulary(k, v)}, ensure_ascii=False))
-        _atomic_write(rest, json.dumps({k: v for k, v in meta.items() if not _is_vocabulary(k, v)}, ensure_ascii=False))
-        return meta
+        _atomic_write(rest, json.dumps(header, ensure_ascii=False))
     meta = json.loads(rest.read_text(encoding="utf-8"))
     if vocabulary:
         meta.update(json.loads(vocab.read_text(encoding="utf-8")))
