@@ -1,7 +1,7 @@
 """Token sampling: one token per row of logits (Mojo module `sampling`).
 
-Pipeline per row, as llama.cpp / vLLM: grammar mask (disallowed tokens to -inf) -> logit bias -> repetition / frequency / presence
-penalties -> greedy argmax (temperature 0, ties to the lowest id), or temperature ->
+Pipeline per row, as llama.cpp / vLLM: grammar mask (disallowed tokens to -inf) -> logit bias ->
+repetition / frequency / presence penalties -> greedy argmax (temperature 0, ties to the lowest id), or temperature ->
 top-k -> top-p -> min-p -> renormalise -> draw.  The draw uses a counter-based generator
 (SplitMix64 of seed and step), so a row's tokens depend only on its seed and step.
 """
