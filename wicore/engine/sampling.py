@@ -40,6 +40,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # how many top logprobs to report per token
+    # An llguidance grammar the output must follow (engine/grammar.py builds and checks them: JSON
+    # schema, regex, Lark); None: unconstrained.
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         # accept the OpenAI shapes (a single stop string, lists) but store tuples
@@ -90,6 +93,7 @@ class SamplingParams:
             "logprobs",
             f"must be None or an int in [0, 20], got {self.logprobs!r}",
         )
+        _check(self.grammar is None or isinstance(self.grammar, str), "grammar", "must be None or a grammar string")
 
     def kernel_params(self) -> RowParams:
         """This request's row of the sampling kernel's `params` array."""
