@@ -102,7 +102,10 @@ async def test_embed_shape(engine: FakeEngine) -> None:
         ("/api/chat", {"model": MODEL, "messages": FRANCE, "options": {"repeat_penalty": 0}}, 400,
          "options.repeat_penalty"),
         ("/api/chat", {"model": MODEL, "messages": FRANCE, "stream": "no"}, 400, "stream"),
-        ("/api/chat", {"model": MODEL, "messages": FRANCE, "format": "json"}, 400, "format"),
+        ("/api/chat", {"model": MODEL, "messages": FRANCE, "format": "yaml"}, 400, "format"),
+        ("/api/chat", {"model": MODEL, "messages": FRANCE, "format": {"type": "integer", "minimum": "x"}}, 400,
+         "format"),
+        ("/api/generate", {"model": MODEL, "prompt": "hi", "format": {"type": "strange"}}, 400, "format"),
         ("/api/chat", {"model": EMBED, "messages": FRANCE}, 400, "model"),
         ("/api/generate", {"model": MODEL, "prompt": ["a"]}, 400, "prompt"),
         ("/api/generate", {"model": MODEL, "prompt": "hi", "images": ["aGk="]}, 400, "images"),
@@ -117,3 +120,11 @@ async def test_embed_shape(engine: FakeEngine) -> None:
 async def test_bad_input_in_the_envelope(engine: FakeEngine, path: str, body: dict, status: int, param: str) -> None:
     async with in_process(engine) as client:
         assert_error(await client.post(path, json=body), status, param)
+
+
+@pytest.mark.parametrize("fmt", ["json", {"type": "object", "properties": {"a": {"type": "integer"}}}])
+async def test_format_reaches_the_engine_as_a_grammar(engine: FakeEngine, fmt: str | dict) -> None:
+    async with in_process(engine) as client:
+        r = await client.post("/api/chat", json={"model": MODEL, "messages": FRANCE, "format": fmt, "stream": False})
+    assert r.status_code == 200, r.text
+    assert engine.requests[-1].params.grammar is not None

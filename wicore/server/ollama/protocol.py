@@ -7,10 +7,11 @@ Unknown fields are ignored as Ollama's own decoder does; wrongly typed known one
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from wicore.engine.grammar import ANY_JSON_OBJECT, json_schema_grammar
 from wicore.engine.request import PriorityName
 from wicore.server.errors import validation_error
 from wicore.server.protocol import PositiveInt, SamplingRequest
@@ -56,8 +57,16 @@ class OllamaGenerationRequest(OllamaRequest):
     model: str
     options: Options = Options()
     stream: bool = True
-    format: Literal[""] | None = None  # constrained output ("json", a schema) is not supported
+    format: Literal["", "json"] | dict[str, Any] | None = None  # constrained output: any JSON object, or a schema
     priority: PriorityName = "normal"  # WiCore's extension
+
+    def grammar(self) -> str | None:
+        """The checked grammar `format` asks for (None: free text); ValueError naming `format`."""
+        if self.format == "json":
+            return json_schema_grammar(ANY_JSON_OBJECT, "format")
+        if isinstance(self.format, dict):
+            return json_schema_grammar(self.format, "format")
+        return None
 
 
 class OllamaGenerateRequest(OllamaGenerationRequest):
