@@ -13,6 +13,7 @@ from tests.fake_engine import REPLY, FakeEngine, in_process
 from tests.helpers import EMBED, FRANCE, MODEL, OLLAMA_FINAL_KEYS, assert_error
 from wicore.engine.request import EngineRequest, FinishReason, Priority
 from wicore.models import registry
+from wicore.server.ollama.protocol import closed_objects
 
 pytestmark = pytest.mark.anyio
 
@@ -128,3 +129,22 @@ async def test_format_reaches_the_engine_as_a_grammar(engine: FakeEngine, fmt: s
         r = await client.post("/api/chat", json={"model": MODEL, "messages": FRANCE, "format": fmt, "stream": False})
     assert r.status_code == 200, r.text
     assert engine.requests[-1].params.grammar is not None
+
+
+def test_format_schema_objects_are_closed_as_in_ollama() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "properties": {"type": "object", "properties": {"a": {"type": "integer"}}},
+            "open": {"type": "object", "properties": {}, "additionalProperties": True},
+            "choice": {"enum": [{"properties": {}}]},
+        },
+        "$defs": {"p": {"properties": {"x": {"type": "string"}}}},
+    }
+    closed = closed_objects(schema)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["properties"]["additionalProperties"] is False
+    assert "additionalProperties" not in closed["properties"]["properties"]["properties"]
+    assert closed["properties"]["open"]["additionalProperties"] is True
+    assert closed["properties"]["choice"] == {"enum": [{"properties": {}}]}
+    assert closed["$defs"]["p"]["additionalProperties"] is False

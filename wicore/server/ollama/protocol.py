@@ -65,8 +65,33 @@ class OllamaGenerationRequest(OllamaRequest):
         if self.format == "json":
             return json_schema_grammar(ANY_JSON_OBJECT, "format")
         if isinstance(self.format, dict):
-            return json_schema_grammar(self.format, "format")
+            return json_schema_grammar(closed_objects(self.format), "format")
         return None
+
+
+_NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_VALUES = ("enum", "const", "default", "examples")
+
+
+def closed_objects(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` on every object that lists properties but says
+    nothing of others: Ollama's grammar (llama.cpp's converter) allows no others there, while plain JSON
+    schema would let a model add keys until max_tokens cuts its JSON short."""
+    if isinstance(schema, list):
+        return [closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _NAMED_SCHEMAS and isinstance(value, dict):  # name -> schema: the names are not keywords
+            closed[key] = {name: closed_objects(sub) for name, sub in value.items()}
+        elif key in _VALUES:  # JSON data, not schemas
+            closed[key] = value
+        else:
+            closed[key] = closed_objects(value)
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        closed["additionalProperties"] = False
+    return closed
 
 
 class OllamaGenerateRequest(OllamaGenerationRequest):
