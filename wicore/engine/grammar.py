@@ -69,7 +69,8 @@ def lark_grammar(lark: str, field: str) -> str:
 
 class GrammarGuide:
     """The worker's grammar state: llguidance's view of the vocabulary, built on the first constrained
-    request (it parses the model's vocabulary: ~1.5 s and ~230 MB for a 152k-token one), and the
+    request (it parses the model's vocabulary: ~1.5 s and ~150 MB resident for qwen's 152k tokens,
+    ~5 s and ~250 MB for gemma's 262k; the worker holds no tokenizer otherwise), and the
     matcher of each constrained sequence, kept on the sequence (it lives and dies with it)."""
 
     def __init__(self, model_path: Path, eos_token_ids: frozenset[int]) -> None:
@@ -80,8 +81,9 @@ class GrammarGuide:
         self._executor: llguidance.LLExecutor | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar")
 
-    def _ll_tokenizer(self) -> llguidance.LLTokenizer:
-        if self._tokenizer is None:
+    def _vocabulary(self) -> tuple[llguidance.LLTokenizer, llguidance.LLExecutor]:
+        """llguidance's tokenizer and its mask-computing thread pool, built on first use."""
+        if self._tokenizer is None or self._executor is None:
             meta = metadata(self.model_path)
             tokenizer = Tokenizer.from_metadata(meta, str(self.model_path))
             self.vocab_size = ModelConfig.from_metadata(meta).vocab_size
@@ -89,7 +91,7 @@ class GrammarGuide:
                 tokenizer.backend_json(), n_vocab=self.vocab_size, eos_token=sorted(self.eos_token_ids)
             )
             self._executor = llguidance.LLExecutor()
-        return self._tokenizer
+        return self._tokenizer, self._executor
 
     def start_masks(self, seqs: list[Sequence]) -> Future[tuple[np.ndarray, np.ndarray]] | None:
         """Start computing the token masks of the sequences about to be sampled, in a thread, so the
@@ -100,7 +102,7 @@ class GrammarGuide:
         return self._thread.submit(self._masks, seqs)
 
     def _masks(self, seqs: list[Sequence]) -> tuple[np.ndarray, np.ndarray]:
-        tokenizer = self._ll_tokenizer()
+        tokenizer, executor = self._vocabulary()
         rows = np.full(len(seqs), -1, dtype=np.int32)
         matchers: list[tuple[llguidance.LLMatcher, int]] = []
         for row, seq in enumerate(seqs):
@@ -111,9 +113,8 @@ class GrammarGuide:
             rows[row] = len(matchers)
             matchers.append((seq.matcher, len(matchers)))
         masks = np.zeros((len(matchers), mask_words(self.vocab_size)), dtype=np.int32)
-        assert self._executor is not None
         # all masks in one call: llguidance spreads them over its threads without the GIL
-        self._executor.unsafe_compute_mask_ptr(matchers, masks.ctypes.data, masks.shape[1] * 4, masks.shape[0])
+        executor.unsafe_compute_mask_ptr(matchers, masks.ctypes.data, masks.shape[1] * 4, masks.shape[0])
         words = masks.view(np.uint32)
         for i, (matcher, _) in enumerate(matchers):
             # A matcher in error allows nothing: let it end the sequence rather than sample from no token.
