@@ -3,7 +3,8 @@
 Starts `wicore serve` (or uses `--url`) and, at each concurrency level, sends the same numbered chat
 prompts twice, streamed at temperature 1: once free (`ignore_eos`), once with a `response_format`
 JSON schema no output can complete within `--max-tokens` (an array of at least 1000 small objects),
-so both generate exactly `--max-tokens` tokens and do equal work. Timed at the client as
+so both generate exactly `--max-tokens` tokens and do equal work (each its own numbered prompts, the
+order alternating by level). Timed at the client as
 bench_serving.py times it; reported per level: output tokens/s and mean TPOT of each, and the ratio
 constrained / free (the target is >= 0.9: masks are computed while the forward pass runs).
 
@@ -84,11 +85,16 @@ async def run(base: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             if not warm.ok:
                 raise RuntimeError(f"warm-up failed: {warm.error}")
         sent = 0
-        for concurrency in args.concurrency:
-            prompts = prompts_for(args.num_prompts or max(4, concurrency), 0, sent)
-            sent += len(prompts)
-            free = await level(client, url, concurrency, prompts, args, constrained=False)
-            guided = await level(client, url, concurrency, prompts, args, constrained=True)
+        for i, concurrency in enumerate(args.concurrency):
+            num = args.num_prompts or max(4, concurrency)
+            results: dict[bool, LevelResult] = {}
+            # Who goes first alternates, and each run has its own numbered prompts: neither gains from
+            # the other's prefix-cache entries or always runs on a machine the other has warmed.
+            for constrained in (i % 2 == 1, i % 2 == 0):
+                prompts = prompts_for(num, 0, sent)
+                sent += num
+                results[constrained] = await level(client, url, concurrency, prompts, args, constrained)
+            free, guided = results[False], results[True]
             for name, r in (("free", free), ("constrained", guided)):
                 if r.failed:
                     raise RuntimeError(f"{name} at concurrency {concurrency}: {r.errors}")
