@@ -1,4 +1,4 @@
-"""Token sampling, batched over rows: logit bias -> repetition/frequency/presence
+"""Token sampling, batched over rows: grammar mask -> logit bias -> repetition/frequency/presence
 penalties -> greedy argmax, or temperature -> top-k -> top-p -> min-p -> draw.
 
 Random numbers come from SplitMix64 of (seed, step), so a row's tokens depend
@@ -389,6 +389,23 @@ def apply_penalties(
         l[unsafe_offset=t] = v
 
 
+def apply_mask(l: F32Ptr, V: Int, mask: I32Ptr):
+    """Sets the logit of every token whose bit (bit t % 32 of word t // 32, llguidance's layout)
+    is clear to -inf, so nothing after it (truncation, the draw, the logprob) can pick it."""
+    for w in range((V + 31) // 32):
+        var bits = bitcast[DType.uint32](mask[unsafe_offset=w])
+        if bits == 0xFFFFFFFF:
+            continue
+        var base = w * 32
+        # a grammar usually allows few tokens: most words are all clear
+        if bits == 0 and base + 32 <= V:
+            l.unsafe_store(base, SIMD[DType.float32, 32](neg_inf[DType.float32]()))
+            continue
+        for j in range(min(32, V - base)):
+            if (bits >> UInt32(j)) & 1 == 0:
+                l[unsafe_offset=base + j] = neg_inf[DType.float32]()
+
+
 # ---------------------------------------------------------------- one row
 
 
@@ -411,6 +428,8 @@ struct Batch(ImplicitlyCopyable):
     var bias_offsets: I32Ptr
     var out_tokens: I32Ptr
     var out_logprobs: F32Ptr
+    var masks: I32Ptr
+    var mask_rows: I32Ptr
     var workspace: U64Ptr
 
     def sample_row(self, b: Int, worker: Int):
@@ -422,6 +441,10 @@ struct Batch(ImplicitlyCopyable):
         var e = keys.unsafe_offset(V).unsafe_bitcast[Float32]()
         var cnt = e.unsafe_offset(V).unsafe_bitcast[Int32]()
         var blocks = keys.unsafe_offset(2 * V).unsafe_bitcast[Float64]()
+
+        var mask_row = Int(self.mask_rows[unsafe_offset=b])
+        if mask_row >= 0:
+            apply_mask(l, V, self.masks.unsafe_offset(mask_row * ((V + 31) // 32)))
 
         for j in range(Int(self.bias_offsets[unsafe_offset=b]), Int(self.bias_offsets[unsafe_offset=b + 1])):
             l[unsafe_offset=Int(self.bias_ids[unsafe_offset=j])] += self.bias_values[unsafe_offset=j]
@@ -520,16 +543,20 @@ def sample(
     bias_offsets: PythonObject,
     out_tokens: PythonObject,
     out_logprobs: PythonObject,
+    masks: PythonObject,
+    mask_rows: PythonObject,
     workspace: PythonObject,
     dims_obj: PythonObject,
 ) raises:
-    """Dims: (B, V, len(history), len(bias_ids), len(workspace)); the wrapper checks dtypes and shapes."""
-    var dims = Dims(dims_obj, 5)
+    """Dims: (B, V, len(history), len(bias_ids), len(workspace), rows of masks); the wrapper checks
+    dtypes and shapes."""
+    var dims = Dims(dims_obj, 6)
     var B = dims[0]
     var V = dims[1]
     var H = dims[2]
     var L = dims[3]
     var WS = dims[4]
+    var M = dims[5]
     if WS < workspace_size(V):
         raise Error("workspace: ", WS, " words is smaller than ", workspace_size(V))
     var batch = Batch(
@@ -546,6 +573,8 @@ def sample(
         ptr[DType.int32](bias_offsets),
         ptr[DType.int32](out_tokens),
         ptr[DType.float32](out_logprobs),
+        ptr[DType.int32](masks),
+        ptr[DType.int32](mask_rows),
         ptr[DType.uint64](workspace),
     )
     # every index the rows will follow is checked here, before any row is touched
@@ -557,6 +586,9 @@ def sample(
         var os = Int(batch.output_start[unsafe_offset=b])
         if os < 0 or os > h1 - h0:
             raise Error("output_start[", b, "] = ", os, " is outside the row's history of ", h1 - h0)
+        var mr = Int(batch.mask_rows[unsafe_offset=b])
+        if mr < -1 or mr >= M:
+            raise Error("mask_rows[", b, "] = ", mr, " is outside [-1, ", M, ")")
         check_ids(batch.history, h0, h1, V, "history")
         check_ids(
             batch.bias_ids, Int(batch.bias_offsets[unsafe_offset=b]), Int(batch.bias_offsets[unsafe_offset=b + 1]), V, "logit_bias"

@@ -228,6 +228,11 @@ class Tokenizer:
         piece = self._piece(token_id)
         return bytes([piece]) if isinstance(piece, int) else piece if isinstance(piece, bytes) else piece.encode()
 
+    def backend_json(self) -> str:
+        """The `tokenizers` definition as JSON, for libraries that build their own view of the
+        vocabulary (llguidance's token masks)."""
+        return self._backend.to_str()
+
     def stream_decoder(self, skip_special_tokens: bool = True) -> StreamDecoder:
         """A fresh incremental decoder for one sequence of generated tokens."""
         return StreamDecoder(self, skip_special_tokens)

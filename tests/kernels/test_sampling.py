@@ -335,3 +335,70 @@ def test_kernel_rejects_bad_arguments() -> None:
         run({**args, "params": args["params"].astype(np.float64)})
     with pytest.raises(ValueError, match="history_offsets"):
         run({**args, "history_offsets": np.array([0, 1, 0], dtype=np.int32)})
+
+
+def random_masks(count: int, vocab: int, density: float) -> np.ndarray:
+    """int32 [count, mask_words] bitmasks with about `density` of the tokens allowed, at least one."""
+    allowed = rng.random((count, vocab)) < density
+    allowed[np.arange(count), rng.integers(0, vocab, count)] = True
+    padded = np.zeros((count, ks.mask_words(vocab) * 32), dtype=bool)
+    padded[:, :vocab] = allowed
+    return np.packbits(padded, axis=1, bitorder="little").view("<i4").astype(np.int32)
+
+
+@pytest.mark.parametrize("vocab", [37, 1001, 151936])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.6])
+def test_masked_rows_match_reference(isa: str, vocab: int, density: float) -> None:
+    # masked and unmasked rows in one batch; vocabularies that are not a multiple of 32
+    batch = 9
+    logits = (rng.standard_normal((batch, vocab)) * 3).astype(np.float32)
+    histories = [rng.integers(0, vocab, int(rng.integers(0, 20))).astype(np.int32) for _ in range(batch)]
+    args = make_batch(
+        random_params(batch, vocab), logits, histories,
+        seeds=rng.integers(0, 2**64, batch, dtype=np.uint64), steps=rng.integers(0, 10**6, batch),
+    )  # fmt: skip
+    masks = random_masks(4, vocab, density)
+    args["masks"] = masks
+    args["mask_rows"] = np.array([0, -1, 1, 2, -1, 3, 0, -1, 1], dtype=np.int32)
+    tokens, logprobs = run(args)
+    want_tokens, want_logprobs = ref.sample(**args)
+    np.testing.assert_array_equal(tokens, want_tokens)
+    np.testing.assert_allclose(logprobs, want_logprobs, rtol=0, atol=1e-4)
+    for b, row in enumerate(args["mask_rows"].tolist()):
+        if row >= 0:
+            assert ref.allowed(masks[row], vocab)[tokens[b]]
+
+
+@pytest.mark.parametrize("vocab", [37, 1001, 151939])
+def test_masked_tokens_are_never_sampled(isa: str, vocab: int) -> None:
+    # the widest distribution (temperature 1, no truncation), masked tokens given the largest logits
+    batch = 64
+    masks = random_masks(1, vocab, 0.02)
+    allowed = ref.allowed(masks[0], vocab)
+    logits = rng.standard_normal((batch, vocab)).astype(np.float32)
+    logits[:, ~allowed] += 20.0
+    args = make_batch(
+        [SamplingParams(temperature=1.0, top_k=0, top_p=1.0)] * batch, logits,
+        seeds=rng.integers(0, 2**64, batch, dtype=np.uint64), steps=np.arange(batch),
+    )  # fmt: skip
+    args["masks"] = masks
+    args["mask_rows"] = np.zeros(batch, dtype=np.int32)
+    tokens, logprobs = run(args)
+    assert allowed[tokens].all()
+    assert np.isfinite(logprobs).all()
+    # the logprob is under the masked distribution: the allowed tokens' probabilities sum to 1
+    x = logits[0].astype(np.float64)
+    log_z = np.log(np.exp(x[allowed] - x[allowed].max()).sum()) + x[allowed].max()
+    assert logprobs[0] == pytest.approx(x[tokens[0]] - log_z, abs=1e-4)
+
+
+def test_mask_arguments_are_checked(isa: str) -> None:
+    logits = np.zeros((2, 37), dtype=np.float32)
+    args = make_batch([SamplingParams()] * 2, logits)
+    masks = np.full((1, 2), -1, dtype=np.int32)
+    with pytest.raises(ValueError, match="mask_rows"):
+        run({**args, "masks": masks, "mask_rows": np.array([0, 1], dtype=np.int32)})
+    with pytest.raises(ValueError, match="masks"):
+        run({**args, "masks": np.full((1, 3), -1, dtype=np.int32), "mask_rows": np.zeros(2, dtype=np.int32)})
+    with pytest.raises(ValueError, match="masks"):
+        run({**args, "masks": masks})

@@ -14,6 +14,7 @@ from tests.fake_engine import REPLY, FakeEngine, in_process
 from tests.helpers import EMBED, FRANCE, MODEL, OLLAMA_FINAL_KEYS, assert_ollama_error
 from wicore.engine.request import EngineRequest, FinishReason, Priority
 from wicore.models import registry
+from wicore.server.ollama.protocol import closed_objects
 
 pytestmark = pytest.mark.anyio
 
@@ -109,7 +110,10 @@ async def test_embed_truncates_by_default(engine: FakeEngine) -> None:
         ("/api/chat", {"model": MODEL, "messages": FRANCE, "options": {"repeat_penalty": 0}}, 400,
          "options.repeat_penalty"),
         ("/api/chat", {"model": MODEL, "messages": FRANCE, "stream": "no"}, 400, "stream"),
-        ("/api/chat", {"model": MODEL, "messages": FRANCE, "format": "json"}, 400, "format"),
+        ("/api/chat", {"model": MODEL, "messages": FRANCE, "format": "yaml"}, 400, "format"),
+        ("/api/chat", {"model": MODEL, "messages": FRANCE, "format": {"type": "integer", "minimum": "x"}}, 400,
+         "format"),
+        ("/api/generate", {"model": MODEL, "prompt": "hi", "format": {"type": "strange"}}, 400, "format"),
         ("/api/chat", {"model": EMBED, "messages": FRANCE}, 400, "model"),
         ("/api/generate", {"model": MODEL, "prompt": ["a"]}, 400, "prompt"),
         ("/api/generate", {"model": MODEL, "prompt": "hi", "images": ["aGk="]}, 400, "images"),
@@ -189,3 +193,30 @@ async def test_legacy_embeddings_route(engine: FakeEngine) -> None:
 async def test_new_routes_errors(engine: FakeEngine, path: str, body: dict, status: int, says: str) -> None:
     async with in_process(engine) as client:
         assert_ollama_error(await client.post(path, json=body), status, says)
+
+
+@pytest.mark.parametrize("fmt", ["json", {"type": "object", "properties": {"a": {"type": "integer"}}}])
+async def test_format_reaches_the_engine_as_a_grammar(engine: FakeEngine, fmt: str | dict) -> None:
+    async with in_process(engine) as client:
+        r = await client.post("/api/chat", json={"model": MODEL, "messages": FRANCE, "format": fmt, "stream": False})
+    assert r.status_code == 200, r.text
+    assert engine.requests[-1].params.grammar is not None
+
+
+def test_format_schema_objects_are_closed_as_in_ollama() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "properties": {"type": "object", "properties": {"a": {"type": "integer"}}},
+            "open": {"type": "object", "properties": {}, "additionalProperties": True},
+            "choice": {"enum": [{"properties": {}}]},
+        },
+        "$defs": {"p": {"properties": {"x": {"type": "string"}}}},
+    }
+    closed = closed_objects(schema)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["properties"]["additionalProperties"] is False
+    assert "additionalProperties" not in closed["properties"]["properties"]["properties"]
+    assert closed["properties"]["open"]["additionalProperties"] is True
+    assert closed["properties"]["choice"] == {"enum": [{"properties": {}}]}
+    assert closed["$defs"]["p"]["additionalProperties"] is False

@@ -108,8 +108,13 @@ async def test_logprob_shapes(engine: FakeEngine) -> None:
         ({"messages": []}, "messages"),
         ({"messages": "hi"}, "messages"),
         ({"best_of": 2}, "best_of"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
+         "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"minimum": []}}}},
+         "response_format"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
     ],
-)
+)  # fmt: skip
 async def test_bad_parameters_are_400_naming_the_parameter(engine: FakeEngine, body: dict, param: str) -> None:
     async with in_process(engine) as client:
         r = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": FRANCE, **body})
@@ -306,3 +311,24 @@ async def test_completion_echo_with_logprobs_scores_the_prompt(engine: FakeEngin
     assert first["text"] == "Say hi." and first["logprobs"]["tokens"] == texts
     assert first["logprobs"]["token_logprobs"][0] is None
     assert events[1]["choices"][0]["logprobs"]["text_offset"] == [7]
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [("/v1/chat/completions", {"messages": FRANCE}), ("/v1/completions", {"prompt": "The capital of France is"})],
+)
+@pytest.mark.parametrize(
+    ("response_format", "constrained"),
+    [
+        ({"type": "text"}, False),
+        ({"type": "json_object"}, True),
+        ({"type": "json_schema", "json_schema": {"name": "c", "schema": {"type": "object"}, "strict": True}}, True),
+    ],
+)
+async def test_response_format_reaches_the_engine_as_a_grammar(
+    engine: FakeEngine, path: str, extra: dict, response_format: dict, constrained: bool
+) -> None:
+    async with in_process(engine) as client:
+        r = await client.post(path, json={"model": MODEL, **extra, "response_format": response_format})
+    assert r.status_code == 200, r.text
+    assert (engine.requests[-1].params.grammar is not None) == constrained

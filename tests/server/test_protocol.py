@@ -75,7 +75,8 @@ def _error(model: type, body: Any) -> APIError:
         ("max_tokens", True, "valid integer"),  # JSON true is not a number here
         ("stream", "yes", "valid boolean"),
         ("tools", [], "unsupported parameter"),
-        ("response_format", {"type": "json_object"}, "Input should be 'text'"),
+        ("response_format", {"type": "yaml"}, "'text', 'json_object' or 'json_schema'"),
+        ("response_format", {"type": "json_schema"}, 'give it exactly when type is "json_schema"'),
     ],
 )
 def test_chat_parameter_errors_name_the_parameter(param: str, value: Any, says: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from wicore.config import ModelSettings, SchedulerSettings
 from wicore.engine.block_manager import BlockManager
+from wicore.engine.grammar import GrammarGuide
 from wicore.engine.model_runner import ModelRunner
 from wicore.engine.request import EngineOutput
 from wicore.engine.scheduler import Batch, Scheduler
@@ -101,7 +102,8 @@ class EngineCore:
     def __init__(self, config: EngineConfig, model: Transformer) -> None:
         self.config = config
         kv = KVCache.allocate(model.config, config.num_blocks, config.block_size, config.kv_cache_dtype)
-        self.runner = ModelRunner(model, kv)
+        guide = GrammarGuide(config.model_path, config.eos_token_ids)
+        self.runner = ModelRunner(model, kv, guide)
         blocks = BlockManager(config.num_blocks, config.block_size, config.scheduler.enable_prefix_caching)
         self.scheduler = Scheduler(blocks, config.scheduler, config.max_model_len, config.eos_token_ids)
 

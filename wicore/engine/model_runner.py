@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from wicore.engine.grammar import GrammarGuide
 from wicore.engine.sequence import Sequence
 from wicore.kernels.sampling import pack_logit_bias, pack_params, pack_ragged, sample, top_logprobs
 from wicore.models.transformer import ForwardBatch, KVCache, Transformer
@@ -17,6 +18,7 @@ class Sample(NamedTuple):
     token: int
     logprob: float
     top_logprobs: list[tuple[int, float]] | None
+    grammar_done: bool = False  # the token ends a constrained sequence (its grammar is complete or broken)
 
 
 class PromptScores(NamedTuple):
@@ -33,11 +35,13 @@ class Step(NamedTuple):
 
 
 class ModelRunner:
-    """Executes what the scheduler planned: one forward pass, then sampling.  It changes no sequence."""
+    """Executes what the scheduler planned: one forward pass, then sampling.  It changes no sequence
+    but for advancing the grammar matchers of constrained ones by the tokens drawn."""
 
-    def __init__(self, model: Transformer, kv: KVCache) -> None:
+    def __init__(self, model: Transformer, kv: KVCache, guide: GrammarGuide) -> None:
         self.model = model
         self.kv = kv
+        self.guide = guide
 
     def execute(self, work: list[tuple[Sequence, int]]) -> Step:
         """Run `n` not-yet-computed tokens of each (sequence, n); sample for those that reach their end,
@@ -45,22 +49,23 @@ class ModelRunner:
 
         Block tables must already hold the tokens (the scheduler grows them).
         """
+        sampled = [seq for seq, n in work if seq.num_computed + n == seq.num_tokens]
+        masks = self.guide.start_masks(sampled)  # computed while the forward pass runs
         batch, scored = self._batch(work)
         logits = self.model.forward(batch, self.kv)
-        sampled = [seq for seq, n in work if seq.num_computed + n == seq.num_tokens]
         # The sampling rows come first, so they are a contiguous block the kernel can take as it is.
         prompt_scores = self._score_prompts(work, scored, logits[len(sampled) :])
         if not sampled:
             return Step([], prompt_scores)
-        tokens, logprobs = self._sample(sampled, logits[: len(sampled)])
+        tokens, logprobs = self._sample(sampled, logits[: len(sampled)], None if masks is None else masks.result())
         samples = []
         for row, (seq, tok, lp) in enumerate(zip(sampled, tokens.tolist(), logprobs.tolist(), strict=True)):
             top = None
             if seq.params.logprobs:
-                # The row as the sampler left it (bias and penalties applied), scaled the same way.
+                # The row as the sampler left it (mask, bias and penalties applied), scaled the same way.
                 ids, lps = top_logprobs(logits[row], seq.params.logprobs, seq.params.temperature)
                 top = list(zip(ids.tolist(), lps.tolist(), strict=True))
-            samples.append(Sample(tok, lp, top))
+            samples.append(Sample(tok, lp, top, self.guide.advance(seq, tok)))
         return Step(samples, prompt_scores)
 
     def _batch(self, work: list[tuple[Sequence, int]]) -> tuple[ForwardBatch, dict[int, tuple[int, int]]]:
@@ -125,7 +130,9 @@ class ModelRunner:
         return out
 
     @staticmethod
-    def _sample(seqs: list[Sequence], logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _sample(
+        seqs: list[Sequence], logits: np.ndarray, masks: tuple[np.ndarray, np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         params = [seq.params for seq in seqs]
         # Token histories only matter to penalties; skip packing them otherwise.
         penalised = [p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty for p in params]
@@ -148,5 +155,6 @@ class ModelRunner:
             bias_offsets,
             tokens,
             logprobs,
+            *(masks or (None, None)),
         )
         return tokens, logprobs

@@ -43,6 +43,9 @@ class SamplingParams:
     # Report each prompt token's logprob (given the tokens before it) and this many top alternatives;
     # None: none. OpenAI's echo with logprobs; it costs a logits row per prompt token and the prefix cache.
     prompt_logprobs: int | None = None
+    # An llguidance grammar the output must follow (engine/grammar.py builds and checks them: JSON
+    # schema, regex, Lark); None: unconstrained.
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         # accept the OpenAI shapes (a single stop string, lists) but store tuples
@@ -98,6 +101,7 @@ class SamplingParams:
             "prompt_logprobs",
             f"must be None or an int in [0, 20], got {self.prompt_logprobs!r}",
         )
+        _check(self.grammar is None or isinstance(self.grammar, str), "grammar", "must be None or a grammar string")
 
     def kernel_params(self) -> RowParams:
         """This request's row of the sampling kernel's `params` array."""

@@ -270,7 +270,7 @@ class Scheduler:
         if sample.top_logprobs is not None:
             seq.output_top_logprobs.append(sample.top_logprobs)
         self.stats.generation_tokens_total += 1
-        if sample.token in seq.stop_ids:
+        if sample.token in seq.stop_ids or sample.grammar_done:
             return self._finish(seq, FinishReason.STOP)
         if len(seq.output_ids) >= seq.params.max_tokens or seq.num_tokens >= self.max_model_len:
             return self._finish(seq, FinishReason.LENGTH)

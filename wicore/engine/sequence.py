@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import llguidance
+
 from wicore.engine.request import EngineRequest, Priority
 from wicore.engine.sampling import SamplingParams
 
@@ -27,6 +29,9 @@ class Sequence:
     rng_seed: int = -1  # the request's seed, or a random one: fixed for the sequence's life
     admitted_at: float = 0.0  # time.time() when it last got KV blocks
     sent_tokens: int = 0  # output tokens already reported in an EngineOutput
+    # The grammar's state when params.grammar is set (engine/grammar.py): it has consumed every output
+    # token, and keeps its state through preemption (recomputing tokens consumes nothing).
+    matcher: llguidance.LLMatcher | None = None
 
     def __post_init__(self) -> None:
         if self.rng_seed < 0:

@@ -1,7 +1,7 @@
 """Token sampling: one token per row of logits (Mojo module `sampling`).
 
-Pipeline per row, as llama.cpp / vLLM: logit bias -> repetition / frequency / presence
-penalties -> greedy argmax (temperature 0, ties to the lowest id), or temperature ->
+Pipeline per row, as llama.cpp / vLLM: grammar mask (disallowed tokens to -inf) -> logit bias ->
+repetition / frequency / presence penalties -> greedy argmax (temperature 0, ties to the lowest id), or temperature ->
 top-k -> top-p -> min-p -> renormalise -> draw.  The draw uses a counter-based generator
 (SplitMix64 of seed and step), so a row's tokens depend only on its seed and step.
 """
@@ -31,6 +31,7 @@ class RowParams(NamedTuple):
 
 PARAMS_WIDTH = 8  # the RowParams fields, then one unused float (sampling.mojo NPARAMS)
 
+_NO_MASKS = np.zeros((0, 0), dtype=np.int32)
 _workspaces: dict[int, np.ndarray] = {}  # per vocabulary size; the kernel runs holding the GIL
 
 
@@ -56,8 +57,10 @@ def sample(
     bias_offsets: np.ndarray,
     out_tokens: np.ndarray,
     out_logprobs: np.ndarray,
+    masks: np.ndarray | None = None,
+    mask_rows: np.ndarray | None = None,
 ) -> None:
-    """Sample one token per row of `logits` (float32 [B, V], biased and penalised in place).
+    """Sample one token per row of `logits` (float32 [B, V], masked, biased and penalised in place).
 
     params: float32 [B, PARAMS_WIDTH], rows of RowParams (pack_params builds it).
     seeds: uint64 [B] random stream per row; steps: int64 [B] token index, mixed into the draw.
@@ -66,6 +69,9 @@ def sample(
     bias_ids / bias_values: int32 / float32 [L], row b's at bias_offsets[b]:bias_offsets[b + 1].
     out_tokens: int32 [B].  out_logprobs: float32 [B], log-softmax of the chosen token under the
     penalised, temperature-scaled distribution before truncation (temperature 0 counts as 1).
+    masks: int32 [M, mask_words(V)] token bitmasks (llguidance's layout: token t allowed when bit
+    t % 32 of word t // 32 is set); mask_rows: int32 [B], the mask of row b, or -1 for none (both
+    None: no row is masked).  A masked row must allow at least one token.
     Truncation ranks tokens by logit (ties to the lower id); the draw walks the kept tokens in
     id order.  Rows with the same (seed, step, params, logits) give the same token in any batch.
     """
@@ -84,17 +90,29 @@ def sample(
     require(bias_offsets, np.int32, "bias_offsets", (batch + 1,))
     require(out_tokens, np.int32, "out_tokens", (batch,))
     require(out_logprobs, np.float32, "out_logprobs", (batch,))
+    if (masks is None) != (mask_rows is None):
+        raise ValueError("masks: give masks and mask_rows together")
+    if masks is None or mask_rows is None:
+        masks, mask_rows = _NO_MASKS, np.full(batch, -1, dtype=np.int32)
+    else:
+        require(masks, np.int32, "masks", (-1, mask_words(vocab)))
+        require(mask_rows, np.int32, "mask_rows", (batch,))
     if batch == 0:
         return
     ws = _workspace(vocab)
-    dims = (batch, vocab, history.shape[0], bias_ids.shape[0], ws.shape[0])
+    dims = (batch, vocab, history.shape[0], bias_ids.shape[0], ws.shape[0], masks.shape[0])
     try:
         build.load("sampling").sample(
             logits, params, seeds, steps, history, history_offsets, output_start,
-            bias_ids, bias_values, bias_offsets, out_tokens, out_logprobs, ws, dims,
+            bias_ids, bias_values, bias_offsets, out_tokens, out_logprobs, masks, mask_rows, ws, dims,
         )  # fmt: skip
     except Exception as e:  # an offset or token id out of range: no row was sampled
         raise kernel_error(e) from None
+
+
+def mask_words(vocab: int) -> int:
+    """32-bit words of one row's token bitmask for a vocabulary of `vocab` tokens."""
+    return (vocab + 31) // 32
 
 
 def pack_params(rows: Sequence[RowParams]) -> np.ndarray:

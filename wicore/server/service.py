@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jinja2
@@ -88,6 +88,7 @@ class GenerationRequest:
     prompt_param: str = "prompt"
     max_tokens_param: str = "max_tokens"
     fanout_param: str = "n"
+    grammar: str | None = None  # the llguidance grammar every output follows (checked by the surface)
 
 
 @contextmanager
@@ -183,7 +184,10 @@ class GenerationService:
                     engine_request = EngineRequest(
                         request_id=request_id if total == 1 else f"{request_id}-{index}",
                         prompt_ids=prompt_ids,
-                        params=body.sampling_params(limit, req.logprobs, req.prompt_logprobs, seed_offset=j),
+                        params=replace(
+                            body.sampling_params(limit, req.logprobs, req.prompt_logprobs, seed_offset=j),
+                            grammar=req.grammar,
+                        ),
                         priority=body.engine_priority,
                         arrival=now,
                         deadline=deadline,

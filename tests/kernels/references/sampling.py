@@ -30,6 +30,12 @@ def rank_order(logits: np.ndarray) -> np.ndarray:
     return np.argsort(keys)
 
 
+def allowed(mask: np.ndarray, vocab: int) -> np.ndarray:
+    """The bool [vocab] view of one row's token bitmask."""
+    bits = np.unpackbits(mask.astype("<i4").view(np.uint8), bitorder="little")
+    return bits[:vocab].astype(bool)
+
+
 def fma32(a: float, b: float, c: float) -> np.float32:
     # a float32 product is exact in float64, so this rounds like a float32 fma
     return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
@@ -44,11 +50,15 @@ def sample_row(
     output_start: int,
     bias_ids: np.ndarray,
     bias_values: np.ndarray,
+    mask: np.ndarray | None = None,
 ) -> tuple[int, float]:
-    """(token, logprob) for one float32 [V] row; params as one row of the kernel's [B, 8]."""
+    """(token, logprob) for one float32 [V] row; params as one row of the kernel's [B, 8];
+    mask: int32 words of the row's token bitmask (bit t % 32 of word t // 32), or None."""
     temperature, top_k, top_p, min_p, rep, freq, pres = (np.float32(v) for v in params[:7])
     lg = logits.astype(np.float32).copy()
     vocab = lg.shape[0]
+    if mask is not None:
+        lg[~allowed(mask, vocab)] = -np.inf
     for t, b in zip(bias_ids.tolist(), bias_values.tolist(), strict=True):
         lg[t] += np.float32(b)
 
@@ -106,6 +116,8 @@ def sample(
     bias_ids: np.ndarray,
     bias_values: np.ndarray,
     bias_offsets: np.ndarray,
+    masks: np.ndarray | None = None,
+    mask_rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(tokens int32 [B], logprobs float32 [B]) with the kernel's argument layout."""
     tokens = np.zeros(logits.shape[0], dtype=np.int32)
@@ -113,8 +125,9 @@ def sample(
     for b in range(logits.shape[0]):
         h = history[history_offsets[b] : history_offsets[b + 1]]
         bias = slice(bias_offsets[b], bias_offsets[b + 1])
+        mask = None if mask_rows is None or masks is None or mask_rows[b] < 0 else masks[mask_rows[b]]
         tokens[b], logprobs[b] = sample_row(
             logits[b], params[b], int(seeds[b]), int(steps[b]), h, int(output_start[b]),
-            bias_ids[bias], bias_values[bias],
+            bias_ids[bias], bias_values[bias], mask,
         )  # fmt: skip
     return tokens, logprobs

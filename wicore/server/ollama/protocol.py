@@ -7,10 +7,11 @@ Unknown fields are ignored as Ollama's own decoder does; wrongly typed known one
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from wicore.engine.grammar import ANY_JSON_OBJECT, json_schema_grammar
 from wicore.engine.request import PriorityName
 from wicore.server.errors import validation_error
 from wicore.server.protocol import PositiveInt, SamplingRequest
@@ -56,8 +57,41 @@ class OllamaGenerationRequest(OllamaRequest):
     model: str
     options: Options = Options()
     stream: bool = True
-    format: Literal[""] | None = None  # constrained output ("json", a schema) is not supported
+    format: Literal["", "json"] | dict[str, Any] | None = None  # constrained output: any JSON object, or a schema
     priority: PriorityName = "normal"  # WiCore's extension
+
+    def grammar(self) -> str | None:
+        """The checked grammar `format` asks for (None: free text); ValueError naming `format`."""
+        if self.format == "json":
+            return json_schema_grammar(ANY_JSON_OBJECT, "format")
+        if isinstance(self.format, dict):
+            return json_schema_grammar(closed_objects(self.format), "format")
+        return None
+
+
+_NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_VALUES = ("enum", "const", "default", "examples")
+
+
+def closed_objects(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` on every object that lists properties but says
+    nothing of others: Ollama's grammar (llama.cpp's converter) allows no others there, while plain JSON
+    schema would let a model add keys until max_tokens cuts its JSON short."""
+    if isinstance(schema, list):
+        return [closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _NAMED_SCHEMAS and isinstance(value, dict):  # name -> schema: the names are not keywords
+            closed[key] = {name: closed_objects(sub) for name, sub in value.items()}
+        elif key in _VALUES:  # JSON data, not schemas
+            closed[key] = value
+        else:
+            closed[key] = closed_objects(value)
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        closed["additionalProperties"] = False
+    return closed
 
 
 class OllamaGenerateRequest(OllamaGenerationRequest):

@@ -85,6 +85,14 @@ def _final_stats(seq: ChoiceSequence) -> dict[str, Any]:
 # -- routes -------------------------------------------------------------------------------------------
 
 
+def format_grammar(body: OllamaGenerationRequest) -> str | None:
+    """The grammar `format` asks for, checked before anything is queued (400 naming `format`)."""
+    try:
+        return body.grammar()
+    except ValueError as e:
+        raise APIError(400, str(e), param="format") from None
+
+
 def router(service: GenerationService) -> APIRouter:
     api = APIRouter(prefix="/api")
     catalogue, engine = service.catalogue, service.engine
@@ -240,7 +248,7 @@ def router(service: GenerationService) -> APIRouter:
         sampling = body.options.sampling(body.priority)
         generation = GenerationRequest(
             [prompt_ids], sampling, sampling.max_tokens, CHAT_DEFAULT_MAX_TOKENS,
-            prompt_param=prompt_param, max_tokens_param="options.num_predict",
+            prompt_param=prompt_param, max_tokens_param="options.num_predict", grammar=format_grammar(body),
         )  # fmt: skip
         _, (seq,) = service.start(generation)
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import structlog
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
+from wicore.engine.grammar import ANY_JSON_OBJECT, json_schema_grammar
 from wicore.engine.request import FinishReason, Priority, PriorityName
 from wicore.server.protocol import (
     ChatMessage,
@@ -77,9 +78,32 @@ class OpenAIRequest(StrictRequest):
         return kept
 
 
+class JsonSchemaFormat(StrictRequest):
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # None: any JSON value
+    strict: bool | None = None  # the output always follows the schema, strict or not
+
+
 class ResponseFormat(StrictRequest):
-    # Only plain text: accepting "json_object" or a schema without enforcing it would silently break clients.
-    type: Literal["text"]
+    """OpenAI's `response_format`, enforced by grammar-constrained sampling (engine/grammar.py)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_goes_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError('json_schema: give it exactly when type is "json_schema"')
+        return self
+
+    def grammar(self) -> str | None:
+        """The checked grammar the output must follow (None: free text); ValueError naming response_format."""
+        if self.type == "json_object":
+            return json_schema_grammar(ANY_JSON_OBJECT, "response_format")
+        if self.json_schema is not None:
+            return json_schema_grammar(self.json_schema.schema_ or {}, "response_format.json_schema.schema")
+        return None
 
 
 class ChatCompletionRequest(OpenAIRequest, SamplingRequest):
@@ -121,6 +145,7 @@ class CompletionRequest(OpenAIRequest, SamplingRequest):
     echo: bool = False
     # Returning the best of more sequences than n is not done; best_of = n asks for nothing more.
     best_of: PositiveInt | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod

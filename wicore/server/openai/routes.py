@@ -39,6 +39,7 @@ from wicore.server.openai.protocol import (
     EmbeddingUsage,
     ModelCard,
     ModelList,
+    ResponseFormat,
     TopLogprob,
     UsageInfo,
     openai_finish_reason,
@@ -113,6 +114,15 @@ def _b64(vector: list[float]) -> str:
     return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
 
 
+def response_grammar(response_format: ResponseFormat | None) -> str | None:
+    """The grammar `response_format` asks for, checked before anything is queued: a schema llguidance
+    cannot compile is the client's mistake (400)."""
+    try:
+        return None if response_format is None else response_format.grammar()
+    except ValueError as e:
+        raise APIError(400, str(e), param="response_format") from None
+
+
 def router(service: GenerationService) -> APIRouter:
     api = APIRouter()
     engine = service.engine
@@ -156,6 +166,7 @@ def router(service: GenerationService) -> APIRouter:
                 [prompt_ids], body, body.requested_max_tokens, CHAT_DEFAULT_MAX_TOKENS, body.num_logprobs,
                 prompt_param="messages",
                 max_tokens_param="max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
+                grammar=response_grammar(body.response_format),
             )
         )  # fmt: skip
         response_id, created, model = f"chatcmpl-{request_id}", int(time.time()), engine.model_name
@@ -221,7 +232,7 @@ def router(service: GenerationService) -> APIRouter:
             GenerationRequest(
                 prompts, body, body.max_tokens if "max_tokens" in body.model_fields_set else None,
                 COMPLETION_DEFAULT_MAX_TOKENS, body.logprobs, body.logprobs if body.echo else None,
-                fanout_param="n" if len(prompts) == 1 else "prompt",
+                fanout_param="n" if len(prompts) == 1 else "prompt", grammar=response_grammar(body.response_format),
             )
         )  # fmt: skip
         response_id, created, model = f"cmpl-{request_id}", int(time.time()), engine.model_name
