@@ -301,8 +301,9 @@ def _quad(xq: I32Ptr, i: Int) -> I8x64:
     return bitcast[DType.int8, 64](I32x16(xq[unsafe_offset=i]))
 
 
-def _quantize_x(x: F32Ptr, M: Int, K: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr):
-    """x rows as int8 blocks of 32: scale max|x| / 127 per block (xs), sum of each 16 bytes (xsum)."""
+def _quantize_x(x: F32Ptr, M: Int, K: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr):
+    """x rows as int8 blocks of 32: scale max|x| / 127 per block (xs), sum of each 16 bytes (xsum),
+    and scale x the block's sum (xsb, what a Q4_K min multiplies)."""
     for i in range(M):
         for blk in range(K // 32):
             var v = x.unsafe_load[width=32](i * K + blk * 32)
@@ -314,6 +315,7 @@ def _quantize_x(x: F32Ptr, M: Int, K: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr):
             xs[unsafe_offset=i * (K // 32) + blk] = amax / 127.0
             xsum[unsafe_offset=i * (K // 16) + 2 * blk] = q32.slice[16, offset=0]().reduce_add()
             xsum[unsafe_offset=i * (K // 16) + 2 * blk + 1] = q32.slice[16, offset=16]().reduce_add()
+            xsb[unsafe_offset=i * (K // 32) + blk] = (amax / 127.0) * q32.reduce_add().cast[DType.float32]()
 
 
 # Bytes ahead of the group being multiplied that its planes are prefetched: the tiles of a thread's
@@ -388,30 +390,142 @@ def _qtile_rows[FMT: Int, mr: Int](
                 dst[unsafe_offset=i * ldo + 16 * t + r] = acc[i][r]
 
 
-def _qtiles[FMT: Int](w: QW, t0: Int, t1: Int, M: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, dst: F32Ptr, ldo: Int):
+def _kq_rows[FMT: Int, mr: Int, nt: Int](
+    w: QW, t: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr, dst: F32Ptr, ldo: Int
+):
+    """K-quants (Q4_K, Q6_K): dst[i, 16t .. 16(t+nt)-1] for mr rows of x, nt tiles side by side
+    (they share each broadcast quad of x, and give the dot products independent chains).
+
+    Per 256-block the sub-scales go into a float block accumulator (int32 dot x x-scale, times
+    the sub-scale), Q4_K's mins into another (sub-min x the x block's scale x sum, xsb); the
+    super-block scales multiply them once per 256 weights."""
+    var G = w.K // 32
+    var NB = w.K // 256
+    var acc = Array[F32x16, mr * nt](fill=F32x16(0))
+    var x32 = I32Ptr(unsafe_from_address=Int(xq))
+    comptime off = Int32(_offset[FMT]())
+    for b in range(NB):
+        var accb = Array[F32x16, mr * nt](fill=F32x16(0))
+        var accm = Array[F32x16, mr * nt](fill=F32x16(0))
+        for gg in range(8):
+            var g = 8 * b + gg
+            comptime for j in range(nt):
+                _prefetch_ahead[FMT](w, (t + j) * G + g)
+            var u = Array[U8x64, 8 * nt](fill=U8x64(0))
+            comptime for j in range(nt):
+                var uj = _unpack[FMT](w, t + j, g)
+                comptime for q in range(8):
+                    u[8 * j + q] = uj[q]
+            comptime if FMT == Q4_K:
+                var sc = Array[F32x16, nt](fill=F32x16(0))
+                var mn = Array[F32x16, nt](fill=F32x16(0))
+                comptime for j in range(nt):
+                    sc[j] = w.s.unsafe_load[width=16](((t + j) * G + g) * 16).cast[DType.float32]()
+                    mn[j] = w.m.unsafe_load[width=16](((t + j) * G + g) * 16).cast[DType.float32]()
+                comptime for i in range(mr):
+                    var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
+                    var d = Array[I32x16, nt](fill=I32x16(0))
+                    comptime for q in range(8):
+                        var xb = _quad(x, q)
+                        comptime for j in range(nt):
+                            d[j] = _dot[FMT](d[j], u[8 * j + q], xb)
+                    var sx = F32x16(xs[unsafe_offset=i * G + g])
+                    var mb = F32x16(xsb[unsafe_offset=i * G + g])
+                    comptime for j in range(nt):
+                        accb[i * nt + j] = (d[j].cast[DType.float32]() * sx).fma(sc[j], accb[i * nt + j])
+                        accm[i * nt + j] = mn[j].fma(mb, accm[i * nt + j])
+            else:
+                var sc = Pointer[Int8, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
+                var s0 = Array[F32x16, nt](fill=F32x16(0))
+                var s1 = Array[F32x16, nt](fill=F32x16(0))
+                comptime for j in range(nt):
+                    s0[j] = sc.unsafe_load[width=16](((t + j) * (w.K // 16) + 2 * g) * 16).cast[DType.float32]()
+                    s1[j] = sc.unsafe_load[width=16](((t + j) * (w.K // 16) + 2 * g + 1) * 16).cast[DType.float32]()
+                comptime for i in range(mr):
+                    var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
+                    var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
+                    var d0 = Array[I32x16, nt](fill=I32x16(-off * h[unsafe_offset=0]))
+                    var d1 = Array[I32x16, nt](fill=I32x16(-off * h[unsafe_offset=1]))
+                    comptime for q in range(4):
+                        var xb0 = _quad(x, q)
+                        var xb1 = _quad(x, 4 + q)
+                        comptime for j in range(nt):
+                            d0[j] = _dot[FMT](d0[j], u[8 * j + q], xb0)
+                            d1[j] = _dot[FMT](d1[j], u[8 * j + 4 + q], xb1)
+                    var sx = F32x16(xs[unsafe_offset=i * G + g])
+                    comptime for j in range(nt):
+                        var p = d1[j].cast[DType.float32]().fma(s1[j], d0[j].cast[DType.float32]() * s0[j])
+                        accb[i * nt + j] = p.fma(sx, accb[i * nt + j])
+        comptime for j in range(nt):
+            comptime if FMT == Q4_K:
+                var e = ((t + j) * NB + b) * 32
+                var sup = w.sup.unsafe_load[width=16](e).cast[DType.float32]()
+                var dmin = -w.sup.unsafe_load[width=16](e + 16).cast[DType.float32]()
+                comptime for i in range(mr):
+                    acc[i * nt + j] = accb[i * nt + j].fma(sup, acc[i * nt + j])
+                    acc[i * nt + j] = accm[i * nt + j].fma(dmin, acc[i * nt + j])
+            else:
+                var sup = w.sup.unsafe_load[width=16](((t + j) * NB + b) * 16).cast[DType.float32]()
+                comptime for i in range(mr):
+                    acc[i * nt + j] = accb[i * nt + j].fma(sup, acc[i * nt + j])
+    comptime for j in range(nt):
+        var rows = min(16, w.N - 16 * (t + j))
+        comptime for i in range(mr):
+            if rows == 16:
+                dst.unsafe_store(i * ldo + 16 * (t + j), acc[i * nt + j])
+            else:
+                for r in range(rows):
+                    dst[unsafe_offset=i * ldo + 16 * (t + j) + r] = acc[i * nt + j][r]
+
+
+def _qtiles[FMT: Int](
+    w: QW, t0: Int, t1: Int, M: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr, dst: F32Ptr, ldo: Int
+):
     """Tiles t0..t1 against every row of x, 4 rows at a time."""
+    comptime if FMT == Q4_K or FMT == Q6_K:
+        if M == 1 and NT_DECODE == 2:
+            # Decode: two tiles at a time, two independent chains of dot products.
+            var t = t0
+            while t + 1 < t1:
+                _kq_rows[FMT, 1, 2](w, t, xq, xs, xsum, xsb, dst, ldo)
+                t += 2
+            if t < t1:
+                _kq_rows[FMT, 1, 1](w, t, xq, xs, xsum, xsb, dst, ldo)
+            return
     for t in range(t0, t1):
         var i = 0
         while i < M:
             var q = xq.unsafe_offset(i * w.K)
             var s = xs.unsafe_offset(i * (w.K // 32))
             var h = xsum.unsafe_offset(i * (w.K // 16))
+            var hb = xsb.unsafe_offset(i * (w.K // 32))
             var d = dst.unsafe_offset(i * ldo)
             var rest = M - i
-            if rest >= 4:
-                _qtile_rows[FMT, 4](w, t, q, s, h, d, ldo)
-            elif rest == 3:
-                _qtile_rows[FMT, 3](w, t, q, s, h, d, ldo)
-            elif rest == 2:
-                _qtile_rows[FMT, 2](w, t, q, s, h, d, ldo)
+            comptime if FMT == Q4_K or FMT == Q6_K:
+                if rest >= 4:
+                    _kq_rows[FMT, 4, 1](w, t, q, s, h, hb, d, ldo)
+                elif rest == 3:
+                    _kq_rows[FMT, 3, 1](w, t, q, s, h, hb, d, ldo)
+                elif rest == 2:
+                    _kq_rows[FMT, 2, 1](w, t, q, s, h, hb, d, ldo)
+                else:
+                    _kq_rows[FMT, 1, 1](w, t, q, s, h, hb, d, ldo)
             else:
-                _qtile_rows[FMT, 1](w, t, q, s, h, d, ldo)
+                if rest >= 4:
+                    _qtile_rows[FMT, 4](w, t, q, s, h, d, ldo)
+                elif rest == 3:
+                    _qtile_rows[FMT, 3](w, t, q, s, h, d, ldo)
+                elif rest == 2:
+                    _qtile_rows[FMT, 2](w, t, q, s, h, d, ldo)
+                else:
+                    _qtile_rows[FMT, 1](w, t, q, s, h, d, ldo)
             i += 4
 
 
 # A matmul job for the pool, Int64 slots: the weight's descriptor address, then M, xq, xs, xsum,
-# dst, ldo, tiles, tiles per task.
-comptime JOB_SLOTS = 9
+# dst, ldo, tiles, tiles per task, xsb.
+comptime JOB_SLOTS = 10
+comptime NT_DECODE = 1
 
 
 @export
@@ -428,14 +542,15 @@ def wicore_matmul_job(ctx: Int, task: Int) abi("C"):
     var chunk = Int(j[unsafe_offset=8])
     var t0 = task * chunk
     var t1 = min(Int(j[unsafe_offset=7]), t0 + chunk)
+    var xsb = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=9]))
     if w.fmt == Q8_0:
-        _qtiles[Q8_0](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+        _qtiles[Q8_0](w, t0, t1, M, xq, xs, xsum, xsb, dst, ldo)
     elif w.fmt == Q5_0:
-        _qtiles[Q5_0](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+        _qtiles[Q5_0](w, t0, t1, M, xq, xs, xsum, xsb, dst, ldo)
     elif w.fmt == Q6_K:
-        _qtiles[Q6_K](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+        _qtiles[Q6_K](w, t0, t1, M, xq, xs, xsum, xsb, dst, ldo)
     else:
-        _qtiles[Q4_K](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+        _qtiles[Q4_K](w, t0, t1, M, xq, xs, xsum, xsb, dst, ldo)
 
 
 @export
@@ -451,7 +566,8 @@ def _matmul_q(desc: Int, x: F32Ptr, dst: F32Ptr, M: Int, ldo: Int, pool: Int):
     var xq = I8Ptr(unsafe_from_address=Int(scratch_f32(M * K // 4)))
     var xs = scratch_f32(M * K // 32)
     var xsum = I32Ptr(unsafe_from_address=Int(scratch_f32(M * K // 16)))
-    _quantize_x(x, M, K, xq, xs, xsum)
+    var xsb = scratch_f32(M * K // 32)
+    _quantize_x(x, M, K, xq, xs, xsum, xsb)
     # A few tasks per thread, so that a thread slowed by something else does not hold up the rest.
     var n_tasks = min(tiles, 4 * num_threads()) if w.N * K * M >= PARALLEL_MIN_WEIGHTS else 1
     var chunk = (tiles + n_tasks - 1) // n_tasks
@@ -465,9 +581,11 @@ def _matmul_q(desc: Int, x: F32Ptr, dst: F32Ptr, M: Int, ldo: Int, pool: Int):
     job[6] = Int64(ldo)
     job[7] = Int64(tiles)
     job[8] = Int64(chunk)
+    job[9] = Int64(Int(xsb))
     pool_run(pool, wicore_matmul_job, Int(Pointer(to=job)), (tiles + chunk - 1) // chunk)
     free_f32(F32Ptr(unsafe_from_address=Int(xq)))
     free_f32(xs)
+    free_f32(xsb)
     free_f32(F32Ptr(unsafe_from_address=Int(xsum)))
 
 
