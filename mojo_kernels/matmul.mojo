@@ -245,28 +245,9 @@ def _unpack[FMT: Int](w: QW, t: Int, g: Int) -> Array[U8x64, 8]:
 
 @always_inline
 def _scales[FMT: Int](w: QW, t: Int, g: Int) -> F32x16:
-    """Scales of group g of the tile's 16 rows (Q8_0, Q5_0, Q4_K; Q6_K has two a group: _q6_scales)."""
-    var G = w.K // 32
-    comptime if FMT == Q8_0 or FMT == Q5_0:
-        var d = Pointer[Float16, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
-        return d.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]()
-    var sup = w.sup.unsafe_load[width=16]((t * (w.K // 256) + g // 8) * 32).cast[DType.float32]()
-    return w.s.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]() * sup
-
-
-@always_inline
-def _q6_scales(w: QW, t: Int, h: Int) -> F32x16:
-    """Q6_K: scales of half-group h (16 weights) of the tile's rows."""
-    var sc = Pointer[Int8, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
-    var sup = w.sup.unsafe_load[width=16]((t * (w.K // 256) + h // 16) * 16).cast[DType.float32]()
-    return sc.unsafe_load[width=16]((t * (w.K // 16) + h) * 16).cast[DType.float32]() * sup
-
-
-@always_inline
-def _mins(w: QW, t: Int, g: Int) -> F32x16:
-    """Q4_K: the min of group g of the tile's rows (value = scale * u + min)."""
-    var dmin = w.sup.unsafe_load[width=16]((t * (w.K // 256) + g // 8) * 32 + 16).cast[DType.float32]()
-    return w.m.unsafe_load[width=16]((t * (w.K // 32) + g) * 16).cast[DType.float32]() * -dmin
+    """Q8_0, Q5_0: scales of group g of the tile's 16 rows."""
+    var d = Pointer[Float16, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
+    return d.unsafe_load[width=16]((t * (w.K // 32) + g) * 16).cast[DType.float32]()
 
 
 @always_inline
@@ -301,9 +282,10 @@ def _quad(xq: I32Ptr, i: Int) -> I8x64:
     return bitcast[DType.int8, 64](I32x16(xq[unsafe_offset=i]))
 
 
-def _quantize_x(x: F32Ptr, M: Int, K: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr):
-    """x rows as int8 blocks of 32: scale max|x| / 127 per block (xs), sum of each 16 bytes (xsum),
-    and scale x the block's sum (xsb, what a Q4_K min multiplies)."""
+def _quantize_x(x: F32Ptr, M: Int, K: Int, off: Int32, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr):
+    """x rows as int8 blocks of 32: scale max|x| / 127 per block (xs), -off x the sum of each 16 bytes
+    (xsum: the dot products of u - off start there), and scale x the block's sum (xsb, what a Q4_K min
+    multiplies)."""
     for i in range(M):
         for blk in range(K // 32):
             var v = x.unsafe_load[width=32](i * K + blk * 32)
@@ -313,8 +295,8 @@ def _quantize_x(x: F32Ptr, M: Int, K: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, 
             xq.unsafe_store(i * K + blk * 32, qf.cast[DType.int8]())
             var q32 = qf.cast[DType.int32]()
             xs[unsafe_offset=i * (K // 32) + blk] = amax / 127.0
-            xsum[unsafe_offset=i * (K // 16) + 2 * blk] = q32.slice[16, offset=0]().reduce_add()
-            xsum[unsafe_offset=i * (K // 16) + 2 * blk + 1] = q32.slice[16, offset=16]().reduce_add()
+            xsum[unsafe_offset=i * (K // 16) + 2 * blk] = -off * q32.slice[16, offset=0]().reduce_add()
+            xsum[unsafe_offset=i * (K // 16) + 2 * blk + 1] = -off * q32.slice[16, offset=16]().reduce_add()
             xsb[unsafe_offset=i * (K // 32) + blk] = (amax / 127.0) * q32.reduce_add().cast[DType.float32]()
 
 
@@ -342,45 +324,23 @@ def _prefetch_ahead[FMT: Int](w: QW, group: Int):
 def _qtile_rows[FMT: Int, mr: Int](
     w: QW, t: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, dst: F32Ptr, ldo: Int
 ):
-    """dst[i, 16t .. 16t+15] for mr rows of x: each group of the tile is unpacked once for all rows."""
+    """Q8_0, Q5_0: dst[i, 16t .. 16t+15] for mr rows of x: each group of the tile is unpacked once for all rows."""
     var G = w.K // 32
     var acc = Array[F32x16, mr](fill=F32x16(0))
     var x32 = I32Ptr(unsafe_from_address=Int(xq))
-    comptime off = Int32(_offset[FMT]())
     for g in range(G):
         _prefetch_ahead[FMT](w, t * G + g)
         var u = _unpack[FMT](w, t, g)
-        comptime if FMT == Q6_K:
-            # Two scales per group: one accumulator per 16 weights.
-            var s0 = _q6_scales(w, t, 2 * g)
-            var s1 = _q6_scales(w, t, 2 * g + 1)
-            comptime for i in range(mr):
-                var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
-                var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
-                var d0 = I32x16(-off * h[unsafe_offset=0])
-                var d1 = I32x16(-off * h[unsafe_offset=1])
-                comptime for q in range(4):
-                    d0 = _dot[FMT](d0, u[q], _quad(x, q))
-                    d1 = _dot[FMT](d1, u[4 + q], _quad(x, 4 + q))
-                var sx = xs[unsafe_offset=i * G + g]
-                acc[i] = d0.cast[DType.float32]().fma(s0 * sx, acc[i])
-                acc[i] = d1.cast[DType.float32]().fma(s1 * sx, acc[i])
-        else:
-            var sc = _scales[FMT](w, t, g)
-            var mins = F32x16(0)
-            comptime if FMT == Q4_K:
-                mins = _mins(w, t, g)
-            comptime for i in range(mr):
-                var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
-                var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
-                var d = I32x16(-off * (h[unsafe_offset=0] + h[unsafe_offset=1]))
-                comptime for q in range(8):
-                    d = _dot[FMT](d, u[q], _quad(x, q))
-                var sx = xs[unsafe_offset=i * G + g]
-                acc[i] = d.cast[DType.float32]().fma(sc * sx, acc[i])
-                comptime if FMT == Q4_K:
-                    var blocksum = (h[unsafe_offset=0] + h[unsafe_offset=1]).cast[DType.float32]()
-                    acc[i] = mins.fma(F32x16(sx * blocksum), acc[i])
+        var sc = _scales[FMT](w, t, g)
+        comptime for i in range(mr):
+            var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
+            # xsum holds -offset x the sums of x's 16-byte halves (_quantize_x).
+            var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
+            var d = I32x16(h[unsafe_offset=0] + h[unsafe_offset=1])
+            comptime for q in range(8):
+                d = _dot[FMT](d, u[q], _quad(x, q))
+            var sx = xs[unsafe_offset=i * G + g]
+            acc[i] = d.cast[DType.float32]().fma(sc * sx, acc[i])
     var rows = min(16, w.N - 16 * t)
     comptime for i in range(mr):
         if rows == 16:
@@ -390,108 +350,67 @@ def _qtile_rows[FMT: Int, mr: Int](
                 dst[unsafe_offset=i * ldo + 16 * t + r] = acc[i][r]
 
 
-def _kq_rows[FMT: Int, mr: Int, nt: Int](
+def _kq_rows[FMT: Int, mr: Int](
     w: QW, t: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr, dst: F32Ptr, ldo: Int
 ):
-    """K-quants (Q4_K, Q6_K): dst[i, 16t .. 16(t+nt)-1] for mr rows of x, nt tiles side by side
-    (they share each broadcast quad of x, and give the dot products independent chains).
-
-    Per 256-block the sub-scales go into a float block accumulator (int32 dot x x-scale, times
-    the sub-scale), Q4_K's mins into another (sub-min x the x block's scale x sum, xsb); the
-    super-block scales multiply them once per 256 weights."""
+    """K-quants (Q4_K, Q6_K): dst[i, 16t .. 16t+15] for mr rows of x; each group of the tile is
+    unpacked once for all rows, its sub-scales (and Q4_K's sub-mins) multiplied by the super-block
+    scales once for all rows. Per row and group: the int32 dot products, then one float conversion,
+    one multiply by the x block's scale and one FMA by the scales (Q6_K: two, one per 16 weights),
+    and for Q4_K one FMA of the mins by the x block's scale x sum (xsb)."""
     var G = w.K // 32
-    var NB = w.K // 256
-    var acc = Array[F32x16, mr * nt](fill=F32x16(0))
+    var acc = Array[F32x16, mr](fill=F32x16(0))
     var x32 = I32Ptr(unsafe_from_address=Int(xq))
-    comptime off = Int32(_offset[FMT]())
-    for b in range(NB):
-        var accb = Array[F32x16, mr * nt](fill=F32x16(0))
-        var accm = Array[F32x16, mr * nt](fill=F32x16(0))
-        for gg in range(8):
-            var g = 8 * b + gg
-            comptime for j in range(nt):
-                _prefetch_ahead[FMT](w, (t + j) * G + g)
-            var u = Array[U8x64, 8 * nt](fill=U8x64(0))
-            comptime for j in range(nt):
-                var uj = _unpack[FMT](w, t + j, g)
+    # A single row has no other row's chain to overlap with: split its dot products in CH chains.
+    comptime CH = KQ_CHAINS if mr == 1 else 1
+    for g in range(G):
+        _prefetch_ahead[FMT](w, t * G + g)
+        var u = _unpack[FMT](w, t, g)
+        comptime if FMT == Q4_K:
+            var e = (t * (w.K // 256) + g // 8) * 32
+            var sup = w.sup.unsafe_load[width=16](e).cast[DType.float32]()
+            var dmin = w.sup.unsafe_load[width=16](e + 16).cast[DType.float32]()
+            var sc = w.s.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]() * sup
+            var mn = w.m.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]() * -dmin
+            comptime for i in range(mr):
+                var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
+                var d = Array[I32x16, CH](fill=I32x16(0))
                 comptime for q in range(8):
-                    u[8 * j + q] = uj[q]
-            comptime if FMT == Q4_K:
-                var sc = Array[F32x16, nt](fill=F32x16(0))
-                var mn = Array[F32x16, nt](fill=F32x16(0))
-                comptime for j in range(nt):
-                    sc[j] = w.s.unsafe_load[width=16](((t + j) * G + g) * 16).cast[DType.float32]()
-                    mn[j] = w.m.unsafe_load[width=16](((t + j) * G + g) * 16).cast[DType.float32]()
-                comptime for i in range(mr):
-                    var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
-                    var d = Array[I32x16, nt](fill=I32x16(0))
-                    comptime for q in range(8):
-                        var xb = _quad(x, q)
-                        comptime for j in range(nt):
-                            d[j] = _dot[FMT](d[j], u[8 * j + q], xb)
-                    var sx = F32x16(xs[unsafe_offset=i * G + g])
-                    var mb = F32x16(xsb[unsafe_offset=i * G + g])
-                    comptime for j in range(nt):
-                        accb[i * nt + j] = (d[j].cast[DType.float32]() * sx).fma(sc[j], accb[i * nt + j])
-                        accm[i * nt + j] = mn[j].fma(mb, accm[i * nt + j])
-            else:
-                var sc = Pointer[Int8, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
-                var s0 = Array[F32x16, nt](fill=F32x16(0))
-                var s1 = Array[F32x16, nt](fill=F32x16(0))
-                comptime for j in range(nt):
-                    s0[j] = sc.unsafe_load[width=16](((t + j) * (w.K // 16) + 2 * g) * 16).cast[DType.float32]()
-                    s1[j] = sc.unsafe_load[width=16](((t + j) * (w.K // 16) + 2 * g + 1) * 16).cast[DType.float32]()
-                comptime for i in range(mr):
-                    var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
-                    var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
-                    var d0 = Array[I32x16, nt](fill=I32x16(-off * h[unsafe_offset=0]))
-                    var d1 = Array[I32x16, nt](fill=I32x16(-off * h[unsafe_offset=1]))
-                    comptime for q in range(4):
-                        var xb0 = _quad(x, q)
-                        var xb1 = _quad(x, 4 + q)
-                        comptime for j in range(nt):
-                            d0[j] = _dot[FMT](d0[j], u[8 * j + q], xb0)
-                            d1[j] = _dot[FMT](d1[j], u[8 * j + 4 + q], xb1)
-                    var sx = F32x16(xs[unsafe_offset=i * G + g])
-                    comptime for j in range(nt):
-                        var p = d1[j].cast[DType.float32]().fma(s1[j], d0[j].cast[DType.float32]() * s0[j])
-                        accb[i * nt + j] = p.fma(sx, accb[i * nt + j])
-        comptime for j in range(nt):
-            comptime if FMT == Q4_K:
-                var e = ((t + j) * NB + b) * 32
-                var sup = w.sup.unsafe_load[width=16](e).cast[DType.float32]()
-                var dmin = -w.sup.unsafe_load[width=16](e + 16).cast[DType.float32]()
-                comptime for i in range(mr):
-                    acc[i * nt + j] = accb[i * nt + j].fma(sup, acc[i * nt + j])
-                    acc[i * nt + j] = accm[i * nt + j].fma(dmin, acc[i * nt + j])
-            else:
-                var sup = w.sup.unsafe_load[width=16](((t + j) * NB + b) * 16).cast[DType.float32]()
-                comptime for i in range(mr):
-                    acc[i * nt + j] = accb[i * nt + j].fma(sup, acc[i * nt + j])
-    comptime for j in range(nt):
-        var rows = min(16, w.N - 16 * (t + j))
-        comptime for i in range(mr):
-            if rows == 16:
-                dst.unsafe_store(i * ldo + 16 * (t + j), acc[i * nt + j])
-            else:
-                for r in range(rows):
-                    dst[unsafe_offset=i * ldo + 16 * (t + j) + r] = acc[i * nt + j][r]
+                    d[q % CH] = _dot[FMT](d[q % CH], u[q], _quad(x, q))
+                comptime for c in range(1, CH):
+                    d[0] += d[c]
+                var sx = F32x16(xs[unsafe_offset=i * G + g])
+                acc[i] = (d[0].cast[DType.float32]() * sx).fma(sc, acc[i])
+                acc[i] = mn.fma(F32x16(xsb[unsafe_offset=i * G + g]), acc[i])
+        else:
+            var sc = Pointer[Int8, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
+            var sup = w.sup.unsafe_load[width=16]((t * (w.K // 256) + g // 8) * 16).cast[DType.float32]()
+            var s0 = sc.unsafe_load[width=16]((t * (w.K // 16) + 2 * g) * 16).cast[DType.float32]() * sup
+            var s1 = sc.unsafe_load[width=16]((t * (w.K // 16) + 2 * g + 1) * 16).cast[DType.float32]() * sup
+            comptime for i in range(mr):
+                var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
+                # xsum holds -32 x the sums of x's 16-byte halves (_quantize_x): the offset of u.
+                var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
+                var d0 = I32x16(h[unsafe_offset=0])
+                var d1 = I32x16(h[unsafe_offset=1])
+                comptime for q in range(4):
+                    d0 = _dot[FMT](d0, u[q], _quad(x, q))
+                    d1 = _dot[FMT](d1, u[4 + q], _quad(x, 4 + q))
+                var p = d1.cast[DType.float32]().fma(s1, d0.cast[DType.float32]() * s0)
+                acc[i] = p.fma(F32x16(xs[unsafe_offset=i * G + g]), acc[i])
+    var rows = min(16, w.N - 16 * t)
+    comptime for i in range(mr):
+        if rows == 16:
+            dst.unsafe_store(i * ldo + 16 * t, acc[i])
+        else:
+            for r in range(rows):
+                dst[unsafe_offset=i * ldo + 16 * t + r] = acc[i][r]
 
 
 def _qtiles[FMT: Int](
     w: QW, t0: Int, t1: Int, M: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr, dst: F32Ptr, ldo: Int
 ):
     """Tiles t0..t1 against every row of x, 4 rows at a time."""
-    comptime if FMT == Q4_K or FMT == Q6_K:
-        if M == 1 and NT_DECODE == 2:
-            # Decode: two tiles at a time, two independent chains of dot products.
-            var t = t0
-            while t + 1 < t1:
-                _kq_rows[FMT, 1, 2](w, t, xq, xs, xsum, xsb, dst, ldo)
-                t += 2
-            if t < t1:
-                _kq_rows[FMT, 1, 1](w, t, xq, xs, xsum, xsb, dst, ldo)
-            return
     for t in range(t0, t1):
         var i = 0
         while i < M:
@@ -502,14 +421,18 @@ def _qtiles[FMT: Int](
             var d = dst.unsafe_offset(i * ldo)
             var rest = M - i
             comptime if FMT == Q4_K or FMT == Q6_K:
-                if rest >= 4:
-                    _kq_rows[FMT, 4, 1](w, t, q, s, h, hb, d, ldo)
+                if rest >= KQ_MR:
+                    _kq_rows[FMT, KQ_MR](w, t, q, s, h, hb, d, ldo)
+                    i += KQ_MR
+                    continue
+                elif rest >= 4:
+                    _kq_rows[FMT, 4](w, t, q, s, h, hb, d, ldo)
                 elif rest == 3:
-                    _kq_rows[FMT, 3, 1](w, t, q, s, h, hb, d, ldo)
+                    _kq_rows[FMT, 3](w, t, q, s, h, hb, d, ldo)
                 elif rest == 2:
-                    _kq_rows[FMT, 2, 1](w, t, q, s, h, hb, d, ldo)
+                    _kq_rows[FMT, 2](w, t, q, s, h, hb, d, ldo)
                 else:
-                    _kq_rows[FMT, 1, 1](w, t, q, s, h, hb, d, ldo)
+                    _kq_rows[FMT, 1](w, t, q, s, h, hb, d, ldo)
             else:
                 if rest >= 4:
                     _qtile_rows[FMT, 4](w, t, q, s, h, d, ldo)
@@ -525,7 +448,8 @@ def _qtiles[FMT: Int](
 # A matmul job for the pool, Int64 slots: the weight's descriptor address, then M, xq, xs, xsum,
 # dst, ldo, tiles, tiles per task, xsb.
 comptime JOB_SLOTS = 10
-comptime NT_DECODE = 1
+comptime KQ_MR = 8
+comptime KQ_CHAINS = 1
 
 
 @export
@@ -567,7 +491,14 @@ def _matmul_q(desc: Int, x: F32Ptr, dst: F32Ptr, M: Int, ldo: Int, pool: Int):
     var xs = scratch_f32(M * K // 32)
     var xsum = I32Ptr(unsafe_from_address=Int(scratch_f32(M * K // 16)))
     var xsb = scratch_f32(M * K // 32)
-    _quantize_x(x, M, K, xq, xs, xsum, xsb)
+    var off = 0
+    if w.fmt == Q8_0:
+        off = _offset[Q8_0]()
+    elif w.fmt == Q5_0:
+        off = _offset[Q5_0]()
+    elif w.fmt == Q6_K:
+        off = _offset[Q6_K]()
+    _quantize_x(x, M, K, Int32(off), xq, xs, xsum, xsb)
     # A few tasks per thread, so that a thread slowed by something else does not hold up the rest.
     var n_tasks = min(tiles, 4 * num_threads()) if w.N * K * M >= PARALLEL_MIN_WEIGHTS else 1
     var chunk = (tiles + n_tasks - 1) // n_tasks
