@@ -335,8 +335,10 @@ def _qtile_rows[FMT: Int, mr: Int](
         comptime for i in range(mr):
             var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
             # xsum holds -offset x the sums of x's 16-byte halves (_quantize_x).
-            var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
-            var d = I32x16(h[unsafe_offset=0] + h[unsafe_offset=1])
+            var d = I32x16(0)
+            comptime if _offset[FMT]() != 0:
+                var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
+                d = I32x16(h[unsafe_offset=0] + h[unsafe_offset=1])
             comptime for q in range(8):
                 d = _dot[FMT](d, u[q], _quad(x, q))
             var sx = xs[unsafe_offset=i * G + g]
