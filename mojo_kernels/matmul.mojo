@@ -363,8 +363,6 @@ def _kq_rows[FMT: Int, mr: Int](
     var G = w.K // 32
     var acc = Array[F32x16, mr](fill=F32x16(0))
     var x32 = I32Ptr(unsafe_from_address=Int(xq))
-    # A single row has no other row's chain to overlap with: split its dot products in CH chains.
-    comptime CH = KQ_CHAINS if mr == 1 else 1
     for g in range(G):
         _prefetch_ahead[FMT](w, t * G + g)
         var u = _unpack[FMT](w, t, g)
@@ -376,13 +374,11 @@ def _kq_rows[FMT: Int, mr: Int](
             var mn = w.m.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]() * -dmin
             comptime for i in range(mr):
                 var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
-                var d = Array[I32x16, CH](fill=I32x16(0))
+                var d = I32x16(0)
                 comptime for q in range(8):
-                    d[q % CH] = _dot[FMT](d[q % CH], u[q], _quad(x, q))
-                comptime for c in range(1, CH):
-                    d[0] += d[c]
+                    d = _dot[FMT](d, u[q], _quad(x, q))
                 var sx = F32x16(xs[unsafe_offset=i * G + g])
-                acc[i] = (d[0].cast[DType.float32]() * sx).fma(sc, acc[i])
+                acc[i] = (d.cast[DType.float32]() * sx).fma(sc, acc[i])
                 acc[i] = mn.fma(F32x16(xsb[unsafe_offset=i * G + g]), acc[i])
         else:
             var sc = Pointer[Int8, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
@@ -409,10 +405,72 @@ def _kq_rows[FMT: Int, mr: Int](
                 dst[unsafe_offset=i * ldo + 16 * t + r] = acc[i][r]
 
 
+def _kq_gemv[FMT: Int](w: QW, t: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr, dst: F32Ptr):
+    """K-quants, one row of x (decode): dst[16t .. 16t+15]. The super-block scales multiply once per
+    256 weights: the groups of a block add into block accumulators (sub-scale x x-scale x dot, Q4_K's
+    sub-min x xsb), and each group's dot products go in two chains (the only row has no other row's
+    chain to overlap with). Two tiles side by side, sharing x's broadcasts, measured slower."""
+    var G = w.K // 32
+    var NB = w.K // 256
+    var acc = F32x16(0)
+    var x32 = I32Ptr(unsafe_from_address=Int(xq))
+    for b in range(NB):
+        var accb = F32x16(0)
+        var accm = F32x16(0)
+        for gg in range(8):
+            var g = 8 * b + gg
+            var x = x32.unsafe_offset(g * 8)
+            var sx = F32x16(xs[unsafe_offset=g])
+            _prefetch_ahead[FMT](w, t * G + g)
+            comptime if FMT == Q4_K:
+                var mb = F32x16(xsb[unsafe_offset=g])
+                var u = _unpack[FMT](w, t, g)
+                var d0 = I32x16(0)
+                var d1 = I32x16(0)
+                comptime for q in range(4):
+                    d0 = _dot[FMT](d0, u[q], _quad(x, q))
+                    d1 = _dot[FMT](d1, u[4 + q], _quad(x, 4 + q))
+                var sc = w.s.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]()
+                var mn = w.m.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]()
+                accb = ((d0 + d1).cast[DType.float32]() * sx).fma(sc, accb)
+                accm = mn.fma(mb, accm)
+            else:
+                var sp = Pointer[Int8, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
+                var h = xsum.unsafe_offset(2 * g)
+                var u = _unpack[FMT](w, t, g)
+                var d0 = I32x16(h[unsafe_offset=0])
+                var d1 = I32x16(h[unsafe_offset=1])
+                comptime for q in range(4):
+                    d0 = _dot[FMT](d0, u[q], _quad(x, q))
+                    d1 = _dot[FMT](d1, u[4 + q], _quad(x, 4 + q))
+                var s0 = sp.unsafe_load[width=16]((t * (w.K // 16) + 2 * g) * 16).cast[DType.float32]()
+                var s1 = sp.unsafe_load[width=16]((t * (w.K // 16) + 2 * g + 1) * 16).cast[DType.float32]()
+                var p = d1.cast[DType.float32]().fma(s1, d0.cast[DType.float32]() * s0)
+                accb = p.fma(sx, accb)
+        comptime if FMT == Q4_K:
+            var e = (t * NB + b) * 32
+            acc = accb.fma(w.sup.unsafe_load[width=16](e).cast[DType.float32](), acc)
+            acc = accm.fma(-w.sup.unsafe_load[width=16](e + 16).cast[DType.float32](), acc)
+        else:
+            var sup = w.sup.unsafe_load[width=16]((t * NB + b) * 16).cast[DType.float32]()
+            acc = accb.fma(sup, acc)
+    var rows = min(16, w.N - 16 * t)
+    if rows == 16:
+        dst.unsafe_store(16 * t, acc)
+    else:
+        for r in range(rows):
+            dst[unsafe_offset=16 * t + r] = acc[r]
+
+
 def _qtiles[FMT: Int](
     w: QW, t0: Int, t1: Int, M: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr, dst: F32Ptr, ldo: Int
 ):
     """Tiles t0..t1 against every row of x, 4 rows at a time."""
+    comptime if FMT == Q4_K or FMT == Q6_K:
+        if M == 1:
+            for t in range(t0, t1):
+                _kq_gemv[FMT](w, t, xq, xs, xsum, xsb, dst)
+            return
     for t in range(t0, t1):
         var i = 0
         while i < M:
@@ -451,7 +509,6 @@ def _qtiles[FMT: Int](
 # dst, ldo, tiles, tiles per task, xsb.
 comptime JOB_SLOTS = 10
 comptime KQ_MR = 8
-comptime KQ_CHAINS = 1
 
 
 @export
