@@ -357,9 +357,10 @@ def _kq_rows[FMT: Int, mr: Int](
 ):
     """K-quants (Q4_K, Q6_K): dst[i, 16t .. 16t+15] for mr rows of x; each group of the tile is
     unpacked once for all rows, its sub-scales (and Q4_K's sub-mins) multiplied by the super-block
-    scales once for all rows. Per row and group: the int32 dot products, then one float conversion,
-    one multiply by the x block's scale and one FMA by the scales (Q6_K: two, one per 16 weights),
-    and for Q4_K one FMA of the mins by the x block's scale x sum (xsb)."""
+    scales once for all rows. Per row and group: the int32 dot products (from -offset x the x block's
+    sums, Q6_K), then one float conversion and one FMA by scales x the x block's scale (Q6_K: two, one
+    per 16 weights), and for Q4_K one FMA of the mins by the x block's scale x sum (xsb). The float
+    operations and their order are the same whatever mr is: a row's result does not depend on M."""
     var G = w.K // 32
     var acc = Array[F32x16, mr](fill=F32x16(0))
     var x32 = I32Ptr(unsafe_from_address=Int(xq))
@@ -377,8 +378,7 @@ def _kq_rows[FMT: Int, mr: Int](
                 var d = I32x16(0)
                 comptime for q in range(8):
                     d = _dot[FMT](d, u[q], _quad(x, q))
-                var sx = F32x16(xs[unsafe_offset=i * G + g])
-                acc[i] = (d.cast[DType.float32]() * sx).fma(sc, acc[i])
+                acc[i] = d.cast[DType.float32]().fma(sc * xs[unsafe_offset=i * G + g], acc[i])
                 acc[i] = mn.fma(F32x16(xsb[unsafe_offset=i * G + g]), acc[i])
         else:
             var sc = Pointer[Int8, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
@@ -394,8 +394,9 @@ def _kq_rows[FMT: Int, mr: Int](
                 comptime for q in range(4):
                     d0 = _dot[FMT](d0, u[q], _quad(x, q))
                     d1 = _dot[FMT](d1, u[4 + q], _quad(x, 4 + q))
-                var p = d1.cast[DType.float32]().fma(s1, d0.cast[DType.float32]() * s0)
-                acc[i] = p.fma(F32x16(xs[unsafe_offset=i * G + g]), acc[i])
+                var sx = xs[unsafe_offset=i * G + g]
+                acc[i] = d0.cast[DType.float32]().fma(s0 * sx, acc[i])
+                acc[i] = d1.cast[DType.float32]().fma(s1 * sx, acc[i])
     var rows = min(16, w.N - 16 * t)
     comptime for i in range(mr):
         if rows == 16:
@@ -405,72 +406,10 @@ def _kq_rows[FMT: Int, mr: Int](
                 dst[unsafe_offset=i * ldo + 16 * t + r] = acc[i][r]
 
 
-def _kq_gemv[FMT: Int](w: QW, t: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr, dst: F32Ptr):
-    """K-quants, one row of x (decode): dst[16t .. 16t+15]. The super-block scales multiply once per
-    256 weights: the groups of a block add into block accumulators (sub-scale x x-scale x dot, Q4_K's
-    sub-min x xsb), and each group's dot products go in two chains (the only row has no other row's
-    chain to overlap with). Two tiles side by side, sharing x's broadcasts, measured slower."""
-    var G = w.K // 32
-    var NB = w.K // 256
-    var acc = F32x16(0)
-    var x32 = I32Ptr(unsafe_from_address=Int(xq))
-    for b in range(NB):
-        var accb = F32x16(0)
-        var accm = F32x16(0)
-        for gg in range(8):
-            var g = 8 * b + gg
-            var x = x32.unsafe_offset(g * 8)
-            var sx = F32x16(xs[unsafe_offset=g])
-            _prefetch_ahead[FMT](w, t * G + g)
-            comptime if FMT == Q4_K:
-                var mb = F32x16(xsb[unsafe_offset=g])
-                var u = _unpack[FMT](w, t, g)
-                var d0 = I32x16(0)
-                var d1 = I32x16(0)
-                comptime for q in range(4):
-                    d0 = _dot[FMT](d0, u[q], _quad(x, q))
-                    d1 = _dot[FMT](d1, u[4 + q], _quad(x, 4 + q))
-                var sc = w.s.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]()
-                var mn = w.m.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]()
-                accb = ((d0 + d1).cast[DType.float32]() * sx).fma(sc, accb)
-                accm = mn.fma(mb, accm)
-            else:
-                var sp = Pointer[Int8, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
-                var h = xsum.unsafe_offset(2 * g)
-                var u = _unpack[FMT](w, t, g)
-                var d0 = I32x16(h[unsafe_offset=0])
-                var d1 = I32x16(h[unsafe_offset=1])
-                comptime for q in range(4):
-                    d0 = _dot[FMT](d0, u[q], _quad(x, q))
-                    d1 = _dot[FMT](d1, u[4 + q], _quad(x, 4 + q))
-                var s0 = sp.unsafe_load[width=16]((t * (w.K // 16) + 2 * g) * 16).cast[DType.float32]()
-                var s1 = sp.unsafe_load[width=16]((t * (w.K // 16) + 2 * g + 1) * 16).cast[DType.float32]()
-                var p = d1.cast[DType.float32]().fma(s1, d0.cast[DType.float32]() * s0)
-                accb = p.fma(sx, accb)
-        comptime if FMT == Q4_K:
-            var e = (t * NB + b) * 32
-            acc = accb.fma(w.sup.unsafe_load[width=16](e).cast[DType.float32](), acc)
-            acc = accm.fma(-w.sup.unsafe_load[width=16](e + 16).cast[DType.float32](), acc)
-        else:
-            var sup = w.sup.unsafe_load[width=16]((t * NB + b) * 16).cast[DType.float32]()
-            acc = accb.fma(sup, acc)
-    var rows = min(16, w.N - 16 * t)
-    if rows == 16:
-        dst.unsafe_store(16 * t, acc)
-    else:
-        for r in range(rows):
-            dst[unsafe_offset=16 * t + r] = acc[r]
-
-
 def _qtiles[FMT: Int](
     w: QW, t0: Int, t1: Int, M: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr, dst: F32Ptr, ldo: Int
 ):
     """Tiles t0..t1 against every row of x, 4 rows at a time."""
-    comptime if FMT == Q4_K or FMT == Q6_K:
-        if M == 1:
-            for t in range(t0, t1):
-                _kq_gemv[FMT](w, t, xq, xs, xsum, xsb, dst)
-            return
     for t in range(t0, t1):
         var i = 0
         while i < M:
