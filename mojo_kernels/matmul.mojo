@@ -375,9 +375,16 @@ def _kq_rows[FMT: Int, mr: Int](
             var mn = w.m.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]() * -dmin
             comptime for i in range(mr):
                 var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
+                # One row alone has no other row's chain to overlap with: two chains (exact in int32).
                 var d = I32x16(0)
+                var d2 = I32x16(0)
                 comptime for q in range(8):
-                    d = _dot[FMT](d, u[q], _quad(x, q))
+                    comptime if mr == 1 and q % 2 == 1:
+                        d2 = _dot[FMT](d2, u[q], _quad(x, q))
+                    else:
+                        d = _dot[FMT](d, u[q], _quad(x, q))
+                comptime if mr == 1:
+                    d += d2
                 acc[i] = d.cast[DType.float32]().fma(sc * xs[unsafe_offset=i * G + g], acc[i])
                 acc[i] = mn.fma(F32x16(xsb[unsafe_offset=i * G + g]), acc[i])
         else:
