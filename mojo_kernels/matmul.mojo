@@ -8,7 +8,8 @@ or scale * u + min (Q4_K). Q8_0 keeps its signed bytes.
 
 x is quantised once per call to int8 blocks of 32 (llama.cpp's Q8_0). For each tile and each
 group of 32 weights, the 8 quads of the tile are unpacked once and multiplied into up to 4 rows
-of x at a time: the x row's 4 bytes are broadcast, and one integer dot-product instruction adds
+of x at a time (8 for the K-quants, whose super-block x sub-block scales and mins are also formed
+once per group for all of those rows): the x row's 4 bytes are broadcast, and one integer dot-product instruction adds
 4 products into each of the 16 row lanes (VNNI `vpdpbusd`, u8 x s8 -> s32, or AVX2 `vpmaddubsw`
 + `vpmaddwd`). The offset cancels through the accumulator's start value (-offset x the sum of the
 x block), a Q4_K min through the block sum; one float FMA per group applies weight scale x
@@ -245,28 +246,9 @@ def _unpack[FMT: Int](w: QW, t: Int, g: Int) -> Array[U8x64, 8]:
 
 @always_inline
 def _scales[FMT: Int](w: QW, t: Int, g: Int) -> F32x16:
-    """Scales of group g of the tile's 16 rows (Q8_0, Q5_0, Q4_K; Q6_K has two a group: _q6_scales)."""
-    var G = w.K // 32
-    comptime if FMT == Q8_0 or FMT == Q5_0:
-        var d = Pointer[Float16, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
-        return d.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]()
-    var sup = w.sup.unsafe_load[width=16]((t * (w.K // 256) + g // 8) * 32).cast[DType.float32]()
-    return w.s.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]() * sup
-
-
-@always_inline
-def _q6_scales(w: QW, t: Int, h: Int) -> F32x16:
-    """Q6_K: scales of half-group h (16 weights) of the tile's rows."""
-    var sc = Pointer[Int8, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
-    var sup = w.sup.unsafe_load[width=16]((t * (w.K // 256) + h // 16) * 16).cast[DType.float32]()
-    return sc.unsafe_load[width=16]((t * (w.K // 16) + h) * 16).cast[DType.float32]() * sup
-
-
-@always_inline
-def _mins(w: QW, t: Int, g: Int) -> F32x16:
-    """Q4_K: the min of group g of the tile's rows (value = scale * u + min)."""
-    var dmin = w.sup.unsafe_load[width=16]((t * (w.K // 256) + g // 8) * 32 + 16).cast[DType.float32]()
-    return w.m.unsafe_load[width=16]((t * (w.K // 32) + g) * 16).cast[DType.float32]() * -dmin
+    """Q8_0, Q5_0: scales of group g of the tile's 16 rows."""
+    var d = Pointer[Float16, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
+    return d.unsafe_load[width=16]((t * (w.K // 32) + g) * 16).cast[DType.float32]()
 
 
 @always_inline
@@ -301,8 +283,10 @@ def _quad(xq: I32Ptr, i: Int) -> I8x64:
     return bitcast[DType.int8, 64](I32x16(xq[unsafe_offset=i]))
 
 
-def _quantize_x(x: F32Ptr, M: Int, K: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr):
-    """x rows as int8 blocks of 32: scale max|x| / 127 per block (xs), sum of each 16 bytes (xsum)."""
+def _quantize_x(x: F32Ptr, M: Int, K: Int, off: Int32, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr):
+    """x rows as int8 blocks of 32: scale max|x| / 127 per block (xs), -off x the sum of each 16 bytes
+    (xsum: the dot products of u - off start there), and scale x the block's sum (xsb, what a Q4_K min
+    multiplies)."""
     for i in range(M):
         for blk in range(K // 32):
             var v = x.unsafe_load[width=32](i * K + blk * 32)
@@ -312,8 +296,9 @@ def _quantize_x(x: F32Ptr, M: Int, K: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr):
             xq.unsafe_store(i * K + blk * 32, qf.cast[DType.int8]())
             var q32 = qf.cast[DType.int32]()
             xs[unsafe_offset=i * (K // 32) + blk] = amax / 127.0
-            xsum[unsafe_offset=i * (K // 16) + 2 * blk] = q32.slice[16, offset=0]().reduce_add()
-            xsum[unsafe_offset=i * (K // 16) + 2 * blk + 1] = q32.slice[16, offset=16]().reduce_add()
+            xsum[unsafe_offset=i * (K // 16) + 2 * blk] = -off * q32.slice[16, offset=0]().reduce_add()
+            xsum[unsafe_offset=i * (K // 16) + 2 * blk + 1] = -off * q32.slice[16, offset=16]().reduce_add()
+            xsb[unsafe_offset=i * (K // 32) + blk] = (amax / 127.0) * q32.reduce_add().cast[DType.float32]()
 
 
 # Bytes ahead of the group being multiplied that its planes are prefetched: the tiles of a thread's
@@ -340,45 +325,25 @@ def _prefetch_ahead[FMT: Int](w: QW, group: Int):
 def _qtile_rows[FMT: Int, mr: Int](
     w: QW, t: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, dst: F32Ptr, ldo: Int
 ):
-    """dst[i, 16t .. 16t+15] for mr rows of x: each group of the tile is unpacked once for all rows."""
+    """Q8_0, Q5_0: dst[i, 16t .. 16t+15] for mr rows of x: each group of the tile is unpacked once for all rows."""
     var G = w.K // 32
     var acc = Array[F32x16, mr](fill=F32x16(0))
     var x32 = I32Ptr(unsafe_from_address=Int(xq))
-    comptime off = Int32(_offset[FMT]())
     for g in range(G):
         _prefetch_ahead[FMT](w, t * G + g)
         var u = _unpack[FMT](w, t, g)
-        comptime if FMT == Q6_K:
-            # Two scales per group: one accumulator per 16 weights.
-            var s0 = _q6_scales(w, t, 2 * g)
-            var s1 = _q6_scales(w, t, 2 * g + 1)
-            comptime for i in range(mr):
-                var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
+        var sc = _scales[FMT](w, t, g)
+        comptime for i in range(mr):
+            var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
+            # xsum holds -offset x the sums of x's 16-byte halves (_quantize_x).
+            var d = I32x16(0)
+            comptime if _offset[FMT]() != 0:
                 var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
-                var d0 = I32x16(-off * h[unsafe_offset=0])
-                var d1 = I32x16(-off * h[unsafe_offset=1])
-                comptime for q in range(4):
-                    d0 = _dot[FMT](d0, u[q], _quad(x, q))
-                    d1 = _dot[FMT](d1, u[4 + q], _quad(x, 4 + q))
-                var sx = xs[unsafe_offset=i * G + g]
-                acc[i] = d0.cast[DType.float32]().fma(s0 * sx, acc[i])
-                acc[i] = d1.cast[DType.float32]().fma(s1 * sx, acc[i])
-        else:
-            var sc = _scales[FMT](w, t, g)
-            var mins = F32x16(0)
-            comptime if FMT == Q4_K:
-                mins = _mins(w, t, g)
-            comptime for i in range(mr):
-                var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
-                var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
-                var d = I32x16(-off * (h[unsafe_offset=0] + h[unsafe_offset=1]))
-                comptime for q in range(8):
-                    d = _dot[FMT](d, u[q], _quad(x, q))
-                var sx = xs[unsafe_offset=i * G + g]
-                acc[i] = d.cast[DType.float32]().fma(sc * sx, acc[i])
-                comptime if FMT == Q4_K:
-                    var blocksum = (h[unsafe_offset=0] + h[unsafe_offset=1]).cast[DType.float32]()
-                    acc[i] = mins.fma(F32x16(sx * blocksum), acc[i])
+                d = I32x16(h[unsafe_offset=0] + h[unsafe_offset=1])
+            comptime for q in range(8):
+                d = _dot[FMT](d, u[q], _quad(x, q))
+            var sx = xs[unsafe_offset=i * G + g]
+            acc[i] = d.cast[DType.float32]().fma(sc * sx, acc[i])
     var rows = min(16, w.N - 16 * t)
     comptime for i in range(mr):
         if rows == 16:
@@ -388,30 +353,113 @@ def _qtile_rows[FMT: Int, mr: Int](
                 dst[unsafe_offset=i * ldo + 16 * t + r] = acc[i][r]
 
 
-def _qtiles[FMT: Int](w: QW, t0: Int, t1: Int, M: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, dst: F32Ptr, ldo: Int):
-    """Tiles t0..t1 against every row of x, 4 rows at a time."""
+# x rows per K-quant tile pass: each unpacked group and its scales serve 8 rows, not 4 (one core,
+# M=512 N=896 K=4864: Q4_K +22 %, Q6_K +24 %; 6 and 12 rows were no faster).
+comptime KQ_MR = 8
+
+
+def _kq_rows[FMT: Int, mr: Int](
+    w: QW, t: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr, dst: F32Ptr, ldo: Int
+):
+    """K-quants (Q4_K, Q6_K): dst[i, 16t .. 16t+15] for mr rows of x; each group of the tile is
+    unpacked once for all rows, its sub-scales (and Q4_K's sub-mins) multiplied by the super-block
+    scales once for all rows. Per row and group: the int32 dot products (from -offset x the x block's
+    sums, Q6_K), then one float conversion and one FMA by scales x the x block's scale (Q6_K: two, one
+    per 16 weights), and for Q4_K one FMA of the mins by the x block's scale x sum (xsb). The float
+    operations and their order are the same whatever mr is: a row's result does not depend on M."""
+    var G = w.K // 32
+    var acc = Array[F32x16, mr](fill=F32x16(0))
+    var x32 = I32Ptr(unsafe_from_address=Int(xq))
+    for g in range(G):
+        _prefetch_ahead[FMT](w, t * G + g)
+        var u = _unpack[FMT](w, t, g)
+        comptime if FMT == Q4_K:
+            var e = (t * (w.K // 256) + g // 8) * 32
+            var sup = w.sup.unsafe_load[width=16](e).cast[DType.float32]()
+            var dmin = w.sup.unsafe_load[width=16](e + 16).cast[DType.float32]()
+            var sc = w.s.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]() * sup
+            var mn = w.m.unsafe_load[width=16]((t * G + g) * 16).cast[DType.float32]() * -dmin
+            comptime for i in range(mr):
+                var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
+                # One row alone has no other row's chain to overlap with: two chains (exact in int32).
+                var d = I32x16(0)
+                var d2 = I32x16(0)
+                comptime for q in range(8):
+                    comptime if mr == 1 and q % 2 == 1:
+                        d2 = _dot[FMT](d2, u[q], _quad(x, q))
+                    else:
+                        d = _dot[FMT](d, u[q], _quad(x, q))
+                comptime if mr == 1:
+                    d += d2
+                acc[i] = d.cast[DType.float32]().fma(sc * xs[unsafe_offset=i * G + g], acc[i])
+                acc[i] = mn.fma(F32x16(xsb[unsafe_offset=i * G + g]), acc[i])
+        else:
+            var sc = Pointer[Int8, MutUntrackedOrigin](unsafe_from_address=Int(w.s))
+            var sup = w.sup.unsafe_load[width=16]((t * (w.K // 256) + g // 8) * 16).cast[DType.float32]()
+            var s0 = sc.unsafe_load[width=16]((t * (w.K // 16) + 2 * g) * 16).cast[DType.float32]() * sup
+            var s1 = sc.unsafe_load[width=16]((t * (w.K // 16) + 2 * g + 1) * 16).cast[DType.float32]() * sup
+            comptime for i in range(mr):
+                var x = x32.unsafe_offset(i * (w.K // 4) + g * 8)
+                # xsum holds -32 x the sums of x's 16-byte halves (_quantize_x): the offset of u.
+                var h = xsum.unsafe_offset(i * (w.K // 16) + 2 * g)
+                var d0 = I32x16(h[unsafe_offset=0])
+                var d1 = I32x16(h[unsafe_offset=1])
+                comptime for q in range(4):
+                    d0 = _dot[FMT](d0, u[q], _quad(x, q))
+                    d1 = _dot[FMT](d1, u[4 + q], _quad(x, 4 + q))
+                var sx = xs[unsafe_offset=i * G + g]
+                acc[i] = d0.cast[DType.float32]().fma(s0 * sx, acc[i])
+                acc[i] = d1.cast[DType.float32]().fma(s1 * sx, acc[i])
+    var rows = min(16, w.N - 16 * t)
+    comptime for i in range(mr):
+        if rows == 16:
+            dst.unsafe_store(i * ldo + 16 * t, acc[i])
+        else:
+            for r in range(rows):
+                dst[unsafe_offset=i * ldo + 16 * t + r] = acc[i][r]
+
+
+def _qtiles[FMT: Int](
+    w: QW, t0: Int, t1: Int, M: Int, xq: I8Ptr, xs: F32Ptr, xsum: I32Ptr, xsb: F32Ptr, dst: F32Ptr, ldo: Int
+):
+    """Tiles t0..t1 against every row of x, 4 rows at a time (K-quants: KQ_MR, then 4, 3, 2, 1)."""
     for t in range(t0, t1):
         var i = 0
         while i < M:
             var q = xq.unsafe_offset(i * w.K)
             var s = xs.unsafe_offset(i * (w.K // 32))
             var h = xsum.unsafe_offset(i * (w.K // 16))
+            var hb = xsb.unsafe_offset(i * (w.K // 32))
             var d = dst.unsafe_offset(i * ldo)
             var rest = M - i
-            if rest >= 4:
-                _qtile_rows[FMT, 4](w, t, q, s, h, d, ldo)
-            elif rest == 3:
-                _qtile_rows[FMT, 3](w, t, q, s, h, d, ldo)
-            elif rest == 2:
-                _qtile_rows[FMT, 2](w, t, q, s, h, d, ldo)
+            comptime if FMT == Q4_K or FMT == Q6_K:
+                if rest >= KQ_MR:
+                    _kq_rows[FMT, KQ_MR](w, t, q, s, h, hb, d, ldo)
+                    i += KQ_MR
+                    continue
+                elif rest >= 4:
+                    _kq_rows[FMT, 4](w, t, q, s, h, hb, d, ldo)
+                elif rest == 3:
+                    _kq_rows[FMT, 3](w, t, q, s, h, hb, d, ldo)
+                elif rest == 2:
+                    _kq_rows[FMT, 2](w, t, q, s, h, hb, d, ldo)
+                else:
+                    _kq_rows[FMT, 1](w, t, q, s, h, hb, d, ldo)
             else:
-                _qtile_rows[FMT, 1](w, t, q, s, h, d, ldo)
+                if rest >= 4:
+                    _qtile_rows[FMT, 4](w, t, q, s, h, d, ldo)
+                elif rest == 3:
+                    _qtile_rows[FMT, 3](w, t, q, s, h, d, ldo)
+                elif rest == 2:
+                    _qtile_rows[FMT, 2](w, t, q, s, h, d, ldo)
+                else:
+                    _qtile_rows[FMT, 1](w, t, q, s, h, d, ldo)
             i += 4
 
 
 # A matmul job for the pool, Int64 slots: the weight's descriptor address, then M, xq, xs, xsum,
-# dst, ldo, tiles, tiles per task.
-comptime JOB_SLOTS = 9
+# dst, ldo, tiles, tiles per task, xsb.
+comptime JOB_SLOTS = 10
 
 
 @export
@@ -428,14 +476,15 @@ def wicore_matmul_job(ctx: Int, task: Int) abi("C"):
     var chunk = Int(j[unsafe_offset=8])
     var t0 = task * chunk
     var t1 = min(Int(j[unsafe_offset=7]), t0 + chunk)
+    var xsb = F32Ptr(unsafe_from_address=Int(j[unsafe_offset=9]))
     if w.fmt == Q8_0:
-        _qtiles[Q8_0](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+        _qtiles[Q8_0](w, t0, t1, M, xq, xs, xsum, xsb, dst, ldo)
     elif w.fmt == Q5_0:
-        _qtiles[Q5_0](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+        _qtiles[Q5_0](w, t0, t1, M, xq, xs, xsum, xsb, dst, ldo)
     elif w.fmt == Q6_K:
-        _qtiles[Q6_K](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+        _qtiles[Q6_K](w, t0, t1, M, xq, xs, xsum, xsb, dst, ldo)
     else:
-        _qtiles[Q4_K](w, t0, t1, M, xq, xs, xsum, dst, ldo)
+        _qtiles[Q4_K](w, t0, t1, M, xq, xs, xsum, xsb, dst, ldo)
 
 
 @export
@@ -451,7 +500,15 @@ def _matmul_q(desc: Int, x: F32Ptr, dst: F32Ptr, M: Int, ldo: Int, pool: Int):
     var xq = I8Ptr(unsafe_from_address=Int(scratch_f32(M * K // 4)))
     var xs = scratch_f32(M * K // 32)
     var xsum = I32Ptr(unsafe_from_address=Int(scratch_f32(M * K // 16)))
-    _quantize_x(x, M, K, xq, xs, xsum)
+    var xsb = scratch_f32(M * K // 32)
+    var off = 0
+    if w.fmt == Q8_0:
+        off = _offset[Q8_0]()
+    elif w.fmt == Q5_0:
+        off = _offset[Q5_0]()
+    elif w.fmt == Q6_K:
+        off = _offset[Q6_K]()
+    _quantize_x(x, M, K, Int32(off), xq, xs, xsum, xsb)
     # A few tasks per thread, so that a thread slowed by something else does not hold up the rest.
     var n_tasks = min(tiles, 4 * num_threads()) if w.N * K * M >= PARALLEL_MIN_WEIGHTS else 1
     var chunk = (tiles + n_tasks - 1) // n_tasks
@@ -465,9 +522,11 @@ def _matmul_q(desc: Int, x: F32Ptr, dst: F32Ptr, M: Int, ldo: Int, pool: Int):
     job[6] = Int64(ldo)
     job[7] = Int64(tiles)
     job[8] = Int64(chunk)
+    job[9] = Int64(Int(xsb))
     pool_run(pool, wicore_matmul_job, Int(Pointer(to=job)), (tiles + chunk - 1) // chunk)
     free_f32(F32Ptr(unsafe_from_address=Int(xq)))
     free_f32(xs)
+    free_f32(xsb)
     free_f32(F32Ptr(unsafe_from_address=Int(xsum)))
 
 

@@ -20,8 +20,9 @@ from wicore.kernels.weights import DenseWeight, QuantWeight, SplitWeight, concat
 from wicore.models.quant import repack
 
 RNG = np.random.default_rng(1234)
-# x rows go 4 at a time: every remainder (1, 2, 3) after 0, 1 and several full blocks; dense: panel tiles.
-M_SIZES = [1, 2, 5, 8, 9, 16, 17, 33]
+# x rows go 4 at a time (K-quants: 8, then 4, 3, 2, 1): every remainder after 0, 1 and several full
+# blocks; dense: panel tiles.
+M_SIZES = [1, 2, 5, 7, 8, 9, 14, 16, 17, 33]
 # GGUF type -> (bytes per block, weights per block, byte offsets of float16 scales)
 BLOCKS = {QT.Q8_0: (34, 32, (0,)), QT.Q5_0: (22, 32, (0,)), QT.Q6_K: (210, 256, (208,)), QT.Q4_K: (144, 256, (0, 2))}
 # K values per block size; N 1, 7, 131: partial 16-row tiles.
