@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from wicore.models.kv_cache import KVDtype
 from wicore.models.registry import DEFAULT_MODEL
 
 
@@ -56,7 +57,7 @@ class ModelSettings(_Section):
     name: str = DEFAULT_MODEL
     max_model_len: int = Field(4096, ge=16)
     kv_cache_tokens: int = Field(32768, ge=16, description="KV cache budget in tokens, shared by all sequences")
-    kv_cache_dtype: Literal["float16", "float32"] = Field("float16", description="element type of cached K and V")
+    kv_cache_dtype: KVDtype = Field("float16", description="element type of cached K and V")
 
 
 class LoggingSettings(_Section):

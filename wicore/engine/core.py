@@ -25,8 +25,9 @@ from wicore.engine.request import EngineOutput
 from wicore.engine.scheduler import Batch, Scheduler
 from wicore.models import registry
 from wicore.models.config import ModelConfig
+from wicore.models.kv_cache import KVCache, KVDtype
 from wicore.models.prepared import load_prepared, metadata
-from wicore.models.transformer import KVCache, KVDtype, Transformer
+from wicore.models.transformer import Transformer
 from wicore.tokenizer import Tokenizer
 
 BLOCK_SIZE = 16  # tokens per KV block

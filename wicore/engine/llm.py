@@ -19,7 +19,7 @@ from wicore.engine.detokenizer import Detokenizer
 from wicore.engine.request import EngineOutput, EngineRequest, FinishReason, RequestOutput
 from wicore.engine.sampling import SamplingParams
 from wicore.models import registry
-from wicore.models.transformer import KVDtype
+from wicore.models.kv_cache import KVDtype
 
 __all__ = ["LLM", "Completion", "Timings"]
 

@@ -9,7 +9,8 @@ import numpy as np
 from wicore.engine.grammar import GrammarGuide
 from wicore.engine.sequence import Sequence
 from wicore.kernels.sampling import pack_logit_bias, pack_params, pack_ragged, sample, top_logprobs
-from wicore.models.transformer import ForwardBatch, KVCache, Transformer
+from wicore.models.kv_cache import KVCache
+from wicore.models.transformer import ForwardBatch, Transformer
 
 
 class Sample(NamedTuple):

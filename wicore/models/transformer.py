@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from wicore.kernels.attention import paged_attention
 from wicore.kernels.layers import add_rmsnorm, gelu_tanh_mul, rmsnorm, rope, rope_table, silu_mul
 from wicore.kernels.matmul import matmul
 from wicore.models.config import ModelConfig
+from wicore.models.kv_cache import KVCache
 from wicore.models.weights import ModelWeights
 
 
@@ -35,31 +35,6 @@ class ForwardBatch:
     slots: np.ndarray  # int64 [T]: KV-cache slot each token's K/V is written to
     block_tables: np.ndarray  # int32 [B, max_blocks]
     logits_rows: np.ndarray  # int64 [L]: tokens whose next-token logits are wanted
-
-
-KVDtype = Literal["float16", "float32"]
-
-
-@dataclass
-class KVCache:
-    """Per-layer K and V, [num_slots, n_kv_heads, head_dim], slot = block * block_size + offset.
-
-    float16 by default (llama.cpp's default too): half the memory and half the attention reads of
-    float32; attention widens each row to float32 in registers."""
-
-    k: list[np.ndarray]
-    v: list[np.ndarray]
-    block_size: int
-
-    @classmethod
-    def allocate(cls, config: ModelConfig, num_blocks: int, block_size: int, dtype: KVDtype = "float16") -> KVCache:
-        shape = (num_blocks * block_size, config.n_kv_heads, config.head_dim)
-        # np.zeros maps untouched pages lazily, so memory grows only as slots are used.
-        return cls(
-            k=[np.zeros(shape, dtype) for _ in range(config.n_layers)],
-            v=[np.zeros(shape, dtype) for _ in range(config.n_layers)],
-            block_size=block_size,
-        )
 
 
 class Transformer:
