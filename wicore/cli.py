@@ -86,6 +86,10 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         log_level=settings.logging.level.lower(),
         access_log=False,
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default: a spoofed header from any local
+        # client would then pass for another address, past the per-IP rate limit.
+        proxy_headers=bool(settings.api.forwarded_allow_ips),
+        forwarded_allow_ips=settings.api.forwarded_allow_ips or None,
     )
     return 0
 

@@ -30,6 +30,11 @@ class ApiSettings(_Section):
     # One key or several (a list, or comma-separated in the environment).
     api_key: str | list[str] | None = None
     rate_limit_per_minute: int = Field(100, ge=0, description="per API key, else per client IP; 0 = off")
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=list,
+        description="proxies whose X-Forwarded-For/-Proto are believed (IPs or CIDRs, or *); empty: none, "
+        "so the rate limit keys on the socket's peer address",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description='origins browsers may call the API from (["*"]: any); empty: no CORS headers',

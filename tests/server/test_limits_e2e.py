@@ -112,3 +112,21 @@ def test_503_while_loading_and_after_the_worker_dies(tmp_path: Path) -> None:
         server.wait_ready(60)  # restarted
         r = httpx.post(server.url + "/v1/chat/completions", json=story(2), timeout=60)
         assert r.status_code == 200
+
+
+def test_forwarded_for_is_not_believed_and_the_worker_dies_with_the_server(tmp_path: Path) -> None:
+    with serve(tmp_path, {"api": {"rate_limit_per_minute": 2}}) as server:
+        # No proxy is configured (api.forwarded_allow_ips): a new X-Forwarded-For per request is not a
+        # new client, so the third request from this socket address is over the limit.
+        codes = [
+            httpx.get(server.url + "/v1/models", headers={"x-forwarded-for": f"10.0.0.{i}"}, timeout=10).status_code
+            for i in range(3)
+        ]
+        assert codes == [200, 200, 429]
+        worker = server.worker_pid()
+        server.proc.kill()  # SIGKILL, as the OOM killer sends: no shutdown code runs in the HTTP process
+        server.proc.wait(10)
+        end = time.time() + 15
+        while Path(f"/proc/{worker}").exists() and time.time() < end:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{worker}").exists(), "the engine worker outlived the HTTP process"

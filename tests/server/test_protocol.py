@@ -66,6 +66,7 @@ def _error(model: type, body: Any) -> APIError:
         ("logit_bias", {"42": 100.5}, "values must be between -100 and 100"),
         ("logit_bias", {"hello": 1}, "keys must be token ids"),
         ("logit_bias", {"²": 1}, "keys must be token ids"),
+        ("logit_bias", {str(i): 1 for i in range(301)}, "at most 300 entries"),
         ("stop", ["a", "b", "c", "d", "e"], "at most 4 stop sequences"),
         ("stop", "", "must be a non-empty string"),
         ("stop", 7, "must be a non-empty string"),

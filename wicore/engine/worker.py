@@ -98,6 +98,10 @@ def run(settings_data: dict[str, Any], config: EngineConfig, requests: Queue, ou
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # Mojo owns the cores
     # Ctrl+C reaches the whole process group; the HTTP process decides when the worker stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Not PR_SET_PDEATHSIG: it fires when the spawning *thread* ends, and the client respawns workers
+    # from its reader thread. The parent's pid changes (to a reaper's) once the HTTP process is gone,
+    # SIGKILL (the OOM killer's signal) included.
+    parent = os.getppid()
     settings = Settings(**settings_data)
     setup_logging(settings.logging)
     core = EngineCore.load(config)
@@ -136,6 +140,9 @@ def run(settings_data: dict[str, Any], config: EngineConfig, requests: Queue, ou
         if batch:
             outputs.put(batch)
         now = time.monotonic()
+        if os.getppid() != parent:
+            log.warning("the HTTP process is gone: the engine worker exits")
+            return
         # A finished request changes what /status shows: report it at once.
         finished = any(isinstance(out, EngineOutput) and out.finish_reason for out in batch)
         if now - last_stats >= STATS_INTERVAL or finished:

@@ -34,6 +34,7 @@ from wicore.engine.sampling import SamplingParams
 from wicore.server.errors import APIError, validation_error
 
 MAX_STOP_SEQUENCES = 4
+MAX_LOGIT_BIAS = 300  # entries, as OpenAI caps it
 CHAT_DEFAULT_MAX_TOKENS = 512  # the default of WiCore's API contract (and AIgo's)
 
 
@@ -227,6 +228,8 @@ class SamplingRequest(StrictRequest):
     @field_validator("logit_bias")
     @classmethod
     def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None and len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries (as OpenAI allows), got {len(value)}")
         for token, bias in (value or {}).items():
             if not (token.isascii() and token.isdigit()):
                 raise ValueError(f"keys must be token ids (strings of digits), got {token!r}")
