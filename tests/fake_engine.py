@@ -40,6 +40,7 @@ class FakeEngine:
         self.created = int(time.time())
         self.started_at = time.time() - 1.0  # as if it had started a second ago
         self.stats = SchedulerStats(running=True)
+        self.worker_restarts = 0
         self.ready = True
         self.requests: list[EngineRequest | EmbedRequest] = []  # in the order they reached the engine
         self.cancelled: list[str] = []  # ids of generations whose consumer went away before the end

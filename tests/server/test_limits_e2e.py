@@ -110,6 +110,8 @@ def test_503_while_loading_and_after_the_worker_dies(tmp_path: Path) -> None:
         r = httpx.post(server.url + "/v1/chat/completions", json=story(1), timeout=10)
         assert r.status_code == 503
         server.wait_ready(60)  # restarted
+        restarts = [line for line in httpx.get(server.url + "/metrics").text.splitlines() if "worker_restarts" in line]
+        assert restarts[-1].startswith("wicore:worker_restarts_total{") and restarts[-1].endswith(" 1.0"), restarts
         r = httpx.post(server.url + "/v1/chat/completions", json=story(2), timeout=60)
         assert r.status_code == 200
 

@@ -54,6 +54,7 @@ class EngineClient:
         self.created = int(time.time())
         self.started_at = time.time()
         self.stats = SchedulerStats(running=False)
+        self.worker_restarts = 0  # workers that died and were started again
         self._ready = False
         self._streams: dict[str, asyncio.Queue[EngineOutput]] = {}
         self._embeds: dict[str, asyncio.Future[EmbedOutput]] = {}
@@ -208,6 +209,7 @@ class EngineClient:
     def _on_worker_death(self, exitcode: int | None) -> None:
         self._ready = False
         self.stats = SchedulerStats(running=False)
+        self.worker_restarts += 1
         log.error("engine worker died (exit code %s); restarting it", exitcode)
         for request_id, stream in list(self._streams.items()):
             stream.put_nowait(

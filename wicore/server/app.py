@@ -35,7 +35,7 @@ def create_app(settings: Settings, engine: EngineClient) -> FastAPI:
     if api.auth_enabled and not api.api_keys:
         raise ValueError("api.auth_enabled is true but api.api_key names no key")
     counters = ServerCounters()
-    metrics = Metrics(engine.model_name, lambda: engine.stats)
+    metrics = Metrics(engine.model_name, lambda: engine.stats, lambda: engine.worker_restarts)
     service = GenerationService(settings, engine, metrics, counters, Catalogue(engine.model_name))
 
     @asynccontextmanager

@@ -73,8 +73,9 @@ class SequenceTimer:
 
 
 class _SchedulerCollector(Collector):
-    def __init__(self, stats: Callable[[], SchedulerStats], model_name: str) -> None:
+    def __init__(self, stats: Callable[[], SchedulerStats], restarts: Callable[[], int], model_name: str) -> None:
         self._stats = stats
+        self._restarts = restarts
         self._model = model_name
 
     def collect(self) -> Iterator[Metric]:
@@ -98,6 +99,7 @@ class _SchedulerCollector(Collector):
             ("num_preemptions", "Sequences preempted for KV cache space.", s.preempted),
             ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries),
             ("prefix_cache_hits", "Prompt tokens whose KV was found in the prefix cache.", s.prefix_cache_hits),
+            ("worker_restarts", "Engine workers that died and were started again.", self._restarts()),
         ):
             c = CounterMetricFamily(PREFIX + name, doc, labels=labels)
             c.add_metric([self._model], value)
@@ -107,7 +109,7 @@ class _SchedulerCollector(Collector):
 class Metrics:
     """The server's registry (one per app, so several apps in one process do not collide)."""
 
-    def __init__(self, model_name: str, stats: Callable[[], SchedulerStats]) -> None:
+    def __init__(self, model_name: str, stats: Callable[[], SchedulerStats], restarts: Callable[[], int]) -> None:
         disable_created_metrics()  # the `_created` series double the output and no dashboard reads them
         self.model_name = model_name
         self.registry = CollectorRegistry()
@@ -139,7 +141,7 @@ class Metrics:
             ["model_name", "finished_reason"],
             registry=reg,
         )
-        reg.register(_SchedulerCollector(stats, model_name))
+        reg.register(_SchedulerCollector(stats, restarts, model_name))
 
     def observe(self, timer: SequenceTimer, finish_reason: str, now: float) -> None:
         """Record one finished engine sequence."""
