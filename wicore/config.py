@@ -30,6 +30,7 @@ class ApiSettings(_Section):
     # One key or several (a list, or comma-separated in the environment).
     api_key: str | list[str] | None = None
     rate_limit_per_minute: int = Field(100, ge=0, description="per API key, else per client IP; 0 = off")
+    max_request_bytes: int = Field(4 * 2**20, ge=1024, description="larger request bodies get 413, unread")
     forwarded_allow_ips: list[str] = Field(
         default_factory=list,
         description="proxies whose X-Forwarded-For/-Proto are believed (IPs or CIDRs, or *); empty: none, "

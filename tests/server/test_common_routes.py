@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import openai
 import pytest
@@ -173,3 +174,25 @@ async def test_no_cors_headers_by_default(engine: FakeEngine) -> None:
         assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
         preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
         assert (await client.options("/v1/chat/completions", headers=preflight)).status_code == 405
+
+
+async def test_a_body_over_the_limit_is_a_413_before_it_is_read(engine: FakeEngine) -> None:
+    padding = "x" * 4000
+    big = {"model": MODEL, "messages": [{"role": "user", "content": padding}]}
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        body = json.dumps(big).encode()
+        for i in range(0, len(body), 512):
+            yield body[i : i + 512]
+
+    async with in_process(engine, {"api": {"max_request_bytes": 2048}}) as client:
+        declared = await client.post("/v1/chat/completions", json=big)
+        streamed = await client.post("/v1/chat/completions", content=chunked())
+        ollama = await client.post("/api/chat", json={**big, "stream": False})
+        small = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": FRANCE})
+    for r in (declared, streamed):
+        assert r.status_code == 413, r.text
+        assert "api.max_request_bytes" in r.json()["error"]["message"] and r.headers["x-request-id"]
+    assert_ollama_error(ollama, 413, "too large")
+    assert small.status_code == 200
+    assert len(engine.requests) == 1  # only the small one reached the engine

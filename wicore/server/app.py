@@ -19,6 +19,7 @@ from wicore.server.errors import install_error_handlers
 from wicore.server.metrics import Metrics
 from wicore.server.middleware import (
     AuthMiddleware,
+    BodySizeLimitMiddleware,
     RateLimitMiddleware,
     RequestContextMiddleware,
     ServerCounters,
@@ -48,7 +49,8 @@ def create_app(settings: Settings, engine: EngineClient) -> FastAPI:
 
     app = FastAPI(title="WiCore", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
-    # Added innermost first: the request id wraps everything, so 401s and 429s are logged with one too.
+    # Added innermost first: the request id wraps everything, so 401s, 413s and 429s are logged with one too.
+    app.add_middleware(BodySizeLimitMiddleware, limit=api.max_request_bytes)
     if api.rate_limit_per_minute > 0:
         app.add_middleware(RateLimitMiddleware, limiter=SlidingWindowLimiter(api.rate_limit_per_minute))
     if api.auth_enabled:
