@@ -14,6 +14,7 @@ Control tokens (`<|im_start|>`, `<start_of_turn>`) and user-defined ones are mat
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -195,6 +196,12 @@ class Tokenizer:
             extra_stop_ids=[*named_stops, *(i for i in eot_ids if i is not None)],
             chat_template=field("tokenizer.chat_template"),
         )
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """An upper bound on the UTF-8 bytes one token stands for (its spelling's bytes, which for byte-level
+        and SentencePiece alphabets over-count): lets a too-long text be refused without tokenising it."""
+        return max(len((self._backend.id_to_token(i) or "").encode()) for i in range(self._backend.get_vocab_size()))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`; with `add_special_tokens`, BOS first when the model wants it."""

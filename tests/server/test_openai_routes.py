@@ -332,3 +332,21 @@ async def test_response_format_reaches_the_engine_as_a_grammar(
         r = await client.post(path, json={"model": MODEL, **extra, "response_format": response_format})
     assert r.status_code == 200, r.text
     assert (engine.requests[-1].params.grammar is not None) == constrained
+
+
+async def test_long_prompts_are_tokenised_off_the_loop_and_hopeless_ones_refused_unread(engine: FakeEngine) -> None:
+    fits = "word " * 3000  # past the inline limit: tokenised in a thread
+    hopeless = "a" * (engine.max_model_len * engine.tokenizer.max_token_bytes + 1)
+    async with in_process(engine, {"api": {"max_request_bytes": 64 * 2**20}}) as client:
+        ok = await client.post("/v1/completions", json={"model": MODEL, "prompt": fits, "max_tokens": 2})
+        assert ok.status_code == 200, ok.text
+        assert engine.requests[-1].prompt_ids == engine.tokenizer.encode(fits)
+        sent = len(engine.requests)
+        for path, body, param in (
+            ("/v1/completions", {"prompt": hopeless}, "prompt"),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": hopeless}]}, "messages"),
+        ):
+            r = await client.post(path, json={"model": MODEL, **body})
+            assert_error(r, 400, param)
+            assert "cannot fit the model's context" in r.json()["error"]["message"]
+    assert len(engine.requests) == sent

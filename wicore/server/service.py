@@ -12,6 +12,7 @@ milliseconds), model compute never does.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
@@ -153,7 +154,42 @@ class GenerationService:
 
     # -- prompts ---------------------------------------------------------------------------------
 
-    def chat_prompt(self, conversation: list[dict[str, Any]], param: str = "messages") -> list[int]:
+    # Prompts are tokenised on the event loop up to this many characters (a thread hop costs more than
+    # they do); longer ones in a thread, where tokenizers releases the GIL, so /health and the other
+    # clients never wait on one large request.
+    INLINE_CHARS = 8192
+
+    async def encode(self, text: str, param: str = "prompt") -> list[int]:
+        """Token ids of a prompt text (BOS first when the model wants it)."""
+        if len(text) <= self.INLINE_CHARS:
+            return self.engine.tokenizer.encode(text)
+        return await asyncio.to_thread(self._encode_long, text, param)
+
+    async def chat_prompt(self, conversation: list[dict[str, Any]], param: str = "messages") -> list[int]:
+        """Token ids of a conversation rendered by the model's chat template."""
+        chars = sum(len(str(m.get("content") or "")) for m in conversation)
+        if chars <= self.INLINE_CHARS:
+            return self._render_chat(conversation, param)
+        return await asyncio.to_thread(self._render_long_chat, conversation, chars, param)
+
+    def _check_length(self, chars: int, param: str) -> None:
+        """Refuse, before tokenising, a text too long for the context whatever its tokens: none spells
+        more than `max_token_bytes` bytes, and a character is at least one byte."""
+        limit = self.engine.max_model_len
+        if chars > limit * self.engine.tokenizer.max_token_bytes:
+            raise APIError(
+                400, f"{param}: {chars} characters cannot fit the model's context of {limit} tokens", param=param
+            )
+
+    def _encode_long(self, text: str, param: str) -> list[int]:
+        self._check_length(len(text), param)
+        return self.engine.tokenizer.encode(text)
+
+    def _render_long_chat(self, conversation: list[dict[str, Any]], chars: int, param: str) -> list[int]:
+        self._check_length(chars, param)
+        return self._render_chat(conversation, param)
+
+    def _render_chat(self, conversation: list[dict[str, Any]], param: str) -> list[int]:
         tokenizer = self.engine.tokenizer
         try:
             text = tokenizer.apply_chat_template(conversation)

@@ -167,12 +167,12 @@ def router(service: GenerationService) -> APIRouter:
     async def generate(request: Request) -> Response:
         body = await parse_body(request, AigoGenerateRequest)
         model = chat_model(body.model)
-        return await run(request, body, model, engine.tokenizer.encode(body.prompt), "prompt", False, body.stream)
+        return await run(request, body, model, await service.encode(body.prompt), "prompt", False, body.stream)
 
     async def chat_response(request: Request, stream: bool | None) -> Response:
         body = await parse_body(request, AigoChatRequest)
         model = chat_model(body.model)
-        prompt_ids = service.chat_prompt(body.conversation())
+        prompt_ids = await service.chat_prompt(body.conversation())
         stream = body.stream if stream is None else stream
         return await run(request, body, model, prompt_ids, "messages", True, stream)
 

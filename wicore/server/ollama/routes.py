@@ -279,12 +279,12 @@ def router(service: GenerationService) -> APIRouter:
             reply = OllamaGenerateReply(model=body.model, created_at=_now(), response="", done=True, done_reason=LOAD)
             return loaded(reply)
         if body.raw:
-            prompt_ids = engine.tokenizer.encode(body.prompt)
+            prompt_ids = await service.encode(body.prompt)
         else:  # as Ollama, the prompt goes through the model's chat template
             turns = ([{"role": "system", "content": body.system}] if body.system else []) + [
                 {"role": "user", "content": body.prompt}
             ]
-            prompt_ids = service.chat_prompt(turns, "prompt")
+            prompt_ids = await service.chat_prompt(turns, "prompt")
         return await run(request, body, prompt_ids, "prompt", OllamaGenerateReply)
 
     @api.post("/chat", response_model=None)
@@ -295,7 +295,7 @@ def router(service: GenerationService) -> APIRouter:
             message = OllamaChatMessage(content="")
             reply = OllamaChatReply(model=body.model, created_at=_now(), message=message, done=True, done_reason=LOAD)
             return loaded(reply)
-        prompt_ids = service.chat_prompt([m.model_dump() for m in body.messages])
+        prompt_ids = await service.chat_prompt([m.model_dump() for m in body.messages])
         return await run(request, body, prompt_ids, "messages", OllamaChatReply)
 
     @api.post("/embeddings", response_model=None)

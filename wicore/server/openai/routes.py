@@ -160,7 +160,7 @@ def router(service: GenerationService) -> APIRouter:
     async def chat(request: Request) -> Response:
         body = await parse_body(request, ChatCompletionRequest)
         check_model(body.model)
-        prompt_ids = service.chat_prompt(body.conversation())
+        prompt_ids = await service.chat_prompt(body.conversation())
         request_id, seqs = service.start(
             GenerationRequest(
                 [prompt_ids], body, body.requested_max_tokens, CHAT_DEFAULT_MAX_TOKENS, body.num_logprobs,
@@ -225,7 +225,7 @@ def router(service: GenerationService) -> APIRouter:
         check_model(body.model)
         tokenizer = engine.tokenizer
         given = body.prompts()
-        prompts = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in given]
+        prompts = [await service.encode(p) if isinstance(p, str) else list(p) for p in given]
         for ids in prompts:
             service.check_vocab(ids, "prompt")
         request_id, seqs = service.start(
