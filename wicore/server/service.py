@@ -305,7 +305,11 @@ class GenerationService:
         size, name = self.catalogue.embedding_dimensions, self.catalogue.embedding_name
         if not truncate:
             limit = self.catalogue.embedding_max_length()
-            for i, length in enumerate(self.catalogue.embedding_lengths(texts)):
+            count = self.catalogue.embedding_lengths
+            # Long inputs are counted in a thread, as long prompts are tokenised.
+            long = sum(map(len, texts)) > self.INLINE_CHARS
+            lengths = await asyncio.to_thread(count, texts) if long else count(texts)
+            for i, length in enumerate(lengths):
                 if length > limit:
                     where = input_param if len(texts) == 1 else f"{input_param}[{i}]"
                     raise APIError(
