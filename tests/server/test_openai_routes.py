@@ -283,8 +283,12 @@ async def test_embedding_over_the_limit_is_a_400_naming_input(engine: FakeEngine
         r = await client.post("/v1/embeddings", json={"model": EMBED, "input": ["short", long]})
         assert_error(r, 400, "input")
         assert r.json()["error"]["message"].startswith("input[1]: 302 tokens, more than")
+        # Past 8192 characters in all, the inputs are counted in a thread: the same answer.
+        r = await client.post("/v1/embeddings", json={"model": EMBED, "input": ["word " * 200] * 9 + [long]})
+        assert_error(r, 400, "input")
+        assert r.json()["error"]["message"].startswith("input[9]: 302 tokens, more than")
         assert (await client.post("/v1/embeddings", json={"input": "word " * 254})).status_code == 200  # 256 fits
-    assert len(engine.requests) == 1  # the refused one never reached the engine
+    assert len(engine.requests) == 1  # the refused ones never reached the engine
 
 
 async def test_completion_echo_with_logprobs_scores_the_prompt(engine: FakeEngine) -> None:
