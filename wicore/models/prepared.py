@@ -83,10 +83,12 @@ def metadata(path: Path, reader: gguf.GGUFReader | None = None, vocabulary: bool
         # The vocabulary's size stays in the header, under GGUF's own (optional) key for it.
         vocab_key = f"{meta.get('general.architecture', '')}.vocab_size"
         header.setdefault(vocab_key, len(meta.get("tokenizer.ggml.tokens", ())))
+        words = {k: v for k, v in meta.items() if _is_vocabulary(k, v)}
         rest.parent.mkdir(parents=True, exist_ok=True)
         # The vocabulary first: the header's presence marks both complete.
-        _atomic_write(vocab, json.dumps({k: v for k, v in meta.items() if _is_vocabulary(k, v)}, ensure_ascii=False))
+        _atomic_write(vocab, json.dumps(words, ensure_ascii=False))
         _atomic_write(rest, json.dumps(header, ensure_ascii=False))
+        return {**header, **words} if vocabulary else header
     meta = json.loads(rest.read_text(encoding="utf-8"))
     if vocabulary:
         meta.update(json.loads(vocab.read_text(encoding="utf-8")))
