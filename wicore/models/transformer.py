@@ -40,6 +40,10 @@ class ForwardBatch:
 class Transformer:
     def __init__(self, config: ModelConfig, weights: ModelWeights) -> None:
         self.config = config
+        # Each layer's RoPE base (Gemma's local layers have their own).
+        self.rope_thetas = [
+            config.rope_theta_local if config.is_local(i) else config.rope_theta for i in range(config.n_layers)
+        ]
         self.weights = weights
 
     def forward(self, batch: ForwardBatch, kv: KVCache) -> np.ndarray:
@@ -56,8 +60,7 @@ class Transformer:
         rmsnorm(x, w.layers[0].attn_norm, c.rms_eps, h)
         glu = gelu_tanh_mul if c.ffn_act == "gelu_tanh" else silu_mul
         # cos/sin per position, once per RoPE base (Gemma's local layers have their own).
-        thetas = [c.rope_theta_local if c.is_local(i) else c.rope_theta for i in range(c.n_layers)]
-        tables = {theta: rope_table(batch.positions, theta, c.head_dim) for theta in set(thetas)}
+        tables = {theta: rope_table(batch.positions, theta, c.head_dim) for theta in set(self.rope_thetas)}
         for i, layer in enumerate(w.layers):
             local = c.is_local(i)
             # Attention: project, (normalise heads,) rotate, store K/V, attend over the cache.
@@ -68,7 +71,7 @@ class Transformer:
                 for heads, norm in ((q, layer.q_norm), (k, layer.k_norm)):
                     rows = heads.reshape(-1, c.head_dim)
                     rmsnorm(rows, norm, c.rms_eps, rows)
-            table = tables[thetas[i]]
+            table = tables[self.rope_thetas[i]]
             rope(q, table, c.rope_neox)
             rope(k, table, c.rope_neox)
             kv.k[i][batch.slots] = k
