@@ -94,6 +94,29 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    from wicore import cluster
+    from wicore.config import load
+    from wicore.logging import setup_logging
+
+    overrides: dict[str, dict[str, object]] = {"api": {}, "cluster": {}}
+    if args.host is not None:
+        overrides["api"]["host"] = args.host
+    if args.port is not None:
+        overrides["api"]["port"] = args.port
+    if args.replicas is not None:
+        overrides["cluster"]["replicas"] = args.replicas
+    if args.policy is not None:
+        overrides["cluster"]["policy"] = args.policy
+    settings = load(args.config, overrides)
+    setup_logging(settings.logging)
+    try:
+        return cluster.run(cluster.ClusterSpec(settings, config=args.config, model=args.model))
+    except cluster.ClusterError as e:
+        print(f"wicore: error: {e}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wicore", description="WiCore: local LLM inference on Mojo kernels")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default=None, help="bundled model name or GGUF path (default: model.name)")
     serve.add_argument("--config", default=None, help="JSON settings file (see configs/default.json)")
     serve.set_defaults(func=_serve)
+
+    clus = sub.add_parser("cluster", help="serve N replicas behind SGLang's Model Gateway on this machine")
+    clus.add_argument("--replicas", type=int, default=None, help="replicas to start (default: cluster.replicas, 2)")
+    clus.add_argument("--host", default=None, help="address the gateway binds (default: api.host, 127.0.0.1)")
+    clus.add_argument("--port", type=int, default=None, help="gateway port; replica i gets port+1+i (default 8000)")
+    clus.add_argument("--policy", default=None, help="gateway routing (default: cluster.policy, cache_aware)")
+    clus.add_argument("--model", default=None, help="bundled model name or GGUF path (default: model.name)")
+    clus.add_argument("--config", default=None, help="JSON settings file, read by the replicas too")
+    clus.set_defaults(func=_cluster)
     return parser
 
 
