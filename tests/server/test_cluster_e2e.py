@@ -195,9 +195,11 @@ def test_a_replica_killed_mid_run_sends_new_requests_to_the_other(cluster: Clust
     runner = threading.Thread(target=long_answer)
     runner.start()
     end = time.time() + 60
-    while httpx.get(cluster.replica_url(hot) + "/status").json()["scheduler"]["active"] == 0:
+    # SGLang's load probe (what the gateway's power_of_two policy polls) shows it running there.
+    while (load := httpx.get(cluster.replica_url(hot) + "/get_load").json())[0]["num_tokens"] < 500:
         assert time.time() < end and runner.is_alive(), "the long request never ran on the hot replica"
         time.sleep(0.05)
+    assert load == [{"dp_rank": 0, "num_reqs": 1, "num_waiting_reqs": 0, "num_tokens": load[0]["num_tokens"]}]
     os.killpg(cluster.replica_pid(hot), signal.SIGKILL)  # a crash: the HTTP process and its worker
     runner.join(120)
 
