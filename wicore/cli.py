@@ -14,8 +14,11 @@ from wicore.models import registry
 
 def _models(args: argparse.Namespace) -> int:
     if args.action == "pull":
+        from wicore.progress import DownloadBar
+
         for name in args.names or [registry.DEFAULT_MODEL]:
-            registry.pull(name, force=args.force)
+            with DownloadBar(name) as bar:
+                registry.pull(name, force=args.force, progress=bar)
     else:
         for row in registry.list_models():
             state = "ready" if row["present"] else "not pulled"
