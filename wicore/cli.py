@@ -27,8 +27,12 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from wicore.config import LoggingSettings
     from wicore.engine.llm import LLM, Timings
     from wicore.engine.sampling import SamplingParams
+    from wicore.logging import setup_logging
+
+    setup_logging(LoggingSettings())  # a first run's kernel build and model preparation say so on stderr
 
     params = SamplingParams(
         temperature=args.temperature,

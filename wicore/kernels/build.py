@@ -158,13 +158,13 @@ def build_all(force: bool = False, target: Target | None = None) -> list[Path]:
     took when done."""
     target = target or TARGET
     names = modules()
-    stale = [n for n in names if force or not _output(n, target).exists()]
+    stale = [n for n in names if force or not _output(n, target, SOURCE_DIR).exists()]
     if not stale:
-        return [_output(n, target) for n in names]
-    log.info("compiling the Mojo kernels (%d modules) for the %s, once for this CPU type: a few minutes",
-             len(stale), target)  # fmt: skip
+        return [_output(n, target, SOURCE_DIR) for n in names]
+    log.info("compiling the Mojo kernels (%s) for the %s, once for this CPU type: a few minutes",
+             ", ".join(stale), target)  # fmt: skip
     started = time.monotonic()
-    paths = [build(n, force, target) for n in names]
+    paths = [build(n, force, target, SOURCE_DIR) for n in names]
     log.info("compiled the Mojo kernels in %.0f s (cached in %s)", time.monotonic() - started, paths[0].parent)
     return paths
 
@@ -178,10 +178,9 @@ def load(name: str) -> ModuleType:
     import module `name`."""
     modules = _loaded.setdefault(TARGET, {})
     if name not in modules:
-        path = _output(name, TARGET)
-        if not path.exists():
+        if not _output(name, TARGET, SOURCE_DIR).exists():
             build_all()
-        modules[name] = import_extension(name, build(name))
+        modules[name] = import_extension(name, build(name, source_dir=SOURCE_DIR))
     return modules[name]
 
 
