@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from wicore.models import registry
+
+if TYPE_CHECKING:
+    from wicore.config import Settings
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -67,22 +71,25 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> Settings:
+    """Settings from --config and the environment, with each flag given (name: (section, key)) on top."""
+    from wicore.config import load
+
+    overrides: dict[str, dict[str, object]] = {}
+    for flag, (section, key) in flags.items():
+        if getattr(args, flag) is not None:
+            overrides.setdefault(section, {})[key] = getattr(args, flag)
+    return load(args.config, overrides)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from wicore.config import load
     from wicore.engine.client import EngineClient
     from wicore.logging import setup_logging
     from wicore.server.app import create_app
 
-    overrides: dict[str, dict[str, object]] = {"api": {}, "model": {}}
-    if args.host is not None:
-        overrides["api"]["host"] = args.host
-    if args.port is not None:
-        overrides["api"]["port"] = args.port
-    if args.model is not None:
-        overrides["model"]["name"] = args.model
-    settings = load(args.config, overrides)
+    settings = _settings(args, {"host": ("api", "host"), "port": ("api", "port"), "model": ("model", "name")})
     setup_logging(settings.logging)
     app = create_app(settings, EngineClient(settings))
     # Our JSON logging replaces uvicorn's config and its access log (RequestContextMiddleware logs requests).
@@ -103,19 +110,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _cluster(args: argparse.Namespace) -> int:
     from wicore import cluster
-    from wicore.config import load
     from wicore.logging import setup_logging
 
-    overrides: dict[str, dict[str, object]] = {"api": {}, "cluster": {}}
-    if args.host is not None:
-        overrides["api"]["host"] = args.host
-    if args.port is not None:
-        overrides["api"]["port"] = args.port
-    if args.replicas is not None:
-        overrides["cluster"]["replicas"] = args.replicas
-    if args.policy is not None:
-        overrides["cluster"]["policy"] = args.policy
-    settings = load(args.config, overrides)
+    # --model is not a setting here: it goes to each replica's command line.
+    settings = _settings(args, {"host": ("api", "host"), "port": ("api", "port"),
+                                "replicas": ("cluster", "replicas"), "policy": ("cluster", "policy")})  # fmt: skip
     setup_logging(settings.logging)
     try:
         return cluster.run(cluster.ClusterSpec(settings, config=args.config, model=args.model))
