@@ -1,10 +1,11 @@
 """`wicore cluster`: N `wicore serve` replicas and SGLang's Model Gateway in front of them, on one machine.
 
 For trying scale-out before deploying it (deploy/ holds the Kubernetes manifests): replica i listens on
-port + i, the gateway (`sglang-router`, the `cluster` extra) on port, routing cache-aware so requests
-sharing a prompt prefix go to the replica that holds its KV blocks.  Each child runs in its own session,
-so Ctrl-C reaches only this supervisor, which then stops the gateway and the replicas in order (SIGTERM,
-then SIGKILL to each child's whole process group for whatever is left, engine workers included).
+127.0.0.1, port api.port + 1 + i, the gateway (`sglang-router`, the `cluster` extra) on api.host:api.port,
+routing cache-aware so requests sharing a prompt prefix go to the replica that holds its KV blocks.
+Each child runs in its own session, so Ctrl-C reaches only this supervisor, which then stops the gateway
+and the replicas in order (SIGTERM, then SIGKILL to each child's whole process group for whatever is
+left, engine workers included).
 """
 
 from __future__ import annotations
@@ -181,9 +182,8 @@ def run(spec: ClusterSpec) -> int:
         replicas = ", ".join(f"127.0.0.1:{spec.replica_port(i)}" for i in range(spec.replicas))
         print(
             f"WiCore cluster: gateway http://{api.host}:{api.port}/v1 ({spec.settings.cluster.policy}) over "
-            f"{spec.replicas} "
-            f"replicas ({replicas}); gateway metrics http://127.0.0.1:{spec.metrics_port}/metrics; "
-            f"logs in {spec.log_dir}/ ; Ctrl-C stops all",
+            f"{spec.replicas} replicas ({replicas}); gateway metrics http://127.0.0.1:{spec.metrics_port}/metrics; "
+            f"logs in {spec.log_dir}/; Ctrl-C stops all",
             flush=True,
         )
         return cluster.watch()
