@@ -27,7 +27,7 @@ from typing import Any
 
 from wicore.config import Settings
 from wicore.engine import worker
-from wicore.engine.core import EngineConfig, memory_estimate, prepare
+from wicore.engine.core import WORKER_RUNTIME_BYTES, EngineConfig, memory_estimate, prepare
 from wicore.engine.detokenizer import Detokenizer
 from wicore.engine.messages import Cancel, EmbedOutput, EmbedRequest, Ready, SchedulerStats
 from wicore.engine.request import EngineOutput, EngineRequest, FinishReason, RequestOutput
@@ -92,7 +92,7 @@ class EngineClient:
     def embedding(cls, settings: Settings, model_name: str) -> EngineClient:
         """The client of a bundled embedding model; its worker holds the float32 weights in memory."""
         weights = registry.resolve_embedding(model_name) / registry.EMBEDDINGS[model_name].weights
-        return cls(settings, model_name, None, None, weights.stat().st_size)
+        return cls(settings, model_name, None, None, weights.stat().st_size + WORKER_RUNTIME_BYTES)
 
     @property
     def tokenizer(self) -> Tokenizer:
