@@ -188,6 +188,9 @@ async def test_legacy_embeddings_route(engine: FakeEngine) -> None:
         ("/api/pull", {"model": "llama3", "stream": False}, 404, "bundled models are"),
         ("/api/embeddings", {"model": MODEL, "prompt": "x"}, 400, "cannot embed"),
         ("/api/embeddings", {"model": EMBED}, 400, "prompt: is required"),
+        ("/api/generate", {"model": "llama3", "prompt": "x"}, 404, f"available models: {MODEL}, {GEMMA}, {EMBED}"),
+        ("/api/generate", {"model": MODEL, "prompt": "x", "keep_alive": "soon"}, 400, "keep_alive: invalid duration"),
+        ("/api/embed", {"model": EMBED, "input": "x", "keep_alive": True}, 400, "keep_alive: expected a duration"),
         ("/api/nothing", {}, 404, "no such endpoint"),
     ],
 )
