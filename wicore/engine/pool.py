@@ -105,17 +105,6 @@ class EnginePool:
                 if name not in self.loaded:
                     await self._load(name, time.time() + self.settings.scheduler.request_timeout, -1.0)
 
-    async def unload(self, name: str) -> bool:
-        """Unload `name` once its requests have ended (waiting for them); False if it was not loaded."""
-        async with self._lock:
-            entry = self.loaded.get(name)
-            if entry is None:
-                return False
-            entry.draining = True
-            await self._wait_until(lambda: entry.users == 0)
-            await self._shutdown(entry)
-            return True
-
     async def shutdown(self) -> None:
         self._closed = True
         for entry in self.loaded.values():
@@ -182,14 +171,10 @@ class EnginePool:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def _wait_until(self, predicate: Callable[[], bool], deadline: float | None = None) -> None:
+    async def _wait_until(self, predicate: Callable[[], bool], deadline: float) -> None:
         """Return once `predicate` holds (checked after every release and unload); TimeoutError at `deadline`."""
         while not predicate():
-            changed = self._changed
-            if deadline is None:
-                await changed.wait()
-            else:
-                await asyncio.wait_for(changed.wait(), max(0.0, deadline - time.time()))
+            await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - time.time()))
 
     # -- what is loaded --------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ from wicore.server import monitoring
 from wicore.server.aigo import routes as aigo
 from wicore.server.catalogue import Catalogue, CatalogueEntry
 from wicore.server.errors import install_error_handlers
-from wicore.server.metrics import Metrics
 from wicore.server.middleware import (
     AfterResponseMiddleware,
     AuthMiddleware,
@@ -48,8 +47,7 @@ def create_app(settings: Settings, make_engine: EngineFactory = engine_for) -> F
         raise ValueError("api.auth_enabled is true but api.api_key names no key")
     catalogue = Catalogue(settings)
     pool = EnginePool(settings, lambda name: make_engine(settings, catalogue.entry(name)))
-    metrics = Metrics(lambda: models.figures())
-    models = ServedModels(settings, pool, catalogue, metrics, ServerCounters())
+    models = ServedModels(settings, pool, catalogue, ServerCounters())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -38,13 +38,11 @@ class LoadedInfo:
 
 
 class ServedModels:
-    def __init__(
-        self, settings: Settings, pool: EnginePool, catalogue: Catalogue, metrics: Metrics, counters: ServerCounters
-    ) -> None:
+    def __init__(self, settings: Settings, pool: EnginePool, catalogue: Catalogue, counters: ServerCounters) -> None:
         self.settings = settings
         self.pool = pool
         self.catalogue = catalogue
-        self.metrics = metrics
+        self.metrics = Metrics(self.figures)
         self.counters = counters
         self.started_at = time.time()
         model = settings.model
@@ -69,9 +67,6 @@ class ServedModels:
             raise APIError(404, str(e), param="model") from None
         after_response(request, lambda: self.pool.release(name))
         return GenerationService(self.settings, engine, self.metrics, self.counters, self.catalogue)
-
-    async def unload(self, name: str) -> bool:
-        return await self.pool.unload(name)
 
     # -- what is loaded --------------------------------------------------------------------------
 
