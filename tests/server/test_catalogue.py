@@ -39,6 +39,8 @@ def test_placed_and_named_models_are_listed_and_resolve(home: Path) -> None:
     assert [e.kind for e in entries.values()] == ["chat", "chat", "chat", "embedding"]
     assert catalogue.source("named") == str(elsewhere / "named.gguf")
     assert registry.resolve("my-gemma") == home / "models" / "my-gemma.gguf"
+    listed = {row["name"]: row["present"] for row in registry.list_models()}  # `wicore models list`
+    assert listed == {MODEL: True, GEMMA: False, "my-gemma": True, EMBED: True}
     assert catalogue.embedding_dimensions(EMBED) == 384
 
 

@@ -304,13 +304,19 @@ def local_embeddings() -> dict[str, Path]:
 
 
 def list_models() -> list[dict[str, object]]:
-    rows = []
-    for spec in BUNDLED.values():
-        path = models_dir() / spec.filename
-        present = path.exists() and path.stat().st_size == spec.size
-        rows.append({"name": spec.name, "present": present, "path": str(path), "size": spec.size})
-    for emb in EMBEDDINGS.values():
-        weights = models_dir() / emb.name / emb.weights
-        present = weights.is_file() and weights.stat().st_size == emb.size
-        rows.append({"name": emb.name, "present": present, "path": str(weights.parent), "size": emb.size})
+    """The bundled models, pulled or not, and the GGUF files placed in the models folder."""
+    chat, embeddings = local_models(), local_embeddings()
+    rows: list[dict[str, object]] = [
+        {"name": s.name, "present": s.name in chat, "path": str(models_dir() / s.filename), "size": s.size}
+        for s in BUNDLED.values()
+    ]
+    rows += [
+        {"name": name, "present": True, "path": str(path), "size": path.stat().st_size}
+        for name, path in chat.items()
+        if name not in BUNDLED
+    ]
+    rows += [
+        {"name": e.name, "present": e.name in embeddings, "path": str(models_dir() / e.name), "size": e.size}
+        for e in EMBEDDINGS.values()
+    ]
     return rows
