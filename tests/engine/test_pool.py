@@ -1,5 +1,6 @@
 """The engine pool's policy (which engine loads, waits, unloads and when) over fake engines: no worker
-processes, so timing is the pool's own. The real workers are exercised by tests/server/test_models_e2e.py."""
+processes, so timing is the pool's own (the real workers: tests/server/test_models_e2e.py); and the
+memory estimate the budget counts, for a real model."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import time
 import pytest
 
 from tests.fake_engine import FakeEngine
+from tests.helpers import MODEL
 from wicore.config import Settings
-from wicore.engine.client import EngineUnavailable
+from wicore.engine.client import EngineClient, EngineUnavailable
+from wicore.engine.core import WORKER_RUNTIME_BYTES
 from wicore.engine.pool import EnginePool
+from wicore.models.prepared import prepared_bytes
 
 pytestmark = pytest.mark.anyio
 MB = 1 << 20
@@ -141,3 +145,13 @@ async def test_preloaded_models_stay_and_a_loading_model_is_waited_for() -> None
     assert "a" in pool.loaded  # preloaded: kept, whatever model.keep_alive says
     await pool.shutdown()
     assert engines.shut == ["a"] and not pool.loaded
+
+
+def test_memory_estimate_is_prepared_weights_kv_cache_and_runtime() -> None:
+    settings = Settings(model={"kv_cache_tokens": 1024})
+    engine = EngineClient.generative(settings, MODEL, MODEL)
+    config = engine.engine_config
+    assert config is not None and config.num_blocks == 4096 // 16  # room for one full context (max_model_len)
+    weights = prepared_bytes(config.model_path) or config.model_path.stat().st_size
+    # Qwen2.5-0.5B: 24 layers, 2 KV heads of 64, float16 K and V.
+    assert engine.memory == weights + 24 * 2 * 2 * 64 * 2 * 4096 + WORKER_RUNTIME_BYTES
