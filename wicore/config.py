@@ -36,6 +36,13 @@ class ApiSettings(_Section):
         description="proxies whose X-Forwarded-For/-Proto are believed (IPs or CIDRs, or *); empty: none, "
         "so the rate limit keys on the socket's peer address",
     )
+    keep_alive_timeout: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection is kept open")
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a client has to send a request's headers (slow-header clients are cut off)"
+    )
+    max_connections: int = Field(
+        512, ge=0, description="open connections beyond which new requests get an immediate 503; 0 = no cap"
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description='origins browsers may call the API from (["*"]: any); empty: no CORS headers',
