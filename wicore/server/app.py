@@ -27,6 +27,7 @@ from wicore.server.middleware import (
 )
 from wicore.server.ollama import routes as ollama
 from wicore.server.openai import routes as openai
+from wicore.server.openapi import install_openapi
 from wicore.server.service import GenerationService
 
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings, engine: EngineClient) -> FastAPI:
 
     app = FastAPI(title="WiCore", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    install_openapi(app)
     # Added innermost first: the request id wraps everything, so 401s, 413s and 429s are logged with one too.
     app.add_middleware(BodySizeLimitMiddleware, limit=api.max_request_bytes)
     if api.rate_limit_per_minute > 0:

@@ -10,12 +10,13 @@ import time
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
 from wicore import __version__
 from wicore.engine.messages import SchedulerStats
 from wicore.engine.request import Priority
+from wicore.server.openapi import LOADING, documented
 from wicore.server.service import GenerationService
 
 
@@ -156,7 +157,7 @@ def router(service: GenerationService) -> APIRouter:
     async def root() -> RootResponse:
         return RootResponse(version=__version__)
 
-    @api.get("/health", response_model=HealthResponse)
+    @api.get("/health", response_model=HealthResponse, **documented(errors=LOADING))
     async def health() -> JSONResponse:
         ready = engine.ready
         body = HealthResponse(
@@ -181,7 +182,7 @@ def router(service: GenerationService) -> APIRouter:
             error_count=counters.error_count,
         )
 
-    @api.get("/metrics")
+    @api.get("/metrics", response_class=PlainTextResponse)  # Prometheus' text format
     async def prometheus() -> Response:
         data, content_type = service.metrics.render()
         return Response(data, media_type=content_type)

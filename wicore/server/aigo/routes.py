@@ -36,6 +36,7 @@ from wicore.server.aigo.protocol import (
 )
 from wicore.server.catalogue import PROVIDER, Catalogue, ModelKind, count_label
 from wicore.server.errors import APIError
+from wicore.server.openapi import LOADING, NOT_FOUND, documented
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, DeltaMessage, UsageInfo, engine_priority, parse_body
 from wicore.server.service import GenerationRequest, GenerationService, Outputs
 from wicore.server.streaming import StreamFormat, sse
@@ -127,7 +128,7 @@ def router(service: GenerationService) -> APIRouter:
         kinds: list[ModelKind] = ["chat", "embedding"] if catalogue.embedding_present() else ["chat"]
         return ModelsResponse(models=[detail(k) for k in kinds])
 
-    @api.get("/models/{model:path}")
+    @api.get("/models/{model:path}", **documented(errors=NOT_FOUND))
     async def model(model: str) -> ModelDetail:
         return detail(kind(model, "chat"))
 
@@ -163,7 +164,11 @@ def router(service: GenerationService) -> APIRouter:
 
         return await service.respond(request, [seq], stream, build, events, AIGO_SSE)
 
-    @api.post("/generate", response_model=None)
+    @api.post(
+        "/generate",
+        response_model=None,
+        **documented(AigoGenerateRequest, GenerateResponse, stream=AIGO_SSE.media_type),
+    )
     async def generate(request: Request) -> Response:
         body = await parse_body(request, AigoGenerateRequest)
         model = chat_model(body.model)
@@ -176,15 +181,15 @@ def router(service: GenerationService) -> APIRouter:
         stream = body.stream if stream is None else stream
         return await run(request, body, model, prompt_ids, "messages", True, stream)
 
-    @api.post("/chat", response_model=None)
+    @api.post("/chat", response_model=None, **documented(AigoChatRequest, ChatResponse, stream=AIGO_SSE.media_type))
     async def chat(request: Request) -> Response:
         return await chat_response(request, None)
 
-    @api.post("/chat/stream", response_model=None)
+    @api.post("/chat/stream", response_model=None, **documented(AigoChatRequest, stream=AIGO_SSE.media_type))
     async def chat_stream(request: Request) -> Response:
         return await chat_response(request, True)
 
-    @api.post("/embed", response_model=None)
+    @api.post("/embed", response_model=None, **documented(AigoEmbedRequest, EmbedResponse))
     async def embed(request: Request) -> Response:
         body = await parse_body(request, AigoEmbedRequest)
         name = catalogue.embedding_name
@@ -203,7 +208,7 @@ def router(service: GenerationService) -> APIRouter:
         )
         return Response(response.model_dump_json(), media_type="application/json")
 
-    @api.get("/health", response_model=AigoHealthResponse)
+    @api.get("/health", response_model=AigoHealthResponse, **documented(errors=LOADING))
     async def health() -> JSONResponse:
         ready = engine.ready
         now = datetime.datetime.now(datetime.UTC)

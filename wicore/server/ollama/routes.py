@@ -42,6 +42,7 @@ from wicore.server.ollama.protocol import (
     OllamaModelRequest,
     OllamaReply,
 )
+from wicore.server.openapi import BAD_REQUEST, NOT_FOUND, documented
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, parse_body
 from wicore.server.service import ChoiceSequence, GenerationRequest, GenerationService, Outputs
 from wicore.server.streaming import StreamFormat
@@ -163,7 +164,7 @@ def router(service: GenerationService) -> APIRouter:
         del loaded["modified_at"]
         return {"models": [loaded]}
 
-    @api.post("/show")
+    @api.post("/show", **documented(OllamaModelRequest, errors={**BAD_REQUEST, **NOT_FOUND}))
     async def show(request: Request) -> dict[str, Any]:
         body = await parse_body(request, OllamaModelRequest)
         name = resolve(body.model)
@@ -199,7 +200,15 @@ def router(service: GenerationService) -> APIRouter:
             "modified_at": _timestamp(path.stat().st_mtime),
         }
 
-    @api.post("/pull", response_model=None)
+    @api.post(
+        "/pull",
+        response_model=None,
+        **documented(
+            OllamaModelRequest,
+            stream=NDJSON.media_type,
+            errors={**BAD_REQUEST, **NOT_FOUND, 500: "the download failed"},
+        ),
+    )
     async def pull(request: Request) -> Response:
         body = await parse_body(request, OllamaModelRequest)
         name = body.model.removesuffix(":latest").removeprefix("wicore:")
@@ -271,7 +280,11 @@ def router(service: GenerationService) -> APIRouter:
         """Ollama answers an empty prompt by loading the model: done at once, nothing generated."""
         return Response(reply.model_dump_json(exclude_none=True), media_type="application/json")
 
-    @api.post("/generate", response_model=None)
+    @api.post(
+        "/generate",
+        response_model=None,
+        **documented(OllamaGenerateRequest, OllamaGenerateReply, stream=NDJSON.media_type),
+    )
     async def generate(request: Request) -> Response:
         body = await parse_body(request, OllamaGenerateRequest)
         chat_model(body.model)
@@ -287,7 +300,7 @@ def router(service: GenerationService) -> APIRouter:
             prompt_ids = await service.chat_prompt(turns, "prompt")
         return await run(request, body, prompt_ids, "prompt", OllamaGenerateReply)
 
-    @api.post("/chat", response_model=None)
+    @api.post("/chat", response_model=None, **documented(OllamaChatRequest, OllamaChatReply, stream=NDJSON.media_type))
     async def chat(request: Request) -> Response:
         body = await parse_body(request, OllamaChatRequest)
         chat_model(body.model)
@@ -298,7 +311,7 @@ def router(service: GenerationService) -> APIRouter:
         prompt_ids = await service.chat_prompt([m.model_dump() for m in body.messages])
         return await run(request, body, prompt_ids, "messages", OllamaChatReply)
 
-    @api.post("/embeddings", response_model=None)
+    @api.post("/embeddings", response_model=None, **documented(OllamaEmbeddingsRequest))
     async def embeddings(request: Request) -> Response:
         """The legacy route: one prompt, one vector (`[]` for an empty prompt, as Ollama answers)."""
         body = await parse_body(request, OllamaEmbeddingsRequest)
@@ -308,7 +321,7 @@ def router(service: GenerationService) -> APIRouter:
         (vector,), _ = await service.embed(request, [body.prompt], None, Priority.NORMAL, "prompt", truncate=True)
         return JSONResponse({"embedding": vector})
 
-    @api.post("/embed", response_model=None)
+    @api.post("/embed", response_model=None, **documented(OllamaEmbedRequest))
     async def embed(request: Request) -> Response:
         body = await parse_body(request, OllamaEmbedRequest)
         embedding_model(body.model)

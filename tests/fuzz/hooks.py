@@ -1,0 +1,46 @@
+"""schemathesis hooks shared by the bounded fuzz test (`make test`) and the full run (`make fuzz`, which
+loads this module through SCHEMATHESIS_HOOKS): every generated request that would generate text is
+capped to a few tokens, so a run costs seconds of model time per operation, not minutes. Only the
+length is touched; whatever else the fuzzer made up (wrong types, out-of-range values) is sent as is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import schemathesis
+
+MAX_TOKENS = 4
+MAX_CHOICES = 2
+GENERATING = {
+    "/v1/chat/completions", "/v1/completions", "/api/v1/generate", "/api/v1/chat", "/api/v1/chat/stream",
+    "/api/generate", "/api/chat",
+}  # fmt: skip
+# Downloads a model: not something to fuzz on a test machine.
+SKIPPED = ("/api/pull",)
+
+
+def _cap(values: dict[str, Any], key: str, limit: int, negative_is_unbounded: bool = False) -> None:
+    """`values[key]` at most `limit` (and set when absent: the server's default would be hundreds)."""
+    value = values.get(key)
+    if value is None or (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (value > limit or (negative_is_unbounded and value < 0))
+    ):
+        values[key] = limit
+
+
+@schemathesis.hook
+def map_body(context: schemathesis.HookContext, body: Any) -> Any:
+    operation = context.operation
+    if operation is None or operation.path not in GENERATING or not isinstance(body, dict):
+        return body
+    if operation.path.startswith("/api/") and not operation.path.startswith("/api/v1/"):
+        options = body.setdefault("options", {})
+        if isinstance(options, dict):
+            _cap(options, "num_predict", MAX_TOKENS, negative_is_unbounded=True)  # Ollama's -1 and -2
+        return body
+    _cap(body, "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens", MAX_TOKENS)
+    if "n" in body:
+        _cap(body, "n", MAX_CHOICES)
+    return body
