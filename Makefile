@@ -7,7 +7,7 @@ TEST_MODELS := qwen2.5-coder-0.5b-instruct gemma-3-270m all-minilm-l6-v2
 # Mojo owns the threads; a second BLAS pool only fights it (see shared notes).
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install kernels models serve test lint load bench bench-serving bench-peers clean
+.PHONY: install kernels models serve test fuzz soak lint load bench bench-serving bench-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ serve: kernels
 
 test: kernels models
 	$(PY) -m pytest -q
+
+# schemathesis over the published OpenAPI document (make test runs 3 examples per operation and mode).
+FUZZ_EXAMPLES ?= 50
+fuzz: kernels models
+	$(PY) -m tests.fuzz --examples $(FUZZ_EXAMPLES)
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

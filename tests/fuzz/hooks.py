@@ -1,7 +1,7 @@
 """schemathesis hooks shared by the bounded fuzz test (`make test`) and the full run (`make fuzz`, which
 loads this module through SCHEMATHESIS_HOOKS): every generated request that would generate text is
 capped to a few tokens, so a run costs seconds of model time per operation, not minutes. Only the
-length is touched; whatever else the fuzzer made up (wrong types, out-of-range values) is sent as is."""
+length and the model are touched; whatever else the fuzzer made up (wrong types, out-of-range values) is sent as is."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from typing import Any
 
 import schemathesis
 
+from tests.helpers import EMBED, MODEL
+
 MAX_TOKENS = 4
 MAX_CHOICES = 2
 GENERATING = {
     "/v1/chat/completions", "/v1/completions", "/api/v1/generate", "/api/v1/chat", "/api/v1/chat/stream",
     "/api/generate", "/api/chat",
 }  # fmt: skip
+EMBEDDING = {"/v1/embeddings", "/api/v1/embed", "/api/embed", "/api/embeddings"}
 # Downloads a model: not something to fuzz on a test machine.
 SKIPPED = ("/api/pull",)
 
@@ -33,7 +36,13 @@ def _cap(values: dict[str, Any], key: str, limit: int, negative_is_unbounded: bo
 @schemathesis.hook
 def map_body(context: schemathesis.HookContext, body: Any) -> Any:
     operation = context.operation
-    if operation is None or operation.path not in GENERATING or not isinstance(body, dict):
+    if operation is None or not isinstance(body, dict):
+        return body
+    # A made-up model name only ever reaches the 404 (which the route tests cover): the served ones let
+    # the rest of the request be exercised.
+    if isinstance(body.get("model"), str) and operation.path in GENERATING | EMBEDDING:
+        body["model"] = EMBED if operation.path in EMBEDDING else MODEL
+    if operation.path not in GENERATING:
         return body
     if operation.path.startswith("/api/") and not operation.path.startswith("/api/v1/"):
         options = body.setdefault("options", {})
