@@ -1,7 +1,7 @@
-"""schemathesis hooks shared by the bounded fuzz test (`make test`) and the full run (`make fuzz`, which
-loads this module through SCHEMATHESIS_HOOKS): every generated request that would generate text is
-capped to a few tokens, so a run costs seconds of model time per operation, not minutes. Only the
-length and the model are touched; whatever else the fuzzer made up (wrong types, out-of-range values) is sent as is."""
+"""schemathesis hooks of the fuzz runs (tests/fuzz/runner.py registers them by importing this module):
+every generated request that would generate text is capped to a few tokens, so a run costs seconds of
+model time per operation, not minutes, and names a served model. Whatever else the fuzzer made up
+(wrong types, out-of-range values, unknown fields) is sent as is."""
 
 from __future__ import annotations
 
