@@ -17,7 +17,7 @@ import tokenizers
 
 from wicore.engine.worker import EMBEDDING_MODEL
 from wicore.models import registry
-from wicore.models.embedding import max_length_of
+from wicore.models.embedding import head, max_length_of
 from wicore.models.prepared import metadata
 from wicore.server.errors import APIError
 
@@ -107,9 +107,11 @@ class Catalogue:
         tokenizer.no_padding()
         return tokenizer
 
-    def embedding_lengths(self, texts: list[str]) -> list[int]:
-        """Tokens each text has for the embedding model ([CLS] and [SEP] included), before any truncation."""
-        return [len(e.ids) for e in self._embedding_tokenizer.encode_batch(texts)]
+    def embedding_lengths(self, texts: list[str], cap: int) -> list[int]:
+        """Tokens each text has for the embedding model ([CLS] and [SEP] included), up to `cap`: a long
+        text is not tokenised whole."""
+        heads = [head(self._embedding_tokenizer, t, cap) for t in texts]
+        return [min(len(e.ids), cap) for e in self._embedding_tokenizer.encode_batch(heads)]
 
     def embedding_parameters(self) -> int:
         return safetensors_parameters(self.embedding_folder() / "model.safetensors")
