@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import MODEL, model_path, story
+from tests.helpers import EMBED, MODEL, assert_error, model_path, story
 from tests.live_server import Server, Streamer, serve, wait_for_status
 
 
@@ -132,3 +133,49 @@ def test_forwarded_for_is_not_believed_and_the_worker_dies_with_the_server(tmp_p
         while Path(f"/proc/{worker}").exists() and time.time() < end:
             time.sleep(0.05)
         assert not Path(f"/proc/{worker}").exists(), "the engine worker outlived the HTTP process"
+
+
+def test_a_huge_embedding_input_is_refused_or_cut_at_once(server: Server) -> None:
+    huge = "the embedding model cuts long inputs " * 108_000  # 4 MB, under api.max_request_bytes
+    start = time.monotonic()
+    r = httpx.post(server.url + "/v1/embeddings", json={"model": EMBED, "input": huge}, timeout=60)
+    refused = time.monotonic() - start
+    assert_error(r, 400, "input")
+    assert "at least" in r.json()["error"]["message"]  # counted up to a cap, not whole
+    start = time.monotonic()
+    r = httpx.post(server.url + "/api/embed", json={"model": EMBED, "input": huge}, timeout=60)
+    cut = time.monotonic() - start
+    assert r.status_code == 200 and r.json()["prompt_eval_count"] == 256, r.text  # Ollama's truncate
+    assert len(r.json()["embeddings"][0]) == 384
+    assert refused < 1.5 and cut < 3, (refused, cut)
+
+
+def test_an_embedding_request_over_the_token_budget_is_a_400(server: Server) -> None:
+    inputs = ["many words in a sentence " * 60] * 40  # 40 x 256 tokens after the cut: over 8192
+    r = httpx.post(server.url + "/api/v1/embed", json={"model": EMBED, "input": inputs}, timeout=60)
+    assert_error(r, 400, "input")
+    assert "10240 tokens in all" in r.json()["error"]["message"]
+
+
+def test_a_large_embedding_request_does_not_hold_up_generation(server: Server) -> None:
+    inputs = [f"text {i}: " + "the quick brown fox jumps over the lazy dog " * 30 for i in range(30)]  # 30 x 256 tokens
+    embedded: dict[str, float] = {}
+
+    def embed() -> None:
+        start = time.monotonic()
+        r = httpx.post(server.url + "/api/v1/embed", json={"model": EMBED, "input": inputs}, timeout=120)
+        if r.status_code == 200:
+            embedded["took"], embedded["done"] = time.monotonic() - start, time.monotonic()
+
+    thread = threading.Thread(target=embed)
+    thread.start()
+    time.sleep(0.5)  # the embedding steps are under way
+    start = time.monotonic()
+    r = httpx.post(server.url + "/v1/chat/completions", json=story(4), timeout=120)
+    chat_done = time.monotonic()
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+    thread.join(120)
+    assert "done" in embedded, "the embedding request failed"
+    # Generation steps run between the embedding's: the chat ends long before the embedding does.
+    assert chat_done < embedded["done"], (chat_done - start, embedded)
+    assert chat_done - start < embedded["took"] / 2, (chat_done - start, embedded)
