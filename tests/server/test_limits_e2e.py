@@ -179,3 +179,12 @@ def test_a_large_embedding_request_does_not_hold_up_generation(server: Server) -
     # Generation steps run between the embedding's: the chat ends long before the embedding does.
     assert chat_done < embedded["done"], (chat_done - start, embedded)
     assert chat_done - start < embedded["took"] / 2, (chat_done - start, embedded)
+
+
+def test_a_stopped_server_leaks_no_semaphores(tmp_path: Path) -> None:
+    with serve(tmp_path) as server:
+        r = httpx.post(server.url + "/v1/embeddings", json={"model": EMBED, "input": "hello"}, timeout=60)
+        assert r.status_code == 200
+    # serve() ended it with SIGTERM, as a supervisor does; the resource tracker reports leftovers there.
+    log = server.log.read_text()
+    assert "Application shutdown complete" in log and "leaked semaphore" not in log, log[-2000:]

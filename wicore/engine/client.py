@@ -96,6 +96,18 @@ class EngineClient:
                 self._proc.kill()
         if self._reader is not None:
             await asyncio.to_thread(self._reader.join, 5)
+        self._release_queues()
+
+    def _release_queues(self) -> None:
+        """Close the worker's queues and drop them, which unlinks their semaphores. Left to the
+        interpreter's exit, that never happened: uvicorn ends the process by raising again the SIGTERM
+        it caught, so multiprocessing's exit hooks do not run, and its resource tracker warned of
+        "6 leaked semaphore objects" (a queue's two locks and its bounded semaphore, for each queue)."""
+        for q in (self._requests, self._outputs):
+            if q is not None:
+                q.close()
+                q.join_thread()
+        self._requests = self._outputs = self._proc = None
 
     def _check_admission(self) -> None:
         if not self.ready:
