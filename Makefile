@@ -35,6 +35,12 @@ FUZZ_EXAMPLES ?= 50
 fuzz: kernels models
 	$(PY) -m tests.fuzz --examples $(FUZZ_EXAMPLES)
 
+# locust (the `load` extra): 16 users over every surface, with the RSS of both processes.
+SOAK_SECONDS ?= 600
+soak: kernels models
+	$(PY) -c 'import locust' 2>/dev/null || $(PY) -m pip install --quiet -e '.[load]'
+	$(PY) -m load_tests.soak --duration $(SOAK_SECONDS)
+
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
