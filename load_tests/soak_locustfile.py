@@ -18,7 +18,7 @@ from typing import Any
 
 from locust import HttpUser, between, task
 from locust.clients import ResponseContextManager
-from locustfile import PROMPTS, REQUEST_TIMEOUT_S, check_json, check_stream
+from locustfile import PROMPTS, REQUEST_TIMEOUT_S, check_json, check_stream, judge
 
 MAX_TOKENS = (8, 16, 24)
 EMBED = "all-minilm-l6-v2"
@@ -76,20 +76,7 @@ class SoakUser(HttpUser):
         with self.client.post(
             path, json=body, name=name, stream=stream, catch_response=True, timeout=REQUEST_TIMEOUT_S
         ) as response:
-            if response.status_code == 429:
-                response.request_meta["name"] = f"{name} 429"
-                response.success()
-                return
-            if response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
-                return
-            problem = check(response)
-            # Locust stops its clock at the headers; a stream's latency is its last byte.
-            response.request_meta["response_time"] = (time.perf_counter() - start) * 1000
-            if problem:
-                response.failure(problem)
-            else:
-                response.success()
+            judge(response, name, start, check)
 
     @task(3)
     def openai_chat(self) -> None:
