@@ -111,12 +111,12 @@ class Embedder:
                     budget -= len(ids[-1])
                 chosen.append((item, ids))
             vectors = self.model.embed_tokens([t for _, ids in chosen for t in ids], dimensions).tolist()
-        except (ValueError, registry.ModelError) as e:  # bad input, or the model is not pulled
+        except Exception as e:  # fail the requests of this step (the first, if none began), keep serving
+            expected = isinstance(e, ValueError | registry.ModelError)  # bad input, or the model is not pulled
+            if not expected:  # a bug or a kernel error
+                log.error("embedding failed:\n%s", traceback.format_exc())
             failed = [item for item, _ in chosen] or order[:1]
-            return outputs + self._fail(failed, str(e))
-        except Exception:  # a bug or a kernel error: fail these requests, keep serving
-            log.error("embedding failed:\n%s", traceback.format_exc())
-            return outputs + self._fail([item for item, _ in chosen] or order[:1], "internal engine error")
+            return outputs + self._fail(failed, str(e) if expected else "internal engine error")
         start = 0
         for item, ids in chosen:
             item.vectors += vectors[start : start + len(ids)]
