@@ -188,3 +188,35 @@ def test_a_stopped_server_leaks_no_semaphores(tmp_path: Path) -> None:
     # serve() ended it with SIGTERM, as a supervisor does; the resource tracker reports leftovers there.
     log = server.log.read_text()
     assert "Application shutdown complete" in log and "leaked semaphore" not in log, log[-2000:]
+
+
+def test_a_20_mb_body_is_a_413_at_once_while_health_and_a_chat_carry_on(server: Server) -> None:
+    health: list[float] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            start = time.monotonic()
+            assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+            health.append(time.monotonic() - start)
+            time.sleep(0.02)
+
+    chat = Streamer(server.url, story(8, stream=True))
+    poller = threading.Thread(target=poll)
+    poller.start()
+    chat.start()
+    body = b'{"messages": [{"role": "user", "content": "' + b"x" * (20 * 2**20) + b'"}]}'
+    start = time.monotonic()
+    try:
+        r = httpx.post(server.url + "/v1/chat/completions", content=body,
+                       headers={"content-type": "application/json"}, timeout=30)  # fmt: skip
+        answered = time.monotonic() - start
+        assert_error(r, 413, None)
+    except httpx.WriteError:  # the server answered and closed before all 20 MB were sent: refused unread
+        answered = time.monotonic() - start
+    chat.join(120)
+    stop.set()
+    poller.join(10)
+    assert answered < 1.0, answered
+    assert chat.events and chat.events[-1] == "[DONE]"
+    assert health and sorted(health)[len(health) // 2] < 0.1, health  # the median /health round trip
