@@ -219,4 +219,6 @@ def test_a_20_mb_body_is_a_413_at_once_while_health_and_a_chat_carry_on(server: 
     poller.join(10)
     assert answered < 1.0, answered
     assert chat.events and chat.events[-1] == "[DONE]"
-    assert health and sorted(health)[len(health) // 2] < 0.1, health  # the median /health round trip
+    # Nothing waited on the big request (it once stalled the event loop for 70 s). Not "< 100 ms": on a
+    # shared 2-core machine a fresh connection's round trip alone can take a few hundred milliseconds.
+    assert health and max(health) < 2.0, health
