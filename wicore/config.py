@@ -68,7 +68,7 @@ class SchedulerSettings(_Section):
     aging_seconds: float = Field(5.0, gt=0, description="waiting this long raises a request one priority level")
     enable_prefix_caching: bool = Field(True, description="reuse the KV blocks of prompts' common prefixes")
     max_embed_step_tokens: int = Field(
-        512, ge=1, description="embedding tokens per engine loop iteration (then a generation step runs)"
+        256, ge=1, description="embedding tokens per engine loop iteration (then a generation step runs)"
     )
 
 

@@ -178,7 +178,7 @@ def test_a_large_embedding_request_does_not_hold_up_generation(server: Server) -
     assert "done" in embedded, "the embedding request failed"
     # Generation steps run between the embedding's: the chat ends long before the embedding does.
     assert chat_done < embedded["done"], (chat_done - start, embedded)
-    assert chat_done - start < embedded["took"] / 2, (chat_done - start, embedded)
+    assert chat_done - start < embedded["took"] * 0.6, (chat_done - start, embedded)
 
 
 def test_a_stopped_server_leaks_no_semaphores(tmp_path: Path) -> None:
