@@ -15,7 +15,7 @@ PIP_QUIET := -qq --disable-pip-version-check
 # Mojo owns the threads; a second BLAS pool only fights it (see shared notes).
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install kernels models serve test lint load bench bench-serving bench-peers clean
+.PHONY: install kernels models serve test fuzz soak lint load bench bench-serving bench-peers clean
 
 $(STAMP): pyproject.toml
 	@echo "installing WiCore and its dependencies into $(VENV) (first run, or pyproject.toml changed)"
@@ -44,6 +44,17 @@ serve: kernels
 
 test: kernels models
 	$(PY) -m pytest -q
+
+# schemathesis over the published OpenAPI document (make test runs 3 examples per operation and mode).
+FUZZ_EXAMPLES ?= 50
+fuzz: kernels models
+	$(PY) -m tests.fuzz --examples $(FUZZ_EXAMPLES)
+
+# locust (the `load` extra): 16 users over every surface, with the RSS of both processes.
+SOAK_SECONDS ?= 600
+soak: kernels models
+	$(PY) -c 'import locust' 2>/dev/null || $(PY) -m pip install --quiet -e '.[load]'
+	$(PY) -m load_tests.soak --duration $(SOAK_SECONDS)
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from locust import HttpUser, between, task
@@ -72,20 +73,7 @@ class ChatUser(HttpUser):
             catch_response=True,
             timeout=REQUEST_TIMEOUT_S,
         ) as response:
-            if response.status_code == 429:
-                response.request_meta["name"] = f"{name} 429"
-                response.success()
-                return
-            if response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
-                return
-            problem = check_stream(response) if stream else check_json(response)
-            # Locust stops its clock at the headers; a stream's latency is its last byte.
-            response.request_meta["response_time"] = (time.perf_counter() - start) * 1000
-            if problem:
-                response.failure(problem)
-            else:
-                response.success()
+            judge(response, name, start, check_stream if stream else check_json)
 
     @task
     def chat_json(self) -> None:
@@ -94,6 +82,27 @@ class ChatUser(HttpUser):
     @task
     def chat_stream(self) -> None:
         self._post(stream=True)
+
+
+def judge(
+    response: ResponseContextManager, name: str, start: float, check: Callable[[ResponseContextManager], str | None]
+) -> None:
+    """Record a response: a 429 as a success on its own row, another status than 200 as a failure, a 200 as
+    what `check` says of its body (read to its end), timed to its last byte (`start`: perf_counter())."""
+    if response.status_code == 429:
+        response.request_meta["name"] = f"{name} 429"
+        response.success()
+        return
+    if response.status_code != 200:
+        response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+        return
+    problem = check(response)
+    # Locust stops its clock at the headers; a stream's latency is its last byte.
+    response.request_meta["response_time"] = (time.perf_counter() - start) * 1000
+    if problem:
+        response.failure(problem)
+    else:
+        response.success()
 
 
 def check_json(response: ResponseContextManager) -> str | None:

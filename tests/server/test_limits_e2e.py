@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import MODEL, model_path, story
+from tests.helpers import EMBED, MODEL, assert_error, model_path, story
 from tests.live_server import Server, Streamer, serve, wait_for_status
 
 
@@ -131,3 +132,94 @@ def test_forwarded_for_is_not_believed_and_the_worker_dies_with_the_server(tmp_p
         while Path(f"/proc/{worker}").exists() and time.time() < end:
             time.sleep(0.05)
         assert not Path(f"/proc/{worker}").exists(), "the engine worker outlived the HTTP process"
+
+
+def test_a_huge_embedding_input_is_refused_or_cut_at_once(server: Server) -> None:
+    huge = "the embedding model cuts long inputs " * 108_000  # 4 MB, under api.max_request_bytes
+    # the embedding model loads on first use, in its own worker: time the refusal, not the load
+    httpx.post(server.url + "/v1/embeddings", json={"model": EMBED, "input": "warm up"}, timeout=60).raise_for_status()
+    start = time.monotonic()
+    r = httpx.post(server.url + "/v1/embeddings", json={"model": EMBED, "input": huge}, timeout=60)
+    refused = time.monotonic() - start
+    assert_error(r, 400, "input")
+    assert "at least" in r.json()["error"]["message"]  # counted up to a cap, not whole
+    start = time.monotonic()
+    r = httpx.post(server.url + "/api/embed", json={"model": EMBED, "input": huge}, timeout=60)
+    cut = time.monotonic() - start
+    assert r.status_code == 200 and r.json()["prompt_eval_count"] == 256, r.text  # Ollama's truncate
+    assert len(r.json()["embeddings"][0]) == 384
+    assert refused < 1.5 and cut < 3, (refused, cut)
+
+
+def test_an_embedding_request_over_the_token_budget_is_a_400(server: Server) -> None:
+    inputs = ["many words in a sentence " * 60] * 40  # 40 x 256 tokens after the cut: over 8192
+    r = httpx.post(server.url + "/api/v1/embed", json={"model": EMBED, "input": inputs}, timeout=60)
+    assert_error(r, 400, "input")
+    assert "10240 tokens in all" in r.json()["error"]["message"]
+
+
+def test_a_large_embedding_request_does_not_hold_up_generation(server: Server) -> None:
+    inputs = [f"text {i}: " + "the quick brown fox jumps over the lazy dog " * 30 for i in range(30)]  # 30 x 256 tokens
+    embedded: dict[str, float] = {}
+
+    def embed() -> None:
+        start = time.monotonic()
+        r = httpx.post(server.url + "/api/v1/embed", json={"model": EMBED, "input": inputs}, timeout=120)
+        if r.status_code == 200:
+            embedded["took"], embedded["done"] = time.monotonic() - start, time.monotonic()
+
+    thread = threading.Thread(target=embed)
+    thread.start()
+    time.sleep(0.5)  # the embedding steps are under way
+    start = time.monotonic()
+    r = httpx.post(server.url + "/v1/chat/completions", json=story(4), timeout=120)
+    chat_done = time.monotonic()
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+    thread.join(120)
+    assert "done" in embedded, "the embedding request failed"
+    # Generation steps run between the embedding's: the chat ends long before the embedding does.
+    assert chat_done < embedded["done"], (chat_done - start, embedded)
+    assert chat_done - start < embedded["took"] * 0.6, (chat_done - start, embedded)
+
+
+def test_a_stopped_server_leaks_no_semaphores(tmp_path: Path) -> None:
+    with serve(tmp_path) as server:
+        r = httpx.post(server.url + "/v1/embeddings", json={"model": EMBED, "input": "hello"}, timeout=60)
+        assert r.status_code == 200
+    # serve() ended it with SIGTERM, as a supervisor does; the resource tracker reports leftovers there.
+    log = server.log.read_text()
+    assert "Application shutdown complete" in log and "leaked semaphore" not in log, log[-2000:]
+
+
+def test_a_20_mb_body_is_a_413_at_once_while_health_and_a_chat_carry_on(server: Server) -> None:
+    health: list[float] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            start = time.monotonic()
+            assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+            health.append(time.monotonic() - start)
+            time.sleep(0.02)
+
+    chat = Streamer(server.url, story(8, stream=True))
+    poller = threading.Thread(target=poll)
+    poller.start()
+    chat.start()
+    body = b'{"messages": [{"role": "user", "content": "' + b"x" * (20 * 2**20) + b'"}]}'
+    start = time.monotonic()
+    try:
+        r = httpx.post(server.url + "/v1/chat/completions", content=body,
+                       headers={"content-type": "application/json"}, timeout=30)  # fmt: skip
+        answered = time.monotonic() - start
+        assert_error(r, 413, None)
+    except httpx.WriteError:  # the server answered and closed before all 20 MB were sent: refused unread
+        answered = time.monotonic() - start
+    chat.join(120)
+    stop.set()
+    poller.join(10)
+    assert answered < 1.0, answered
+    assert chat.events and chat.events[-1] == "[DONE]"
+    # Nothing waited on the big request (it once stalled the event loop for 70 s). Not "< 100 ms": on a
+    # shared 2-core machine a fresh connection's round trip alone can take a few hundred milliseconds.
+    assert health and max(health) < 2.0, health

@@ -145,6 +145,18 @@ class EngineClient:
             await asyncio.to_thread(self._proc.join, 10)
             if self._proc.is_alive():
                 self._proc.kill()
+        self._release_queues()
+
+    def _release_queues(self) -> None:
+        """Close the worker's queues and drop them, which unlinks their semaphores. Left to the
+        interpreter's exit, that never happened: uvicorn ends the process by raising again the SIGTERM
+        it caught, so multiprocessing's exit hooks do not run, and its resource tracker warned of
+        "6 leaked semaphore objects" (a queue's two locks and its bounded semaphore, for each queue)."""
+        for q in (self._requests, self._outputs):
+            if q is not None:
+                q.close()
+                q.join_thread()
+        self._requests = self._outputs = self._proc = None
 
     def _check_admission(self) -> None:
         if not self.ready:

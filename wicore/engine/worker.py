@@ -5,8 +5,8 @@ It owns every Mojo call, so the HTTP process's event loop never waits on
 model compute (Mojo calls hold the GIL).  Between steps it drains the request
 queue without blocking, which is how new requests join the running batch and
 cancellations take effect within one step.  Embedding requests wait in their
-own queue and run between scheduler steps, a bounded batch per loop iteration,
-so embedding delays generation by one batch's compute at most.
+own queue and run between scheduler steps, a bounded number of tokens per loop
+iteration, so embedding delays generation by one such batch's compute at most.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import queue
 import signal
 import time
 import traceback
+from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from typing import Any
 
-from wicore.config import Settings
+from wicore.config import SchedulerSettings, Settings
 from wicore.engine.core import EngineConfig, EngineCore
 from wicore.engine.messages import Cancel, EmbedOutput, EmbedRequest, Ready
 from wicore.engine.request import EngineOutput, EngineRequest
@@ -30,18 +31,38 @@ from wicore.models import registry
 from wicore.models.embedding import EmbeddingModel
 
 STATS_INTERVAL = 0.1  # seconds between scheduler snapshots sent to the HTTP process
-MAX_EMBED_TEXTS = 256  # texts per embedding step: bounds how long one step delays generation
 
 log = logging.getLogger("wicore.worker")
 
 
-class Embedder:
-    """Pending embedding requests and the embedding model."""
+@dataclass
+class _Embedding:
+    """A pending embedding request and the vectors of its first texts, embedded so far."""
 
-    def __init__(self, model_name: str) -> None:
+    request: EmbedRequest
+    vectors: list[list[float]] = field(default_factory=list)
+    tokens: int = 0
+
+    @property
+    def remaining(self) -> list[str]:
+        return self.request.texts[len(self.vectors) :]
+
+
+class Embedder:
+    """Pending embedding requests and the embedding model.
+
+    One step embeds about `step_tokens` tokens (always at least one text), so a large request is spread
+    over several steps: new, cancelled and higher-priority requests are taken between them, and one large
+    request cannot hold the others back (the embedding model has a worker of its own, so generation
+    shares only the cores with it)."""
+
+    def __init__(
+        self, model_name: str, step_tokens: int = SchedulerSettings.model_fields["max_embed_step_tokens"].default
+    ) -> None:
         self.model_name = model_name
+        self.step_tokens = step_tokens
         self.model: EmbeddingModel | None = None
-        self.pending: list[EmbedRequest] = []
+        self.pending: list[_Embedding] = []
 
     def load(self) -> EmbeddingModel:
         if self.model is None:
@@ -52,48 +73,67 @@ class Embedder:
         return bool(self.pending)
 
     def add(self, request: EmbedRequest) -> None:
-        self.pending.append(request)
+        self.pending.append(_Embedding(request))
 
     def cancel(self, request_id: str) -> bool:
-        kept = [r for r in self.pending if r.request_id != request_id]
+        kept = [e for e in self.pending if e.request.request_id != request_id]
         found = len(kept) < len(self.pending)
         self.pending = kept
         return found
 
     def step(self) -> list[EmbedOutput]:
-        """Run the highest-priority pending request (the earliest among equals) in one batch with the
-        others asking for the same dimensions, up to MAX_EMBED_TEXTS texts: one forward pass for many
-        small concurrent requests.  Requests past their deadline end as timeouts first."""
+        """Embed the next texts of the highest-priority pending request (the earliest among equals),
+        with those of others asking for the same dimensions, up to the step's token budget: one forward
+        pass for many small concurrent requests. Requests past their deadline end as timeouts first;
+        the requests whose last texts were embedded end with their vectors."""
         now = time.time()
+        late = [e.request for e in self.pending if e.request.deadline is not None and now > e.request.deadline]
         outputs = [
             EmbedOutput(r.request_id, None, error=f"request timed out after {r.deadline - r.arrival:g} s")
-            for r in self.pending
-            if r.deadline is not None and now > r.deadline
+            for r in late
+            if r.deadline is not None
         ]
-        self.pending = [r for r in self.pending if r.deadline is None or now <= r.deadline]
+        self.pending = [e for e in self.pending if e.request not in late]
         if not self.pending:
             return outputs
-        order = sorted(self.pending, key=lambda r: (-int(r.priority), r.arrival))
-        batch, texts = [order[0]], list(order[0].texts)
-        for r in order[1:]:
-            if r.dimensions == order[0].dimensions and len(texts) + len(r.texts) <= MAX_EMBED_TEXTS:
-                batch.append(r)
-                texts += r.texts
-        self.pending = [r for r in self.pending if r not in batch]
+        order = sorted(self.pending, key=lambda e: (-int(e.request.priority), e.request.arrival))
+        dimensions = order[0].request.dimensions
+        chosen: list[tuple[_Embedding, list[list[int]]]] = []
         try:
-            vectors = self.load().embed(texts, order[0].dimensions).tolist()
-            tokens = self.model.count_tokens(texts)
-        except (ValueError, registry.ModelError) as e:  # bad input, or the model is not pulled
-            return outputs + [EmbedOutput(r.request_id, None, error=str(e)) for r in batch]
-        except Exception:  # a bug or a kernel error: fail these requests, keep serving
-            log.error("embedding failed:\n%s", traceback.format_exc())
-            return outputs + [EmbedOutput(r.request_id, None, error="internal engine error") for r in batch]
+            model = self.load()
+            budget = self.step_tokens
+            for item in order:
+                if budget <= 0:
+                    break
+                if item.request.dimensions != dimensions:
+                    continue
+                ids: list[list[int]] = []
+                for text in item.remaining:  # tokenised one by one: only what this step embeds
+                    if budget <= 0:
+                        break
+                    ids += model.tokenize([text])
+                    budget -= len(ids[-1])
+                chosen.append((item, ids))
+            vectors = model.embed_tokens([t for _, ids in chosen for t in ids], dimensions).tolist()
+        except Exception as e:  # fail the requests of this step (the first, if none began), keep serving
+            expected = isinstance(e, ValueError | registry.ModelError)  # bad input, or the model is not pulled
+            if not expected:  # a bug or a kernel error
+                log.error("embedding failed:\n%s", traceback.format_exc())
+            failed = [item for item, _ in chosen] or order[:1]
+            return outputs + self._fail(failed, str(e) if expected else "internal engine error")
         start = 0
-        for r in batch:
-            end = start + len(r.texts)
-            outputs.append(EmbedOutput(r.request_id, vectors[start:end], sum(tokens[start:end])))
-            start = end
+        for item, ids in chosen:
+            item.vectors += vectors[start : start + len(ids)]
+            item.tokens += sum(map(len, ids))
+            start += len(ids)
+            if not item.remaining:
+                self.pending.remove(item)
+                outputs.append(EmbedOutput(item.request.request_id, item.vectors, item.tokens))
         return outputs
+
+    def _fail(self, items: list[_Embedding], error: str) -> list[EmbedOutput]:
+        self.pending = [e for e in self.pending if e not in items]
+        return [EmbedOutput(e.request.request_id, None, error=error) for e in items]
 
 
 def run(
@@ -116,7 +156,7 @@ def run(
     setup_logging(settings.logging)
     core = None if config is None else EngineCore.load(config)
     scheduler: Scheduler | None = None if core is None else core.scheduler
-    embedder = Embedder(model)
+    embedder = Embedder(model, settings.scheduler.max_embed_step_tokens)
     if core is None:
         embedder.load()  # Ready means loaded, and the memory shown is taken
     outputs.put(Ready(model))

@@ -7,6 +7,7 @@ batch pads to similar lengths; the results come back in the caller's order.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -22,6 +23,27 @@ from wicore.models.bert import BertEncoder
 # fixed costs are worth about 32 rows (matmul time ~ 300 us + M x 10 us at this width).
 MAX_BATCH_TOKENS = 1024
 BATCH_OVERHEAD_TOKENS = 32
+# A text is cut before tokenising (see head()) from this many characters per token kept on.
+HEAD_CHARS_PER_TOKEN = 4
+
+
+def head(counter: Tokenizer, text: str, max_tokens: int) -> str:
+    """The start of `text` whose tokens begin with the first `max_tokens` of the whole text's (all of
+    `text` when it has no more), found without tokenising the rest: one huge input costs what its
+    first tokens cost. `counter` must not truncate.
+
+    The cut is by characters, doubled until the head has more than `max_tokens` pieces besides those of
+    its last word, which the cut may have split: a word is at most `max_input_chars_per_word` characters
+    of WordPiece pieces (a longer one is one [UNK]), so the pieces kept are the whole text's.
+    """
+    word = getattr(counter.model, "max_input_chars_per_word", 100)
+    chars = (max_tokens + word) * HEAD_CHARS_PER_TOKEN
+    while chars < len(text):
+        cut = text[:chars]
+        if len(counter.encode(cut, add_special_tokens=False).ids) > max_tokens + word:
+            return cut
+        chars *= 2
+    return text
 
 
 class EmbeddingModel:
@@ -45,18 +67,28 @@ class EmbeddingModel:
         tokenizer.enable_truncation(max_length)
         return cls(name, encoder, tokenizer, max_length)
 
+    @functools.cached_property
+    def _counter(self) -> Tokenizer:
+        """The tokenizer without truncation, for head()."""
+        counter = Tokenizer.from_str(self.tokenizer.to_str())
+        counter.no_truncation()
+        return counter
+
     @property
     def dimensions(self) -> int:
         return self.encoder.config.hidden
 
-    def _encode(self, texts: list[str]) -> list[list[int]]:
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """The token ids each text is embedded from: [CLS] + its pieces + [SEP], cut at `max_length`
+        (a long text is cut before it is tokenised whole: see head())."""
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise ValueError("texts: expected a list of strings")
-        return [enc.ids for enc in self.tokenizer.encode_batch(texts)]
+        heads = [head(self._counter, t, self.max_length) for t in texts]
+        return [enc.ids for enc in self.tokenizer.encode_batch(heads)]
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens each text is embedded from: [CLS] + its pieces + [SEP], after truncation."""
-        return [len(ids) for ids in self._encode(texts)]
+        return [len(ids) for ids in self.tokenize(texts)]
 
     def embed(self, texts: list[str], dimensions: int | None = None) -> np.ndarray:
         """Unit-length embeddings float32 [len(texts), dimensions or self.dimensions].
@@ -64,14 +96,17 @@ class EmbeddingModel:
         `dimensions` below the model's size keeps the first components and renormalises them
         (meaningful for Matryoshka-trained models; for others it is a plain truncation).
         """
+        if not texts:
+            raise ValueError("texts: expected at least one text")
+        return self.embed_tokens(self.tokenize(texts), dimensions)
+
+    def embed_tokens(self, token_ids: list[list[int]], dimensions: int | None = None) -> np.ndarray:
+        """embed() of texts already tokenised by tokenize()."""
         if dimensions is not None and (
             isinstance(dimensions, bool) or not isinstance(dimensions, int) or not 1 <= dimensions <= self.dimensions
         ):
             raise ValueError(f"dimensions must be an integer from 1 to {self.dimensions}, got {dimensions!r}")
-        if not texts:
-            raise ValueError("texts: expected at least one text")
-        token_ids = self._encode(texts)
-        out = np.empty((len(texts), self.dimensions), np.float32)
+        out = np.empty((len(token_ids), self.dimensions), np.float32)
         for batch in _batches([len(ids) for ids in token_ids]):
             out[batch] = self._embed_batch([token_ids[i] for i in batch])
         if dimensions is not None and dimensions < self.dimensions:

@@ -29,6 +29,7 @@ from wicore.server.middleware import (
 from wicore.server.models import ServedModels
 from wicore.server.ollama import routes as ollama
 from wicore.server.openai import routes as openai
+from wicore.server.openapi import install_openapi
 
 EngineFactory = Callable[[Settings, CatalogueEntry], EngineClient]
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings, make_engine: EngineFactory = engine_for) -> F
 
     app = FastAPI(title="WiCore", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    install_openapi(app)
     # Added innermost first: the request id wraps everything, so 401s, 413s and 429s are logged with one too.
     app.add_middleware(AfterResponseMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, limit=api.max_request_bytes)

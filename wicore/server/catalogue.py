@@ -20,7 +20,7 @@ import tokenizers
 
 from wicore.config import Settings
 from wicore.models import registry
-from wicore.models.embedding import max_length_of
+from wicore.models.embedding import head, max_length_of
 from wicore.models.prepared import metadata
 from wicore.server.errors import APIError
 
@@ -134,9 +134,12 @@ class Catalogue:
         folder = self.embedding_folder(name)
         return max_length_of(folder, int(_embedding_config(folder)["max_position_embeddings"]))
 
-    def embedding_lengths(self, name: str, texts: list[str]) -> list[int]:
-        """Tokens each text has for the embedding model ([CLS] and [SEP] included), before any truncation."""
-        return [len(e.ids) for e in _embedding_tokenizer(self.embedding_folder(name)).encode_batch(texts)]
+    def embedding_lengths(self, name: str, texts: list[str], cap: int) -> list[int]:
+        """Tokens each text has for embedding model `name` ([CLS] and [SEP] included), up to `cap`: a long
+        text is not tokenised whole."""
+        tokenizer = _embedding_tokenizer(self.embedding_folder(name))
+        heads = [head(tokenizer, t, cap) for t in texts]
+        return [min(len(e.ids), cap) for e in tokenizer.encode_batch(heads)]
 
     def embedding_parameters(self, name: str) -> int:
         return safetensors_parameters(self.embedding_folder(name) / "model.safetensors")

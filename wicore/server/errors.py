@@ -40,6 +40,12 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
+class OllamaErrorResponse(BaseModel):
+    """Errors under Ollama's /api/ paths, as its clients read them."""
+
+    error: str
+
+
 class ClientGone(Exception):
     """The client closed the connection before the response began; answered (and logged) as 499."""
 

@@ -13,13 +13,14 @@ from dataclasses import fields
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
 from wicore import __version__
 from wicore.engine.messages import SchedulerStats
 from wicore.engine.request import Priority
 from wicore.server.models import LoadedInfo, ModelState, ServedModels
+from wicore.server.openapi import LOADING, documented
 
 
 class RootResponse(BaseModel):
@@ -233,7 +234,7 @@ def router(models: ServedModels) -> APIRouter:
     async def root() -> RootResponse:
         return RootResponse(version=__version__)
 
-    @api.get("/health", response_model=HealthResponse)
+    @api.get("/health", response_model=HealthResponse, **documented(errors=LOADING))
     async def health() -> JSONResponse:
         ready = models.ready
         running = all(info.engine.stats.running for info in models.loaded() if info.state == "loaded")
@@ -269,7 +270,7 @@ def router(models: ServedModels) -> APIRouter:
         # an embedding model's engine holds no KV cache (no engine_config) and queues no generations
         return [LoadInfo.of([(e.stats, e.engine_config.block_size) for e in engines if e.engine_config is not None])]
 
-    @api.get("/metrics")
+    @api.get("/metrics", response_class=PlainTextResponse)  # Prometheus' text format
     async def prometheus() -> Response:
         data, content_type = models.metrics.render()
         return Response(data, media_type=content_type)

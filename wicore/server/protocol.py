@@ -12,6 +12,7 @@ errors.py prefixes with the parameter's name.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Annotated, Any, Literal, TypeVar
@@ -22,12 +23,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
     model_serializer,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from wicore.engine.request import Priority, PriorityName
 from wicore.engine.sampling import SamplingParams
@@ -42,22 +46,37 @@ def engine_priority(name: PriorityName) -> Priority:
     return Priority[name.upper()]
 
 
-def between(lo: float, hi: float) -> AfterValidator:
+@dataclasses.dataclass(frozen=True, slots=True)
+class RangeCheck(AfterValidator):
+    """A range check with our own message that also publishes its bounds in the JSON schema (the
+    OpenAPI document), so clients and fuzzers see them; `Field(ge=...)` would replace the message."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        bounds = {"minimum": self.minimum, "maximum": self.maximum}
+        json_schema.update({k: v for k, v in bounds.items() if v is not None})
+        return json_schema
+
+
+def between(lo: float, hi: float) -> RangeCheck:
     def check(value: float) -> float:
         if not lo <= value <= hi:  # also rejects NaN, which Python's JSON parser lets through
             raise ValueError(f"must be between {lo:g} and {hi:g}, got {value!r}")
         return value
 
-    return AfterValidator(check)
+    return RangeCheck(check, lo, hi)
 
 
-def at_least(lo: int) -> AfterValidator:
+def at_least(lo: int) -> RangeCheck:
     def check(value: int) -> int:
         if value < lo:
             raise ValueError(f"must be at least {lo}, got {value!r}")
         return value
 
-    return AfterValidator(check)
+    return RangeCheck(check, lo)
 
 
 def _positive(value: float) -> float:

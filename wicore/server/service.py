@@ -39,7 +39,8 @@ from wicore.server.protocol import SamplingRequest
 from wicore.server.streaming import StreamFormat, merge, respond, unless_disconnected
 
 perf_log = structlog.get_logger("wicore.perf")
-MAX_EMBED_INPUTS = 2048  # OpenAI's limit; one request is one engine batch, so this bounds its compute
+MAX_EMBED_INPUTS = 2048  # OpenAI's limit
+EMBED_COUNT_CAP = 4  # x the embedding model's limit: inputs that are not cut are counted exactly up to this
 
 
 @dataclass(eq=False)
@@ -306,18 +307,29 @@ class GenerationService:
             )
         name = self.engine.model_name
         size = self.catalogue.embedding_dimensions(name)
-        if not truncate:
-            limit = self.catalogue.embedding_max_length(name)
-            count = functools.partial(self.catalogue.embedding_lengths, name)
-            # Long inputs are counted in a thread, as long prompts are tokenised.
-            long = sum(map(len, texts)) > self.INLINE_CHARS
-            lengths = await asyncio.to_thread(count, texts) if long else count(texts)
-            for i, length in enumerate(lengths):
-                if length > limit:
-                    where = input_param if len(texts) == 1 else f"{input_param}[{i}]"
-                    raise APIError(
-                        400, f"{where}: {length} tokens, more than {name}'s limit of {limit} tokens", param=input_param
-                    )
+        limit = self.catalogue.embedding_max_length(name)
+        # Inputs are counted up to a cap only, so a huge text costs what its first tokens cost: the limit
+        # where they are cut, else a few times it, to say by how much one is over. Long inputs are counted
+        # in a thread, as long prompts are tokenised.
+        cap = limit if truncate else EMBED_COUNT_CAP * limit
+        count = functools.partial(self.catalogue.embedding_lengths, name, cap=cap)
+        long = sum(map(len, texts)) > self.INLINE_CHARS
+        lengths = await asyncio.to_thread(count, texts) if long else count(texts)
+        for i, length in enumerate(lengths):
+            if length > limit:
+                where = input_param if len(texts) == 1 else f"{input_param}[{i}]"
+                tokens = f"at least {length}" if length == cap else str(length)
+                raise APIError(
+                    400, f"{where}: {tokens} tokens, more than {name}'s limit of {limit} tokens", param=input_param
+                )
+        budget = self.settings.api.max_embedding_tokens
+        if sum(lengths) > budget:
+            raise APIError(
+                400,
+                f"{input_param}: {sum(lengths)} tokens in all, more than the {budget} one request may embed "
+                "(api.max_embedding_tokens)",
+                param=input_param,
+            )
         if dimensions is not None and dimensions > size:
             raise APIError(400, f"dimensions: {name} has {size} dimensions, got {dimensions}", param="dimensions")
         now = time.time()

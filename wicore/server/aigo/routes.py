@@ -36,6 +36,7 @@ from wicore.server.aigo.protocol import (
 )
 from wicore.server.catalogue import PROVIDER, Catalogue, CatalogueEntry, count_label
 from wicore.server.models import ServedModels
+from wicore.server.openapi import LOADING, NOT_FOUND, documented
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, DeltaMessage, UsageInfo, engine_priority, parse_body
 from wicore.server.service import GenerationRequest, GenerationService, Outputs
 from wicore.server.streaming import StreamFormat, sse
@@ -117,7 +118,7 @@ def router(models: ServedModels) -> APIRouter:
         # Declared as ModelInfo, the details serialise without description and metadata.
         return ModelsResponse(models=[detail(e) for e in catalogue.entries().values()])
 
-    @api.get("/models/{model:path}")
+    @api.get("/models/{model:path}", **documented(errors=NOT_FOUND))
     async def model(model: str) -> ModelDetail:
         return detail(catalogue.entry(bare(model) or "", shown=model))
 
@@ -153,7 +154,11 @@ def router(models: ServedModels) -> APIRouter:
 
         return await service.respond(request, [seq], stream, build, events, AIGO_SSE)
 
-    @api.post("/generate", response_model=None)
+    @api.post(
+        "/generate",
+        response_model=None,
+        **documented(AigoGenerateRequest, GenerateResponse, stream=AIGO_SSE.media_type),
+    )
     async def generate(request: Request) -> Response:
         body = await parse_body(request, AigoGenerateRequest)
         service = await models.service(request, bare(body.model), shown=body.model)
@@ -169,15 +174,15 @@ def router(models: ServedModels) -> APIRouter:
         stream = body.stream if stream is None else stream
         return await run(request, service, body, model, prompt_ids, "messages", True, stream)
 
-    @api.post("/chat", response_model=None)
+    @api.post("/chat", response_model=None, **documented(AigoChatRequest, ChatResponse, stream=AIGO_SSE.media_type))
     async def chat(request: Request) -> Response:
         return await chat_response(request, None)
 
-    @api.post("/chat/stream", response_model=None)
+    @api.post("/chat/stream", response_model=None, **documented(AigoChatRequest, stream=AIGO_SSE.media_type))
     async def chat_stream(request: Request) -> Response:
         return await chat_response(request, True)
 
-    @api.post("/embed", response_model=None)
+    @api.post("/embed", response_model=None, **documented(AigoEmbedRequest, EmbedResponse))
     async def embed(request: Request) -> Response:
         body = await parse_body(request, AigoEmbedRequest)
         service = await models.service(request, bare(body.model), "embedding", shown=body.model)
@@ -194,7 +199,7 @@ def router(models: ServedModels) -> APIRouter:
         )
         return Response(response.model_dump_json(), media_type="application/json")
 
-    @api.get("/health", response_model=AigoHealthResponse)
+    @api.get("/health", response_model=AigoHealthResponse, **documented(errors=LOADING))
     async def health() -> JSONResponse:
         ready = models.ready
         now = datetime.datetime.now(datetime.UTC)

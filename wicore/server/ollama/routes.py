@@ -43,6 +43,7 @@ from wicore.server.ollama.protocol import (
     OllamaModelUse,
     OllamaReply,
 )
+from wicore.server.openapi import BAD_REQUEST, NOT_FOUND, documented
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, parse_body
 from wicore.server.service import ChoiceSequence, GenerationRequest, GenerationService, Outputs
 from wicore.server.streaming import StreamFormat
@@ -156,7 +157,7 @@ def router(models: ServedModels) -> APIRouter:
                            "context_length": info.engine.max_model_len})  # fmt: skip
         return {"models": loaded}
 
-    @api.post("/show")
+    @api.post("/show", **documented(OllamaModelRequest, errors={**BAD_REQUEST, **NOT_FOUND}))
     async def show(request: Request) -> dict[str, Any]:
         body = await parse_body(request, OllamaModelRequest)
         entry = catalogue.entry(bare(body.model), shown=body.model)
@@ -193,7 +194,15 @@ def router(models: ServedModels) -> APIRouter:
             "modified_at": _timestamp(path.stat().st_mtime),
         }
 
-    @api.post("/pull", response_model=None)
+    @api.post(
+        "/pull",
+        response_model=None,
+        **documented(
+            OllamaModelRequest,
+            stream=NDJSON.media_type,
+            errors={**BAD_REQUEST, **NOT_FOUND, 500: "the download failed"},
+        ),
+    )
     async def pull(request: Request) -> Response:
         body = await parse_body(request, OllamaModelRequest)
         name = body.model.removesuffix(":latest").removeprefix("wicore:")
@@ -273,7 +282,11 @@ def router(models: ServedModels) -> APIRouter:
         )
         return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
 
-    @api.post("/generate", response_model=None)
+    @api.post(
+        "/generate",
+        response_model=None,
+        **documented(OllamaGenerateRequest, OllamaGenerateReply, stream=NDJSON.media_type),
+    )
     async def generate(request: Request) -> Response:
         body = await parse_body(request, OllamaGenerateRequest)
         if not body.prompt:
@@ -288,7 +301,7 @@ def router(models: ServedModels) -> APIRouter:
             prompt_ids = await service.chat_prompt(turns, "prompt")
         return await run(request, service, body, prompt_ids, "prompt", OllamaGenerateReply)
 
-    @api.post("/chat", response_model=None)
+    @api.post("/chat", response_model=None, **documented(OllamaChatRequest, OllamaChatReply, stream=NDJSON.media_type))
     async def chat(request: Request) -> Response:
         body = await parse_body(request, OllamaChatRequest)
         if not body.messages:
@@ -297,7 +310,7 @@ def router(models: ServedModels) -> APIRouter:
         prompt_ids = await service.chat_prompt([m.model_dump() for m in body.messages])
         return await run(request, service, body, prompt_ids, "messages", OllamaChatReply)
 
-    @api.post("/embeddings", response_model=None)
+    @api.post("/embeddings", response_model=None, **documented(OllamaEmbeddingsRequest))
     async def embeddings(request: Request) -> Response:
         """The legacy route: one prompt, one vector (`[]` for an empty prompt, as Ollama answers)."""
         body = await parse_body(request, OllamaEmbeddingsRequest)
@@ -307,7 +320,7 @@ def router(models: ServedModels) -> APIRouter:
         (vector,), _ = await service.embed(request, [body.prompt], None, Priority.NORMAL, "prompt", truncate=True)
         return JSONResponse({"embedding": vector})
 
-    @api.post("/embed", response_model=None)
+    @api.post("/embed", response_model=None, **documented(OllamaEmbedRequest))
     async def embed(request: Request) -> Response:
         body = await parse_body(request, OllamaEmbedRequest)
         service = await use(request, body, "embedding")

@@ -45,6 +45,7 @@ from wicore.server.openai.protocol import (
     UsageInfo,
     openai_finish_reason,
 )
+from wicore.server.openapi import NOT_FOUND, documented
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, parse_body
 from wicore.server.service import GenerationRequest, Outputs, cached_tokens
 from wicore.server.streaming import StreamFormat, sse
@@ -139,12 +140,16 @@ def router(models: ServedModels) -> APIRouter:
     async def list_models() -> ModelList:
         return ModelList(data=cards())
 
-    @api.get("/v1/models/{model_id:path}")
+    @api.get("/v1/models/{model_id:path}", **documented(errors=NOT_FOUND))
     async def model(model_id: str) -> ModelCard:
         catalogue.entry(model_id)  # a 404 listing the models if there is no such one
         return next(card for card in cards() if card.id == model_id)
 
-    @api.post("/v1/chat/completions", response_model=None)
+    @api.post(
+        "/v1/chat/completions",
+        response_model=None,
+        **documented(ChatCompletionRequest, ChatCompletionResponse, stream=OPENAI_SSE.media_type),
+    )
     @api.post("/chat/completions", response_model=None, include_in_schema=False)
     async def chat(request: Request) -> Response:
         body = await parse_body(request, ChatCompletionRequest)
@@ -208,7 +213,11 @@ def router(models: ServedModels) -> APIRouter:
 
         return await service.respond(request, seqs, body.stream, build, events, OPENAI_SSE)
 
-    @api.post("/v1/completions", response_model=None)
+    @api.post(
+        "/v1/completions",
+        response_model=None,
+        **documented(CompletionRequest, CompletionResponse, stream=OPENAI_SSE.media_type),
+    )
     @api.post("/completions", response_model=None, include_in_schema=False)
     async def completions(request: Request) -> Response:
         body = await parse_body(request, CompletionRequest)
@@ -297,7 +306,7 @@ def router(models: ServedModels) -> APIRouter:
 
         return await service.respond(request, seqs, body.stream, build, events, OPENAI_SSE)
 
-    @api.post("/v1/embeddings", response_model=None)
+    @api.post("/v1/embeddings", response_model=None, **documented(EmbeddingRequest, EmbeddingResponse))
     @api.post("/embeddings", response_model=None, include_in_schema=False)
     async def embeddings(request: Request) -> Response:
         body = await parse_body(request, EmbeddingRequest)
