@@ -1,24 +1,22 @@
-"""Modules executed on first attribute access (importlib's LazyLoader), for dependencies that only some
-paths use: importing them up front would cost every process their memory, a few MB each (llguidance,
-used by constrained requests only; tokenizers, used by byte-level BPE vocabularies only)."""
+"""Modules imported on first use, for dependencies that only some paths need: importing them up front
+would cost every process their memory, a few MB each (llguidance, used by constrained requests only;
+tokenizers, by byte-level BPE vocabularies; jinja2, by chat templates)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from types import ModuleType
+import importlib
+from typing import Any
 
 
-def lazy_import(name: str) -> ModuleType:
-    """The module `name`, registered now and executed when first used (at once if already imported)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
+class LazyModule:
+    """Stands for the module `name`, importing it when an attribute is first read.
+
+    Not importlib's LazyLoader: before Python 3.12 a second thread could see its module half-executed.
+    import_module takes the import system's per-module lock, so concurrent first uses are safe, and
+    later ones cost a sys.modules lookup."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)

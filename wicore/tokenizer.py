@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import gguf
 import sentencepiece
 
-from wicore.lazy import lazy_import
+from wicore.lazy import LazyModule
 from wicore.models import prepared
 from wicore.models.config import read_metadata
 
@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     import tokenizers
 else:
     # Loaded on first use: Gemma's vocabularies encode without tokenizers, and only chat templates need jinja2.
-    jinja2 = lazy_import("jinja2")
-    tokenizers = lazy_import("tokenizers")
+    jinja2 = LazyModule("jinja2")
+    tokenizers = LazyModule("tokenizers")
 
 _NORMAL, _UNKNOWN = gguf.TokenType.NORMAL, gguf.TokenType.UNKNOWN
 _CONTROL, _USER_DEFINED, _BYTE = gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED, gguf.TokenType.BYTE

@@ -24,7 +24,7 @@ import numpy as np
 
 from wicore.engine.sequence import Sequence
 from wicore.kernels.sampling import mask_words
-from wicore.lazy import lazy_import
+from wicore.lazy import LazyModule
 from wicore.models.config import ModelConfig
 from wicore.models.prepared import metadata
 from wicore.tokenizer import tokenizers_json
@@ -32,7 +32,7 @@ from wicore.tokenizer import tokenizers_json
 if TYPE_CHECKING:
     import llguidance
 else:
-    llguidance = lazy_import("llguidance")  # loaded by the first grammar: unconstrained serving never needs it
+    llguidance = LazyModule("llguidance")  # loaded by the first grammar: unconstrained serving never needs it
 
 log = logging.getLogger("wicore.grammar")
 
