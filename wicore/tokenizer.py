@@ -6,7 +6,11 @@ builds from the same fields (transformers/integrations/gguf), so the ids match t
 
 - `gpt2` vocabularies are byte-level BPE with the pre-tokenizer regex named by `tokenizer.ggml.pre`;
 - `llama` vocabularies of Gemma models are SentencePiece-style BPE with byte fallback, whose merges the
-  file omits, so they are recovered from the vocabulary.
+  file omits, so transformers recovers them from the vocabulary (every split of every token, ranked by the
+  merged token's position). We encode those with Google's `sentencepiece` instead, given each piece the
+  score -position, so that its BPE merges in the same order: the same ids in ~40 MB, where `tokenizers`
+  holds ~70 MB for the 262k tokens and 515k merges (and building them peaks ~200 MB higher). The
+  `tokenizers` pipeline is still built on demand for llguidance (`tokenizers_json`).
 
 Control tokens (`<|im_start|>`, `<start_of_turn>`) and user-defined ones are matched whole in the text.
 """
@@ -16,23 +20,29 @@ from __future__ import annotations
 import codecs
 import functools
 import json
+import struct
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import gguf
-import jinja2
-import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
-from tokenizers import Tokenizer as _Backend
-from tokenizers.models import BPE
+import sentencepiece
 
+from wicore.lazy import LazyModule
 from wicore.models import prepared
 from wicore.models.config import read_metadata
 
+if TYPE_CHECKING:
+    import jinja2
+    import tokenizers
+else:
+    # Loaded on first use: Gemma's vocabularies encode without tokenizers, and only chat templates need jinja2.
+    jinja2 = LazyModule("jinja2")
+    tokenizers = LazyModule("tokenizers")
+
+_NORMAL, _UNKNOWN = gguf.TokenType.NORMAL, gguf.TokenType.UNKNOWN
 _CONTROL, _USER_DEFINED, _BYTE = gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED, gguf.TokenType.BYTE
 
 # Qwen2 splits digits one by one, unlike GPT-2 and Llama 3 (from Qwen2's tokenizer.json).
@@ -77,7 +87,11 @@ def _strftime_now(fmt: str) -> str:
 @lru_cache(maxsize=8)
 def _compile_template(source: str) -> jinja2.Template:
     """A chat template in the environment transformers' apply_chat_template uses (templates are untrusted)."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    # Here rather than at the top: jinja2's submodules would load it whole with this module (see above).
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
@@ -98,12 +112,60 @@ def _sentencepiece_merges(tokens: list[str], vocab: dict[str, int]) -> list[tupl
     return merges
 
 
+def _vocabulary(meta: Mapping[str, Any], path: str) -> tuple[str, list[str], list[int], list[str]]:
+    """(kind, tokens, token types, spellings) of a supported GGUF vocabulary; ValueError otherwise."""
+    kind = meta.get("tokenizer.ggml.model")
+    tokens: list[str] = meta.get("tokenizer.ggml.tokens")
+    if kind is None or tokens is None:
+        raise ValueError(f"{path}: the GGUF metadata describes no tokenizer")
+    types: list[int] = meta.get("tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
+    arch = meta.get("general.architecture", "")
+    if kind == "gpt2":
+        return kind, tokens, types, tokens
+    if kind == "llama" and arch in _GEMMA_ARCHS:
+        # The file spells tokens of two or more spaces with real spaces, but text reaches the model with
+        # spaces turned into "▁", so those tokens are respelled to be reachable (as transformers does).
+        return kind, tokens, types, [_SPIECE_SPACE * len(t) if " " in t and not t.strip() else t for t in tokens]
+    raise ValueError(
+        f"{path}: unsupported tokenizer {kind!r} for architecture {arch!r} "
+        f"(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece vocabularies of {', '.join(_GEMMA_ARCHS)})"
+    )
+
+
+def _tokenizers_pipeline(meta: Mapping[str, Any], path: str) -> tokenizers.Tokenizer:
+    """The `tokenizers` pipeline transformers' GGUF loader builds from this metadata."""
+    kind, tokens, types, spelled = _vocabulary(meta, path)
+    if kind == "gpt2":
+        backend = _byte_level_bpe(tokens, meta.get("tokenizer.ggml.merges", []), meta.get("tokenizer.ggml.pre"))
+    else:
+        unk = meta.get("tokenizer.ggml.unknown_token_id")
+        backend = _gemma_bpe(spelled, None if unk is None else tokens[unk])
+    # Control and user-defined tokens are matched whole in the raw text, before normalisation; those
+    # the vocabulary respells are left to BPE, as in transformers.
+    added = [
+        (t, ty) for t, s, ty in zip(tokens, spelled, types, strict=True) if ty in (_CONTROL, _USER_DEFINED) and t == s
+    ]
+    backend.add_special_tokens(
+        [tokenizers.AddedToken(t, special=True, normalized=False) for t, ty in added if ty == _CONTROL]
+    )
+    backend.add_tokens(
+        [tokenizers.AddedToken(t, special=False, normalized=False) for t, ty in added if ty == _USER_DEFINED]
+    )
+    return backend
+
+
+def tokenizers_json(meta: Mapping[str, Any], path: str = "model") -> str:
+    """The model's tokenizer as a `tokenizers` JSON definition, for libraries that build their own view of
+    the vocabulary (llguidance's token masks)."""
+    return _tokenizers_pipeline(meta, path).to_str()
+
+
 class Tokenizer:
     """A model's tokenizer: encode/decode, chat template, stop tokens and streaming detokenisation."""
 
     def __init__(
         self,
-        backend: _Backend,
+        backend: tokenizers.Tokenizer | sentencepiece.SentencePieceProcessor,
         tokens: list[str],
         token_types: list[int],
         *,
@@ -116,6 +178,7 @@ class Tokenizer:
         extra_stop_ids: Sequence[int] = (),
         chat_template: str | None,
     ) -> None:
+        # `tokenizers` (byte-level BPE) or `sentencepiece` (Gemma): the latter decodes through _piece.
         self._backend = backend
         # One byte per token, not a list of 262k Python strings (the backend already holds the spellings).
         self._types = bytes(token_types)
@@ -147,36 +210,11 @@ class Tokenizer:
         def field(key: str, default: Any = None) -> Any:
             return meta.get(key, default)
 
-        kind = field("tokenizer.ggml.model")
-        tokens: list[str] = field("tokenizer.ggml.tokens")
-        if kind is None or tokens is None:
-            raise ValueError(f"{path}: the GGUF metadata describes no tokenizer")
-        types: list[int] = field("tokenizer.ggml.token_type") or [gguf.TokenType.NORMAL] * len(tokens)
-        arch = field("general.architecture", "")
+        kind, tokens, types, spelled = _vocabulary(meta, path)
         if kind == "gpt2":
-            spelled = tokens
-            backend = _byte_level_bpe(tokens, field("tokenizer.ggml.merges", []), field("tokenizer.ggml.pre"))
-        elif kind == "llama" and arch in _GEMMA_ARCHS:
-            # The file spells tokens of two or more spaces with real spaces, but text reaches the model with
-            # spaces turned into "▁", so those tokens are respelled to be reachable (as transformers does).
-            spelled = [_SPIECE_SPACE * len(t) if " " in t and not t.strip() else t for t in tokens]
-            unk = field("tokenizer.ggml.unknown_token_id")
-            backend = _gemma_bpe(spelled, None if unk is None else tokens[unk])
+            backend: tokenizers.Tokenizer | sentencepiece.SentencePieceProcessor = _tokenizers_pipeline(meta, path)
         else:
-            raise ValueError(
-                f"{path}: unsupported tokenizer {kind!r} for architecture {arch!r} "
-                f"(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece vocabularies of {', '.join(_GEMMA_ARCHS)})"
-            )
-        # Control and user-defined tokens are matched whole in the raw text, before normalisation; those
-        # the vocabulary respells are left to BPE, as in transformers.
-        added = [
-            (t, ty)
-            for t, s, ty in zip(tokens, spelled, types, strict=True)
-            if ty in (_CONTROL, _USER_DEFINED) and t == s
-        ]
-        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in added if ty == _CONTROL])
-        backend.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in added if ty == _USER_DEFINED])
-
+            backend = _gemma_sentencepiece(tokens, spelled, types, field("tokenizer.ggml.unknown_token_id"), path)
         eos = field("tokenizer.ggml.eos_token_id")
         if eos is None:
             raise ValueError(f"{path}: the GGUF metadata has no tokenizer.ggml.eos_token_id")
@@ -197,28 +235,42 @@ class Tokenizer:
             chat_template=field("tokenizer.chat_template"),
         )
 
+    def _token(self, token_id: int) -> str | None:
+        """A token's spelling in the vocabulary (None outside it)."""
+        if not isinstance(self._backend, sentencepiece.SentencePieceProcessor):
+            return self._backend.id_to_token(token_id)
+        return self._backend.id_to_piece(token_id) if 0 <= token_id < self.vocab_size else None
+
     @functools.cached_property
     def max_token_bytes(self) -> int:
         """An upper bound on the UTF-8 bytes one token stands for (its spelling's bytes, which for byte-level
         and SentencePiece alphabets over-count): lets a too-long text be refused without tokenising it."""
-        return max(len((self._backend.id_to_token(i) or "").encode()) for i in range(self._backend.get_vocab_size()))
+        return max(len((self._token(i) or "").encode()) for i in range(self.vocab_size))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`; with `add_special_tokens`, BOS first when the model wants it."""
-        ids = self._backend.encode(text, add_special_tokens=False).ids
+        if not isinstance(self._backend, sentencepiece.SentencePieceProcessor):
+            ids = self._backend.encode(text, add_special_tokens=False).ids
+        else:
+            ids = self._backend.encode(text)
         if add_special_tokens and self.add_bos and self.bos_token_id is not None:
             ids.insert(0, self.bos_token_id)
         return ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """The text of `ids`; control tokens (`<|im_end|>`, `<bos>`) are left out unless asked for."""
-        return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        if not isinstance(self._backend, sentencepiece.SentencePieceProcessor):
+            return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        # As transformers' decoders for these vocabularies (▁ to space, byte fallback, fused): piece by
+        # piece, which is what the stream decoder does; ids outside the vocabulary are skipped, as there.
+        decoder = self.stream_decoder(skip_special_tokens)
+        return "".join(decoder.push(i) for i in ids if 0 <= i < self.vocab_size) + decoder.flush()
 
     def _piece(self, token_id: int) -> bytes | int | str:
         """What a token adds to decoded text: bytes (byte-level BPE), one fallback byte (an int) or text."""
         piece = self._pieces.get(token_id)
         if piece is None:
-            token = self._backend.id_to_token(token_id)
+            token = self._token(token_id)
             if self._byte_level:
                 table = _byte_decoder()
                 # As tokenizers' ByteLevel decoder: a token outside the alphabet (an added one) is its text.
@@ -234,11 +286,6 @@ class Tokenizer:
         """The bytes one token adds to decoded text (part of a character for a split multi-byte one)."""
         piece = self._piece(token_id)
         return bytes([piece]) if isinstance(piece, int) else piece if isinstance(piece, bytes) else piece.encode()
-
-    def backend_json(self) -> str:
-        """The `tokenizers` definition as JSON, for libraries that build their own view of the
-        vocabulary (llguidance's token masks)."""
-        return self._backend.to_str()
 
     def stream_decoder(self, skip_special_tokens: bool = True) -> StreamDecoder:
         """A fresh incremental decoder for one sequence of generated tokens."""
@@ -295,33 +342,94 @@ class StreamDecoder:
             return "\ufffd" * len(run)
 
 
-def _byte_level_bpe(tokens: list[str], merges: list[str], pre: str | None) -> _Backend:
+def _byte_level_bpe(tokens: list[str], merges: list[str], pre: str | None) -> tokenizers.Tokenizer:
     if pre not in _BYTE_LEVEL_PRE:
         raise ValueError(f"unsupported pre-tokenizer {pre!r} (supported: {', '.join(_BYTE_LEVEL_PRE)})")
     split, nfc = _BYTE_LEVEL_PRE[pre]
-    model = BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split(" ", 1)) for m in merges])
-    backend = _Backend(model)
+    model = tokenizers.models.BPE(
+        vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split(" ", 1)) for m in merges]
+    )
+    backend = tokenizers.Tokenizer(model)
     if nfc:
-        backend.normalizer = normalizers.NFC()
+        backend.normalizer = tokenizers.normalizers.NFC()
     if split is None:
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:
-        backend.pre_tokenizer = pre_tokenizers.Sequence(
+        backend.pre_tokenizer = tokenizers.pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                tokenizers.pre_tokenizers.Split(tokenizers.Regex(split), behavior="isolated"),
+                tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
-    backend.decoder = decoders.ByteLevel()
+    backend.decoder = tokenizers.decoders.ByteLevel()
     return backend
 
 
-def _gemma_bpe(spelled: list[str], unk: str | None) -> _Backend:
+def _gemma_bpe(spelled: list[str], unk: str | None) -> tokenizers.Tokenizer:
     vocab = {t: i for i, t in enumerate(spelled)}
     merges = _sentencepiece_merges(spelled, vocab)
-    backend = _Backend(BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
-    backend.normalizer = normalizers.Replace(" ", _SPIECE_SPACE)
-    backend.decoder = decoders.Sequence(
-        [decoders.Replace(_SPIECE_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    backend = tokenizers.Tokenizer(
+        tokenizers.models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
+    )
+    backend.normalizer = tokenizers.normalizers.Replace(" ", _SPIECE_SPACE)
+    backend.decoder = tokenizers.decoders.Sequence(
+        [
+            tokenizers.decoders.Replace(_SPIECE_SPACE, " "),
+            tokenizers.decoders.ByteFallback(),
+            tokenizers.decoders.Fuse(),
+        ]
     )
     return backend
+
+
+def _protobuf_field(number: int, payload: bytes | int) -> bytes:
+    """One protobuf field: length-delimited for bytes, a varint for a non-negative int."""
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while n > 0x7F:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        out.append(n)
+        return bytes(out)
+
+    if isinstance(payload, bytes):
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+    return varint(number << 3) + varint(payload)
+
+
+def _gemma_sentencepiece(
+    tokens: list[str], spelled: list[str], types: list[int], unk_id: int | None, path: str
+) -> sentencepiece.SentencePieceProcessor:
+    """A SentencePiece BPE model that encodes as transformers' pipeline for this vocabulary does.
+
+    transformers merges the pair whose merged token comes first in the file; SentencePiece merges the pair
+    whose merged piece scores highest, so every piece scores -position. Control tokens become user-defined
+    pieces, which SentencePiece matches whole in the text, as transformers matches its special tokens;
+    the respelled whitespace tokens are left to BPE, as there. The model is written as its protobuf
+    (sentencepiece_model.proto, the few fields used) rather than through the `protobuf` package, which
+    would be one more dependency and hold 262k message objects on the way."""
+    if unk_id is None:
+        raise ValueError(f"{path}: a SentencePiece vocabulary needs tokenizer.ggml.unknown_token_id")
+    pieces = bytearray()
+    for i, (token, piece, kind) in enumerate(zip(tokens, spelled, types, strict=True)):
+        if i == unk_id:
+            kind = _UNKNOWN
+        elif kind in (_CONTROL, _USER_DEFINED) and piece == token:
+            kind = _USER_DEFINED
+        elif kind != _BYTE:
+            kind = _NORMAL  # everything else is BPE's to merge, as in transformers
+        fields = _protobuf_field(1, piece.encode()) + b"\x15" + struct.pack("<f", -i) + _protobuf_field(3, int(kind))
+        pieces += _protobuf_field(1, fields)
+    # TrainerSpec: BPE (3), byte_fallback (35), unk_id (40); no BOS/EOS/PAD of its own (41-43 = -1 is
+    # written as 2**64 - 1, protobuf's int32 -1), whitespace not a word boundary (22), so runs of it merge.
+    trainer = b"".join(
+        _protobuf_field(n, v)
+        for n, v in ((3, 2), (35, 1), (22, 0), (40, unk_id), (41, 2**64 - 1), (42, 2**64 - 1), (43, 2**64 - 1))
+    )
+    # NormalizerSpec: no normalisation rules, no dummy prefix, whitespace kept, spaces written as "▁".
+    normalizer = b"".join(_protobuf_field(n, v) for n, v in ((1, b"identity"), (3, 0), (4, 0), (5, 1)))
+    model = bytes(pieces) + _protobuf_field(2, trainer) + _protobuf_field(3, normalizer)
+    processor = sentencepiece.SentencePieceProcessor()
+    processor.LoadFromSerializedProto(model)
+    return processor

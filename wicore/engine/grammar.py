@@ -18,16 +18,21 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import llguidance
 import numpy as np
 
 from wicore.engine.sequence import Sequence
 from wicore.kernels.sampling import mask_words
+from wicore.lazy import LazyModule
 from wicore.models.config import ModelConfig
 from wicore.models.prepared import metadata
-from wicore.tokenizer import Tokenizer
+from wicore.tokenizer import tokenizers_json
+
+if TYPE_CHECKING:
+    import llguidance
+else:
+    llguidance = LazyModule("llguidance")  # loaded by the first grammar: unconstrained serving never needs it
 
 log = logging.getLogger("wicore.grammar")
 
@@ -85,10 +90,11 @@ class GrammarGuide:
         """llguidance's tokenizer and its mask-computing thread pool, built on first use."""
         if self._tokenizer is None or self._executor is None:
             meta = metadata(self.model_path)
-            tokenizer = Tokenizer.from_metadata(meta, str(self.model_path))
             self.vocab_size = ModelConfig.from_metadata(meta).vocab_size
             self._tokenizer = llguidance.LLTokenizer(
-                tokenizer.backend_json(), n_vocab=self.vocab_size, eos_token=sorted(self.eos_token_ids)
+                tokenizers_json(meta, str(self.model_path)),
+                n_vocab=self.vocab_size,
+                eos_token=sorted(self.eos_token_ids),
             )
             self._executor = llguidance.LLExecutor()
         return self._tokenizer, self._executor

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-
-import llguidance
+from typing import TYPE_CHECKING
 
 from wicore.engine.request import EngineRequest, Priority
 from wicore.engine.sampling import SamplingParams
+
+if TYPE_CHECKING:  # the annotation only: llguidance loads with the first grammar (engine/grammar.py)
+    import llguidance
 
 
 @dataclass(eq=False)  # identity semantics: lists of these are searched by `in`
