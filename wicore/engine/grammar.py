@@ -150,11 +150,9 @@ class GrammarGuide:
         return masks, rows
 
     def advance(self, seq: Sequence, token: int) -> bool:
-        """Feed a drawn token to the sequence's matcher; True when the sequence must stop here: at the
-        end-of-sequence token its complete grammar allows (which the caller then treats as a stop
-        token, even under ignore_eos), or at a token that broke the matcher."""
+        """Feed a drawn token to the sequence's matcher; True when the sequence must stop here: once its
+        grammar is complete and allows nothing but end-of-sequence (stopping at once saves the step that
+        would only draw it; even under ignore_eos), or at a token that broke the matcher."""
         if seq.matcher is None:
             return False
-        if not seq.matcher.consume_token(token):
-            return True
-        return token in self.eos_token_ids and seq.matcher.is_stopped()
+        return not seq.matcher.consume_token(token) or seq.matcher.is_stopped()
