@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from wicore.config import duration_seconds
-from wicore.engine.grammar import ANY_JSON_OBJECT, json_schema_grammar
+from wicore.engine.grammar import ANY_JSON_OBJECT, closed_objects, json_schema_grammar
 from wicore.engine.request import PriorityName
 from wicore.server.errors import validation_error
 from wicore.server.protocol import PositiveInt, SamplingRequest
+from wicore.server.tools import FunctionTool, ToolCalling
 
 # Ollama's defaults for a model whose Modelfile sets none.
 DEFAULT_OPTIONS = {"temperature": 0.8, "top_p": 0.9, "top_k": 40}
@@ -74,38 +75,18 @@ class OllamaGenerationRequest(OllamaModelUse):
     format: Literal["", "json"] | dict[str, Any] | None = None  # constrained output: any JSON object, or a schema
     priority: PriorityName = "normal"  # WiCore's extension
 
-    def grammar(self) -> str | None:
-        """The checked grammar `format` asks for (None: free text); ValueError naming `format`."""
+    def format_schema(self) -> dict[str, Any] | None:
+        """The schema `format` asks the output to follow (None: free text)."""
         if self.format == "json":
-            return json_schema_grammar(ANY_JSON_OBJECT, "format")
+            return ANY_JSON_OBJECT
         if isinstance(self.format, dict):
-            return json_schema_grammar(closed_objects(self.format), "format")
+            return closed_objects(self.format)
         return None
 
-
-_NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_VALUES = ("enum", "const", "default", "examples")
-
-
-def closed_objects(schema: Any) -> Any:
-    """The schema with `additionalProperties: false` on every object that lists properties but says
-    nothing of others: Ollama's grammar (llama.cpp's converter) allows no others there, while plain JSON
-    schema would let a model add keys until max_tokens cuts its JSON short."""
-    if isinstance(schema, list):
-        return [closed_objects(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    closed: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key in _NAMED_SCHEMAS and isinstance(value, dict):  # name -> schema: the names are not keywords
-            closed[key] = {name: closed_objects(sub) for name, sub in value.items()}
-        elif key in _VALUES:  # JSON data, not schemas
-            closed[key] = value
-        else:
-            closed[key] = closed_objects(value)
-    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
-        closed["additionalProperties"] = False
-    return closed
+    def grammar(self) -> str | None:
+        """The checked grammar `format` asks for (None: free text); ValueError naming `format`."""
+        schema = self.format_schema()
+        return None if schema is None else json_schema_grammar(schema, "format")
 
 
 class OllamaGenerateRequest(OllamaGenerationRequest):
@@ -122,13 +103,50 @@ class OllamaGenerateRequest(OllamaGenerationRequest):
         return value
 
 
+class OllamaFunction(FunctionTool):
+    model_config = ConfigDict(extra="ignore", strict=True)  # as Ollama's decoder
+
+
+class OllamaTool(OllamaRequest):
+    type: Literal["function"] = "function"
+    function: OllamaFunction
+
+
+class OllamaCallFunction(OllamaRequest):
+    name: str
+    arguments: dict[str, Any] = {}
+
+
+class OllamaToolCall(OllamaRequest):
+    function: OllamaCallFunction
+
+
 class OllamaMessage(OllamaRequest):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: list[OllamaToolCall] | None = None  # an assistant turn's calls
+    tool_name: str | None = None  # the tool a "tool" message answers
+
+    def template_message(self) -> dict[str, Any]:
+        """The message as chat templates take it (transformers' form)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {"type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                for c in self.tool_calls
+            ]
+        if self.tool_name is not None:
+            message["name"] = self.tool_name
+        return message
 
 
 class OllamaChatRequest(OllamaGenerationRequest):
     messages: list[OllamaMessage] = []
+    tools: list[OllamaTool] | None = None  # Ollama has no tool_choice: the model chooses ("auto")
+
+    def tool_calling(self) -> ToolCalling:
+        """The checked tools; ToolError naming the field."""
+        return ToolCalling.build([t.function for t in self.tools or ()])
 
 
 class OllamaModelRequest(OllamaRequest):
@@ -156,6 +174,7 @@ class OllamaEmbedRequest(OllamaModelUse):
 class OllamaChatMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    tool_calls: list[OllamaToolCall] | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class OllamaReply(BaseModel):
