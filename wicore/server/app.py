@@ -1,5 +1,5 @@
 """The server's ASGI app: one generation service, the shared middleware and error envelope, and the
-routes of every surface (OpenAI, AIgo, Ollama, and the server's own health and status)."""
+routes of every surface (OpenAI, its Responses API, AIgo, Ollama, and the server's own health and status)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from wicore.server.middleware import (
 )
 from wicore.server.ollama import routes as ollama
 from wicore.server.openai import routes as openai
+from wicore.server.responses import routes as responses
 from wicore.server.service import GenerationService
 
 
@@ -65,6 +66,6 @@ def create_app(settings: Settings, engine: EngineClient) -> FastAPI:
             CORSMiddleware, allow_origins=api.cors_origins, allow_methods=["*"], allow_headers=["*"],
             expose_headers=["X-Request-ID"],
         )  # fmt: skip
-    for surface in (monitoring, openai, aigo, ollama):
+    for surface in (monitoring, openai, responses, aigo, ollama):
         app.include_router(surface.router(service))
     return app
