@@ -136,7 +136,7 @@ def test_constrained_and_free_rows_share_a_batch(llm: LLM) -> None:
                 running.discard(out.request_id)
     free_ids, constrained_ids = outputs["free"], outputs["constrained"]
     assert free_ids == alone
-    text = llm.tokenizer.decode(constrained_ids)  # the end-of-sequence token decodes to nothing
+    text = llm.tokenizer.decode(constrained_ids)
     assert len(text) == 6 and text[3] == "-" and text[:3].isdigit() and text[4:].isalpha()
 
 
@@ -144,6 +144,9 @@ def test_lark_grammar(llm: LLM) -> None:
     grammar = lark_grammar('start: "yes" | "no"', "grammar")
     out = llm.generate([chat(llm, "Is the sky blue?")], SamplingParams(temperature=1.0, max_tokens=8, grammar=grammar))
     assert out[0].text in ("yes", "no") and out[0].finish_reason == FinishReason.STOP
+    # The grammar's last token ends the sequence: no step is spent drawing end-of-sequence.
+    assert llm.tokenizer.decode(out[0].token_ids) == out[0].text
+    assert not set(out[0].token_ids) & llm.tokenizer.stop_token_ids
 
 
 def test_preemption_keeps_the_grammar_state() -> None:

@@ -108,7 +108,7 @@ class EngineClient:
         self._check_admission()
         stream: asyncio.Queue[EngineOutput] = asyncio.Queue()
         self._streams[request.request_id] = stream
-        detokenizer = Detokenizer(self.tokenizer, request.params.stop)
+        detokenizer = Detokenizer(self.tokenizer, request.params.stop, request.params.stop_token_ids)
         finished = False
         try:
             self._requests.put(request)

@@ -54,14 +54,15 @@ class Detokenizer:
     finish_reason STOP, while the engine still runs the request: the caller must cancel it.
     """
 
-    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...] = ()) -> None:
+    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...] = (), stop_token_ids: tuple[int, ...] = ()) -> None:
         self._text = TextStream(tokenizer, stop)
+        self._stop_ids = tokenizer.stop_token_ids | frozenset(stop_token_ids)
 
     def process(self, out: EngineOutput) -> RequestOutput:
         keep, text, reason = len(out.token_ids), "", out.finish_reason
         for i, token in enumerate(out.token_ids):
-            if reason is FinishReason.STOP and i == keep - 1:
-                break  # the stop token itself has no text
+            if reason is FinishReason.STOP and i == keep - 1 and token in self._stop_ids:
+                break  # the stop token itself has no text (a grammar's last token, which also stops, has)
             text += self._text.push(token)
             if self._text.stopped:
                 keep, reason = i + 1, FinishReason.STOP

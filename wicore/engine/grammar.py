@@ -57,6 +57,31 @@ def json_schema_grammar(schema: dict[str, Any] | bool, field: str) -> str:
     return check_grammar(grammar, field)
 
 
+_NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_VALUES = ("enum", "const", "default", "examples")
+
+
+def closed_objects(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` on every object that lists properties but says
+    nothing of others, as llama.cpp's converter (so Ollama's format and tool grammars) reads them, while
+    plain JSON schema would let a model add keys until max_tokens cuts its JSON short."""
+    if isinstance(schema, list):
+        return [closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _NAMED_SCHEMAS and isinstance(value, dict):  # name -> schema: the names are not keywords
+            closed[key] = {name: closed_objects(sub) for name, sub in value.items()}
+        elif key in _VALUES:  # JSON data, not schemas
+            closed[key] = value
+        else:
+            closed[key] = closed_objects(value)
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        closed["additionalProperties"] = False
+    return closed
+
+
 def regex_grammar(regex: str, field: str) -> str:
     """The checked grammar whose outputs are the full matches of `regex`."""
     return check_grammar(llguidance.LLMatcher.grammar_from_regex(regex), field)
@@ -125,11 +150,9 @@ class GrammarGuide:
         return masks, rows
 
     def advance(self, seq: Sequence, token: int) -> bool:
-        """Feed a drawn token to the sequence's matcher; True when the sequence must stop here: at the
-        end-of-sequence token its complete grammar allows (which the caller then treats as a stop
-        token, even under ignore_eos), or at a token that broke the matcher."""
+        """Feed a drawn token to the sequence's matcher; True when the sequence must stop here: once its
+        grammar is complete and allows nothing but end-of-sequence (stopping at once saves the step that
+        would only draw it; even under ignore_eos), or at a token that broke the matcher."""
         if seq.matcher is None:
             return False
-        if not seq.matcher.consume_token(token):
-            return True
-        return token in self.eos_token_ids and seq.matcher.is_stopped()
+        return not seq.matcher.consume_token(token) or seq.matcher.is_stopped()

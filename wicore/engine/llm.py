@@ -115,7 +115,7 @@ class LLM:
         requests (another stream of this LLM, paused by its consumer) wait in their inbox."""
         mine = {r.request_id for r in requests}
         for r in requests:
-            self._detokenizers[r.request_id] = Detokenizer(self.tokenizer, r.params.stop)
+            self._detokenizers[r.request_id] = Detokenizer(self.tokenizer, r.params.stop, r.params.stop_token_ids)
             self._inbox[r.request_id] = deque()
             if (refused := self.core.scheduler.add(r)) is not None:
                 self._deliver(refused)
