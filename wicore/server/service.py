@@ -165,12 +165,14 @@ class GenerationService:
             return self.engine.tokenizer.encode(text)
         return await asyncio.to_thread(self._encode_long, text, param)
 
-    async def chat_prompt(self, conversation: list[dict[str, Any]], param: str = "messages") -> list[int]:
-        """Token ids of a conversation rendered by the model's chat template."""
+    async def chat_prompt(
+        self, conversation: list[dict[str, Any]], param: str = "messages", tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Token ids of a conversation (and the `tools` its template shows) rendered by the model's chat template."""
         chars = sum(len(str(m.get("content") or "")) for m in conversation)
         if chars <= self.INLINE_CHARS:
-            return self._render_chat(conversation, param)
-        return await asyncio.to_thread(self._render_long_chat, conversation, chars, param)
+            return self._render_chat(conversation, param, tools)
+        return await asyncio.to_thread(self._render_long_chat, conversation, chars, param, tools)
 
     def _check_length(self, chars: int, param: str) -> None:
         """Refuse, before tokenising, a text too long for the context whatever its tokens: none spells
@@ -185,14 +187,18 @@ class GenerationService:
         self._check_length(len(text), param)
         return self.engine.tokenizer.encode(text)
 
-    def _render_long_chat(self, conversation: list[dict[str, Any]], chars: int, param: str) -> list[int]:
+    def _render_long_chat(
+        self, conversation: list[dict[str, Any]], chars: int, param: str, tools: list[dict[str, Any]] | None
+    ) -> list[int]:
         self._check_length(chars, param)
-        return self._render_chat(conversation, param)
+        return self._render_chat(conversation, param, tools)
 
-    def _render_chat(self, conversation: list[dict[str, Any]], param: str) -> list[int]:
+    def _render_chat(
+        self, conversation: list[dict[str, Any]], param: str, tools: list[dict[str, Any]] | None
+    ) -> list[int]:
         tokenizer = self.engine.tokenizer
         try:
-            text = tokenizer.apply_chat_template(conversation)
+            text = tokenizer.apply_chat_template(conversation, tools=tools)
         except (ValueError, jinja2.TemplateError) as e:
             raise APIError(400, f"{param}: {e}", param=param) from None
         return tokenizer.encode(text, add_special_tokens=False)  # the template writes BOS itself

@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Fiel
 
 from wicore.engine.grammar import ANY_JSON_OBJECT, json_schema_grammar
 from wicore.engine.request import PriorityName
+from wicore.server import tools
 from wicore.server.openai.protocol import OpenAIRequest
 from wicore.server.protocol import (
     ChatMessage,
@@ -138,12 +139,10 @@ InputItem = Annotated[
 ]  # fmt: skip
 
 
-class FunctionTool(StrictRequest):
+class FunctionTool(tools.FunctionTool):
+    """The Responses API's function tool: the function's fields at the top level, beside `type`."""
+
     type: Literal["function"]
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None  # calls always follow the parameters' schema when one is forced
     defer_loading: bool | None = None  # tool search is OpenAI's own: every tool is loaded
 
 
@@ -198,13 +197,19 @@ class TextConfig(StrictRequest):
     format: TextFormat = PlainText(type="text")
     verbosity: Literal["low", "medium", "high"] | None = None  # a hint for OpenAI's models; ignored
 
+    def schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer follows; None: free text."""
+        if isinstance(self.format, JsonObject):
+            return ANY_JSON_OBJECT
+        if isinstance(self.format, JsonSchemaText):
+            return self.format.schema_
+        return None
+
     def grammar(self) -> str | None:
         """The checked grammar the output must follow (None: free text); ValueError naming the field."""
-        if isinstance(self.format, JsonObject):
-            return json_schema_grammar(ANY_JSON_OBJECT, "text.format")
-        if isinstance(self.format, JsonSchemaText):
-            return json_schema_grammar(self.format.schema_, "text.format.schema")
-        return None
+        schema = self.schema()
+        where = "text.format.schema" if isinstance(self.format, JsonSchemaText) else "text.format"
+        return None if schema is None else json_schema_grammar(schema, where)
 
 
 # Fields that name state kept by OpenAI (stored responses, conversations, prompt templates, background
@@ -269,9 +274,10 @@ class ResponsesRequest(OpenAIRequest):
             **{k: v for k, v in given.items() if v is not None},
         )  # fmt: skip
 
-    def grammar(self) -> str | None:
-        """The checked grammar `text.format` asks for; ValueError naming the field."""
-        return None if self.text is None else self.text.grammar()
+    def tool_calling(self) -> tools.ToolCalling:
+        """The checked tool settings; ToolError naming the field."""
+        choice = self.tool_choice if isinstance(self.tool_choice, str) else tools.NamedTool(self.tool_choice.name)
+        return tools.ToolCalling.build(self.tools, choice, self.parallel_tool_calls, tool_path="tools[{i}]")
 
     def messages(self) -> list[ChatMessage]:
         """The conversation: `instructions` as the system message, then the items in order; function

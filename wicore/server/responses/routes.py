@@ -1,10 +1,14 @@
 """The Responses API route: POST /v1/responses (and /responses, as the other OpenAI routes).
 
-A request becomes one chat-templated GenerationRequest; the answer is a `response` object whose output
-is one assistant message. Streams are SSE events named by their type and numbered by `sequence_number`,
-as OpenAI sends them: response.created, response.in_progress, the output item and its content part
-added, text deltas, the text, part and item done, then response.completed (or response.incomplete when
-max_output_tokens cut it). An error after the stream began is one `error` event; nothing follows it.
+A request becomes one chat-templated GenerationRequest (its function tools shown by the template and
+enforced by grammar, server/tools.py); the answer is a `response` object whose output is the assistant's
+message and its function calls (responses/output.py).
+
+Streams are SSE events named by their type and numbered by `sequence_number`, as OpenAI sends them:
+response.created, response.in_progress, then for each output item its added event, its text (content
+part added, text deltas, text and part done) or its call's arguments (deltas, done), its done event, and
+last response.completed (or response.incomplete when max_output_tokens cut it). An error after the
+stream began is one `error` event; nothing follows it.
 """
 
 from __future__ import annotations
@@ -19,24 +23,21 @@ from fastapi.responses import Response
 from wicore.engine.request import FinishReason
 from wicore.server.errors import APIError
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, conversation, parse_body
+from wicore.server.responses.output import OutputItems
 from wicore.server.responses.protocol import (
-    ContentPartEvent,
     ErrorEvent,
     IncompleteDetails,
-    OutputItemEvent,
-    OutputMessage,
-    OutputTextPart,
+    OutputItem,
     ResponseEvent,
     ResponseObject,
     ResponsesRequest,
     ResponseStateEvent,
     ResponseUsage,
     TextConfig,
-    TextDeltaEvent,
-    TextDoneEvent,
 )
-from wicore.server.service import ChoiceSequence, GenerationRequest, GenerationService, Outputs, cached_tokens
+from wicore.server.service import GenerationRequest, GenerationService, Outputs, cached_tokens
 from wicore.server.streaming import StreamFormat, sse
+from wicore.server.tools import CallFormat, ToolCalling, ToolError, call_format, template_inputs
 
 
 class EventStream:
@@ -58,12 +59,19 @@ class EventStream:
         return StreamFormat("text/event-stream", self.error, None)
 
 
-def text_grammar(body: ResponsesRequest) -> str | None:
-    """The grammar `text.format` asks for, checked before anything is queued (400 naming the field)."""
+def checked_grammar(body: ResponsesRequest, calling: ToolCalling, fmt: CallFormat) -> str | None:
+    """The grammar of the output (the answer's format, the tool calls), checked before anything is
+    queued: a schema llguidance cannot compile is a 400 naming its field."""
     try:
-        return body.grammar()
+        answer = None if body.text is None else body.text.grammar()
     except ValueError as e:
         raise APIError(400, str(e), param="text.format") from None
+    if not calling.active:
+        return answer
+    try:
+        return calling.grammar(fmt, None if body.text is None else body.text.schema())
+    except ValueError as e:
+        raise APIError(400, str(e), param="tools") from None
 
 
 def router(service: GenerationService) -> APIRouter:
@@ -76,8 +84,14 @@ def router(service: GenerationService) -> APIRouter:
         body = await parse_body(request, ResponsesRequest)
         service.catalogue.check_chat(body.model)
         sampling = body.sampling()
-        grammar = text_grammar(body)
-        prompt_ids = await service.chat_prompt(conversation(body.messages()), param="input")
+        try:
+            calling = body.tool_calling()
+        except ToolError as e:
+            raise APIError(400, str(e), param=e.param) from None
+        fmt = call_format(engine.tokenizer)
+        grammar = checked_grammar(body, calling, fmt)
+        messages, template_tools = template_inputs(conversation(body.messages()), calling.offered, fmt)
+        prompt_ids = await service.chat_prompt(messages, param="input", tools=template_tools)
         request_id, seqs = service.start(
             GenerationRequest(
                 [prompt_ids], sampling, body.max_output_tokens, CHAT_DEFAULT_MAX_TOKENS, prompt_param="input",
@@ -85,11 +99,12 @@ def router(service: GenerationService) -> APIRouter:
             )
         )  # fmt: skip
         (seq,) = seqs
-        response_id, message_id, created = f"resp_{request_id}", f"msg_{request_id}", int(time.time())
+        response_id, created = f"resp_{request_id}", int(time.time())
+        callable_names = [t.name for t in calling.callable()]
         structlog.contextvars.bind_contextvars(completion_id=response_id)
 
-        def response(seq: ChoiceSequence, output: list[OutputMessage]) -> ResponseObject:
-            """The response object: in progress until `seq` finished, then with its usage."""
+        def response(output: list[OutputItem]) -> ResponseObject:
+            """The response object: in progress until the sequence finished, then with its usage."""
             done, cut = seq.finish_reason is not None, seq.finish_reason == FinishReason.LENGTH
             status = "in_progress" if not done else "incomplete" if cut else "completed"
             return ResponseObject(
@@ -113,30 +128,22 @@ def router(service: GenerationService) -> APIRouter:
                 metadata=body.metadata or {},
             )
 
-        def message(seq: ChoiceSequence) -> OutputMessage:
-            status = "incomplete" if seq.finish_reason == FinishReason.LENGTH else "completed"
-            return OutputMessage(id=message_id, status=status, content=[OutputTextPart(text="".join(seq.text))])
-
         def build() -> ResponseObject:
-            return response(seq, [message(seq)])
+            output = OutputItems(request_id, callable_names)
+            output.push("".join(seq.text))
+            output.finish(cut=seq.finish_reason == FinishReason.LENGTH)
+            return response(output.items)
 
         async def events(outputs: Outputs) -> AsyncGenerator[str, None]:
-            where = {"item_id": message_id, "output_index": 0}
-            yield stream.event(ResponseStateEvent(type="response.created", response=response(seq, [])))
-            yield stream.event(ResponseStateEvent(type="response.in_progress", response=response(seq, [])))
-            item = OutputMessage(id=message_id, status="in_progress", content=[])
-            yield stream.event(OutputItemEvent(type="response.output_item.added", output_index=0, item=item))
-            empty = OutputTextPart(text="")
-            yield stream.event(ContentPartEvent(type="response.content_part.added", part=empty, **where))
+            yield stream.event(ResponseStateEvent(type="response.created", response=response([])))
+            yield stream.event(ResponseStateEvent(type="response.in_progress", response=response([])))
+            output = OutputItems(request_id, callable_names)
             async for _, out in outputs:
-                if out.text:
-                    yield stream.event(TextDeltaEvent(delta=out.text, **where))
-            done = message(seq)
-            part = done.content[0]
-            yield stream.event(TextDoneEvent(text=part.text, **where))
-            yield stream.event(ContentPartEvent(type="response.content_part.done", part=part, **where))
-            yield stream.event(OutputItemEvent(type="response.output_item.done", output_index=0, item=done))
-            final = response(seq, [done])
+                for event in output.push(out.text):
+                    yield stream.event(event)
+            for event in output.finish(cut=seq.finish_reason == FinishReason.LENGTH):
+                yield stream.event(event)
+            final = response(output.items)
             yield stream.event(ResponseStateEvent(type=f"response.{final.status}", response=final))
 
         stream = EventStream()
