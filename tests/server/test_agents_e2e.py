@@ -19,9 +19,11 @@ from agents import (  # noqa: E402
     Agent,
     Model,
     ModelSettings,
+    OpenAIChatCompletionsModel,
     OpenAIResponsesModel,
     RunConfig,
     Runner,
+    function_tool,
 )
 from openai import AsyncOpenAI  # noqa: E402
 
@@ -41,6 +43,35 @@ def client(server: Server) -> Iterator[AsyncOpenAI]:
 
 def responses_model(client: AsyncOpenAI) -> Model:
     return OpenAIResponsesModel(model=MODEL, openai_client=client)
+
+
+class Report(BaseModel):
+    city: str
+    temperature_celsius: int
+
+
+@pytest.mark.parametrize("api", ["responses", "chat_completions"])
+def test_agent_calls_its_tool_and_answers_with_the_result(client: AsyncOpenAI, api: str) -> None:
+    """The first turn must call the tool (tool_choice required; the agent resets it to auto after), the
+    second answers in the output type, which the 0.5B model fills from the tool's result (17 is nowhere
+    else to be found)."""
+    asked: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        asked.append(city)
+        return f"It is 17 degrees Celsius and raining in {city}."
+
+    model = responses_model(client) if api == "responses" else OpenAIChatCompletionsModel(MODEL, client)
+    agent = Agent(
+        name="weather", instructions="Report the weather with the get_weather tool.", model=model,
+        tools=[get_weather], output_type=Report,
+        model_settings=ModelSettings(temperature=0, tool_choice="required", parallel_tool_calls=False, max_tokens=60),
+    )  # fmt: skip
+    result = Runner.run_sync(agent, "What is the weather in Paris?", run_config=NO_TRACING, max_turns=3)
+    assert asked == ["Paris"]
+    assert result.final_output == Report(city="Paris", temperature_celsius=17)
 
 
 def test_structured_output_on_the_responses_model(client: AsyncOpenAI) -> None:

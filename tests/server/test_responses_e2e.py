@@ -106,6 +106,74 @@ def test_a_stream_cut_by_max_output_tokens_ends_incomplete(client: openai.OpenAI
     assert last.response.usage.output_tokens == 4  # type: ignore[attr-defined]
 
 
+WEATHER = {
+    "type": "function", "name": "get_weather", "description": "The current weather in a city.", "strict": True,
+    "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+        "additionalProperties": False,
+    },
+}  # fmt: skip
+TIME = {"type": "function", "name": "get_time", "description": "The current time.", "parameters": None, "strict": None}
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "name"),
+    [("required", "get_weather"), ({"type": "function", "name": "get_time"}, "get_time")],
+)
+def test_enforced_tool_choice_returns_a_call(client: openai.OpenAI, tool_choice: object, name: str) -> None:
+    r = client.responses.create(
+        model=MODEL, input="What is the weather in Paris?", tools=[WEATHER, TIME], tool_choice=tool_choice,  # type: ignore[arg-type]
+        parallel_tool_calls=False, temperature=0, max_output_tokens=60,
+    )  # fmt: skip
+    assert r.status == "completed"
+    (call,) = r.output
+    assert call.type == "function_call" and call.name == name and call.call_id.startswith("call_")
+    arguments = json.loads(call.arguments)
+    assert arguments == ({"city": "Paris"} if name == "get_weather" else {})
+    assert r.tool_choice == tool_choice or r.tool_choice.name == name  # type: ignore[union-attr]
+
+
+def test_streamed_call(client: openai.OpenAI) -> None:
+    events = list(
+        stream_events(
+            client,
+            input="What is the weather in Paris?",
+            tools=[WEATHER],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            temperature=0,
+            max_output_tokens=60,
+        )  # fmt: skip
+    )
+    types = [e.type for e in events]  # type: ignore[attr-defined]
+    assert types[2] == "response.output_item.added" and events[2].item.type == "function_call"  # type: ignore[attr-defined]
+    assert types[-3:] == [
+        "response.function_call_arguments.done", "response.output_item.done", "response.completed"
+    ]  # fmt: skip
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")  # type: ignore[attr-defined]
+    call = events[-1].response.output[0]  # type: ignore[attr-defined]
+    assert deltas == events[-3].arguments == call.arguments  # type: ignore[attr-defined]
+    assert json.loads(call.arguments) == {"city": "Paris"} and call.name == "get_weather"
+
+
+def test_tool_results_reach_the_model(client: openai.OpenAI) -> None:
+    """A call and its output sent back as items: the answer, constrained to a schema, uses the result."""
+    schema = {
+        "type": "object", "properties": {"temperature_celsius": {"type": "integer"}},
+        "required": ["temperature_celsius"], "additionalProperties": False,
+    }  # fmt: skip
+    r = client.responses.create(
+        model=MODEL, tools=[WEATHER], temperature=0, max_output_tokens=40,
+        input=[
+            {"role": "user", "content": "What is the temperature in Paris?"},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+            {"type": "function_call_output", "call_id": "call_1", "output": "It is 17 degrees Celsius in Paris."},
+        ],
+        text={"format": {"type": "json_schema", "name": "report", "schema": schema}},
+    )  # fmt: skip
+    assert json.loads(r.output_text) == {"temperature_celsius": 17}
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
@@ -113,6 +181,7 @@ def test_a_stream_cut_by_max_output_tokens_ends_incomplete(client: openai.OpenAI
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "integer", "minimum": "low"}}}},
          "text.format"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
     ],
 )  # fmt: skip
 def test_errors_name_the_field(client: openai.OpenAI, extra: dict, param: str) -> None:
