@@ -51,22 +51,21 @@ class Refusal(StrictRequest):
     refusal: str
 
 
-def _tag(kind: Any) -> str:
-    # Tagged-union members are labelled `<type>`, so error locations leave the label out (errors.py).
-    return f"<{kind}>"
+def by_type(error: str, default: str | None = None) -> Discriminator:
+    """Tells a union's members by their `type` (`default` when absent); any other type is a 400 saying
+    `error`. Members are tagged `<type>`, which error locations leave out (errors.py)."""
 
+    def tag(value: Any) -> str:
+        kind = value.get("type", default) if isinstance(value, dict) else getattr(value, "type", None)
+        return f"<{kind}>"
 
-def _part_type(value: Any) -> str:
-    return _tag(value.get("type") if isinstance(value, dict) else getattr(value, "type", None))
+    return Discriminator(tag, custom_error_type="unsupported_type", custom_error_message=f"type: {error}")
 
 
 ContentPart = Annotated[
     Annotated[InputText, Tag("<input_text>")] | Annotated[OutputText, Tag("<output_text>")]
     | Annotated[Refusal, Tag("<refusal>")],
-    Discriminator(
-        _part_type, custom_error_type="content_type",
-        custom_error_message="type: content parts are input_text (output_text and refusal in assistant messages)",
-    ),
+    by_type("content parts are input_text (output_text and refusal in assistant messages)"),
 ]  # fmt: skip
 
 
@@ -124,18 +123,11 @@ class FunctionCallOutputItem(StrictRequest):
         return self.output if isinstance(self.output, str) else "\n".join(p.text for p in self.output)
 
 
-def _item_type(value: Any) -> str:
-    return _tag(value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", None))
-
-
 InputItem = Annotated[
     Annotated[MessageItem, Tag("<message>")] | Annotated[FunctionCallItem, Tag("<function_call>")]
     | Annotated[FunctionCallOutputItem, Tag("<function_call_output>")],
-    Discriminator(
-        _item_type, custom_error_type="item_type",
-        custom_error_message="type: unsupported item type; this server takes message, function_call and "
-        "function_call_output items",
-    ),
+    by_type("unsupported item type; this server takes message, function_call and function_call_output items",
+            default="message"),
 ]  # fmt: skip
 
 
@@ -184,10 +176,7 @@ class JsonSchemaText(StrictRequest):
 TextFormat = Annotated[
     Annotated[PlainText, Tag("<text>")] | Annotated[JsonObject, Tag("<json_object>")]
     | Annotated[JsonSchemaText, Tag("<json_schema>")],
-    Discriminator(
-        _part_type, custom_error_type="format_type",
-        custom_error_message="type: must be text, json_object or json_schema",
-    ),
+    by_type("must be text, json_object or json_schema"),
 ]  # fmt: skip
 
 
@@ -417,44 +406,42 @@ class OutputItemEvent(ResponseEvent):
     item: OutputItem
 
 
-class ContentPartEvent(ResponseEvent):
-    """response.content_part.added / .done."""
+class ItemEvent(ResponseEvent):
+    """An event about the output item `item_id`, at `output_index` in the response's output."""
 
     item_id: str
     output_index: int
-    content_index: int = 0
+
+
+class ContentEvent(ItemEvent):
+    content_index: int = 0  # a message holds one output_text part
+
+
+class ContentPartEvent(ContentEvent):
+    """response.content_part.added / .done."""
+
     part: OutputTextPart
 
 
-class TextDeltaEvent(ResponseEvent):
+class TextDeltaEvent(ContentEvent):
     type: str = "response.output_text.delta"
-    item_id: str
-    output_index: int
-    content_index: int = 0
     delta: str
     logprobs: list[Any] = Field(default_factory=list)
 
 
-class TextDoneEvent(ResponseEvent):
+class TextDoneEvent(ContentEvent):
     type: str = "response.output_text.done"
-    item_id: str
-    output_index: int
-    content_index: int = 0
     text: str
     logprobs: list[Any] = Field(default_factory=list)
 
 
-class ArgumentsDeltaEvent(ResponseEvent):
+class ArgumentsDeltaEvent(ItemEvent):
     type: str = "response.function_call_arguments.delta"
-    item_id: str
-    output_index: int
     delta: str
 
 
-class ArgumentsDoneEvent(ResponseEvent):
+class ArgumentsDoneEvent(ItemEvent):
     type: str = "response.function_call_arguments.done"
-    item_id: str
-    output_index: int
     name: str
     arguments: str
 
