@@ -133,6 +133,32 @@ async def test_text_format_reaches_the_engine_as_a_grammar(engine: FakeEngine, t
     assert r.json()["text"]["format"] == text["format"] | r.json()["text"]["format"]  # echoed as given
 
 
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {}},
+    "strict": True,
+}
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "shown", "constrained"),
+    [("none", False, False), ("auto", True, True), ("required", True, True),
+     ({"type": "function", "name": "get_weather"}, True, True)],
+)  # fmt: skip
+async def test_tools_reach_the_template_and_the_grammar(
+    engine: FakeEngine, tool_choice: object, shown: bool, constrained: bool
+) -> None:
+    async with in_process(engine) as client:
+        r = await create(client, tools=[WEATHER], tool_choice=tool_choice, parallel_tool_calls=False)
+    assert r.status_code == 200, r.text
+    resp = Response.model_validate(r.json())
+    assert ("<tools>" in prompt_text(engine)) == shown and ('"get_weather"' in prompt_text(engine)) == shown
+    assert (engine.requests[-1].params.grammar is not None) == constrained
+    assert resp.tools[0].name == "get_weather" and resp.parallel_tool_calls is False
+    assert resp.output_text == REPLY  # the fake engine's reply holds no call: it is the message
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -150,6 +176,12 @@ async def test_text_format_reaches_the_engine_as_a_grammar(engine: FakeEngine, t
         ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
         ({"input": []}, "input"),
         ({"tool_choice": {"type": "function"}}, "tool_choice.name"),
+        ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [WEATHER]}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [WEATHER, WEATHER]}, "tools"),
+        ({"tools": [{**WEATHER, "name": "no spaces"}]}, "tools[0].name"),
+        ({"tools": [{**WEATHER, "parameters": {"type": "object", "properties": {"x": {"type": "strng"}}}}]},
+         "tools"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
         ({"max_output_tokens": 5000}, "max_output_tokens"),
         ({"temperature": 3}, "temperature"),
