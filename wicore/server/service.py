@@ -166,13 +166,14 @@ class GenerationService:
         return await asyncio.to_thread(self._encode_long, text, param)
 
     async def chat_prompt(
-        self, conversation: list[dict[str, Any]], param: str = "messages", tools: list[dict[str, Any]] | None = None
+        self, conversation: list[dict[str, Any]], param: str = "messages", *, tools: list[dict[str, Any]] | None = None
     ) -> list[int]:
-        """Token ids of a conversation (and the `tools` its template shows) rendered by the model's chat template."""
-        chars = sum(len(str(m.get("content") or "")) for m in conversation)
+        """Token ids of a conversation rendered by the model's chat template (with `tools` for a template
+        that has a tools section: server/tools.py's template_inputs gives both)."""
+        chars = sum(len(str(m.get("content") or "")) for m in conversation) + len(str(tools or ""))
         if chars <= self.INLINE_CHARS:
-            return self._render_chat(conversation, param, tools)
-        return await asyncio.to_thread(self._render_long_chat, conversation, chars, param, tools)
+            return self._render_chat(conversation, tools, param)
+        return await asyncio.to_thread(self._render_long_chat, conversation, tools, chars, param)
 
     def _check_length(self, chars: int, param: str) -> None:
         """Refuse, before tokenising, a text too long for the context whatever its tokens: none spells
@@ -188,14 +189,14 @@ class GenerationService:
         return self.engine.tokenizer.encode(text)
 
     def _render_long_chat(
-        self, conversation: list[dict[str, Any]], chars: int, param: str, tools: list[dict[str, Any]] | None
+        self, conversation: list[dict[str, Any]], tools: list[dict[str, Any]] | None, chars: int, param: str
     ) -> list[int]:
         self._check_length(chars, param)
-        return self._render_chat(conversation, param, tools)
+        return self._render_chat(conversation, tools, param)
 
-    def _render_chat(
-        self, conversation: list[dict[str, Any]], param: str, tools: list[dict[str, Any]] | None
-    ) -> list[int]:
+    def _render_chat(self, conversation: list[dict[str, Any]], tools: list[dict[str, Any]] | None, param: str) -> (
+        list[int]
+    ):  # fmt: skip
         tokenizer = self.engine.tokenizer
         try:
             text = tokenizer.apply_chat_template(conversation, tools=tools)

@@ -92,7 +92,8 @@ ToolChoice = ToolMode | NamedTool
 
 
 class ToolError(ValueError):
-    """A client's mistake in the tool fields; `param` is the request field to name in the 400."""
+    """A client's mistake in the tool fields; `param` is the request field to name in the 400
+    (`tools[1].function.parameters`, `tool_choice`)."""
 
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message)
@@ -225,13 +226,13 @@ class ToolCalling:
         for i, tool in enumerate(tools):
             where = tool_path.format(i=i)
             if tool.name in names:
-                raise ToolError("tools", f"{where}.name: a second tool named {tool.name!r}")
+                raise ToolError(f"{where}.name", f"{where}.name: a second tool named {tool.name!r}")
             names.add(tool.name)
             try:
                 json_schema_grammar(tool.arguments_schema(), f"{where}.parameters")
                 json_schema_grammar(_call_schema(tool), f"{where}.parameters")
             except ValueError as e:
-                raise ToolError("tools", str(e)) from None
+                raise ToolError(f"{where}.parameters", str(e)) from None
         if isinstance(choice, NamedTool) and choice.name not in names:
             offered = ", ".join(sorted(names)) or "none"
             raise ToolError("tool_choice", f"tool_choice: no tool named {choice.name!r} in tools (offered: {offered})")
@@ -268,7 +269,6 @@ class ToolCalling:
             "calls: call" + (' ("\\n" call)*' if self.parallel else ""),
             "body: " + " | ".join(bodies),
             *(f"{b}: %json {json.dumps(_call_schema(t))}" for b, t in zip(bodies, self.callable(), strict=True)),
-            "TEXT: /(.|\\n)*/",
         ]
         if answer_schema is not None:
             rules.append(f"answer: %json {json.dumps({**answer_schema, 'x-guidance': _JSON_STYLE})}")
@@ -276,14 +276,18 @@ class ToolCalling:
             start = "start: calls"
         elif answer_schema is not None:
             start = "start: answer | calls"
-        elif fmt.open_token is not None:
-            # The marker is a special token free text cannot contain: it switches to the call grammar.
-            start = "start: TEXT | TEXT calls"
         else:
-            # A text marker: a lazy lexeme ends the free text at the first `<tool_call>` (llguidance's
-            # tool-calling idiom; the grammar then allows nothing but a call).
-            start = 'start: TEXT | head body "\\n" ' + close + (' ("\\n" call)*' if self.parallel else "")
-            rules.append(f'head[lazy]: TEXT {open_} "\\n"')
+            # Free text, or a bare call as the whole output (free text cannot start with `{`).
+            rules.append("PLAIN: /\\s*([^{\\s](.|\\n)*)?/")
+            if fmt.open_token is not None:
+                # The marker is a special token free text cannot contain: it switches to the call grammar.
+                start = "start: PLAIN | PLAIN calls | body"
+            else:
+                # A text marker: a lazy lexeme ends the free text at the first `<tool_call>` (llguidance's
+                # tool-calling idiom; the grammar then allows nothing but a call).
+                more = ' ("\\n" call)*' if self.parallel else ""
+                start = f'start: PLAIN | head body "\\n" {close}{more} | body'
+                rules.append(f'head[lazy]: PLAIN {open_} "\\n"')
         return check_grammar("%llguidance {}\n" + "\n".join([start, *rules]) + "\n", "tools")
 
     def parser(self) -> ToolCallParser:
@@ -314,7 +318,7 @@ ParsedDelta = str | ToolCallDelta  # content text, or a piece of a call
 
 
 @dataclass
-class ToolCall:
+class ParsedCall:
     """One whole call: `arguments` is the JSON text the model wrote."""
 
     id: str
@@ -336,7 +340,7 @@ class ParsedOutput:
     """A sequence's text split into its content and its calls."""
 
     content: str = ""
-    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_calls: list[ParsedCall] = field(default_factory=list)
 
 
 def collect(deltas: Iterable[ParsedDelta], into: ParsedOutput | None = None) -> ParsedOutput:
@@ -346,7 +350,7 @@ def collect(deltas: Iterable[ParsedDelta], into: ParsedOutput | None = None) -> 
         if isinstance(delta, str):
             out.content += delta
         elif delta.id is not None:
-            out.tool_calls.append(ToolCall(delta.id, delta.name or "", delta.arguments))
+            out.tool_calls.append(ParsedCall(delta.id, delta.name or "", delta.arguments))
         else:
             out.tool_calls[delta.index].arguments += delta.arguments
     return out
@@ -363,19 +367,28 @@ _HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"([^"\\]*)"\s*,\s*"arguments"\s*:')
 
 class ToolCallParser:
     """Generated text in, content and call pieces out, as the text arrives (any split: a marker may span
-    deltas).  Text that may be the start of `<tool_call>` is held back until resolved, so no marker leaks
-    into content; whitespace between content and calls is left out.  A call is emitted once its head
-    (`{"name": "<a callable tool>", "arguments":`) is complete, then its arguments' JSON as it comes; a
-    marked block that does not have that head (malformed JSON, an unknown name) is content."""
+    deltas).
+
+    A call is `<tool_call>` + its JSON + `</tool_call>`, or a bare JSON call that is the whole output (as
+    small models write one without the markers: llama.cpp takes it too; the `auto` grammar lets an output
+    start with `{` only as a call).  A call is emitted once its head (`{"name": "<a callable tool>",
+    "arguments":`) is complete, then its arguments' JSON text as it comes.  Text that may be the start of a
+    marker or a call is held back until resolved, so no marker leaks into content; whitespace between
+    content and calls is left out.  A block that cannot be a call's head (malformed JSON, an unknown name)
+    is content; one cut short before its head was complete is dropped."""
 
     def __init__(self, names: Collection[str]) -> None:
         self.names = frozenset(names)
+        self._heads = [f'{{"name": "{name}", "arguments":' for name in self.names]  # as the grammar writes them
         self.calls = 0  # calls started so far
+        self.closed = 0  # calls whose end was read (complete, unless cut short)
         self._state: Literal["text", "head", "arguments", "tail"] = "text"
         self._buf = ""  # text received and not yet resolved
+        self._begun = False  # content or a call was emitted: a bare call can only open the output
+        self._bare = False  # the current call has no markers
         self._after_call = False  # drop the whitespace that follows a call
         # the arguments' JSON scan: nesting depth, inside a string, after a backslash, value begun
-        self._depth, self._in_string, self._escape, self._begun = 0, False, False, False
+        self._depth, self._in_string, self._escape, self._value = 0, False, False, False
 
     def push(self, text: str) -> list[ParsedDelta]:
         """Add generated text; the content and call pieces now resolved."""
@@ -386,13 +399,13 @@ class ToolCallParser:
         return out
 
     def finish(self) -> list[ParsedDelta]:
-        """What is still held once the output ended: a partial marker or unclosed block is content,
-        trailing whitespace too when no call was made."""
+        """What is still held once the output ended: a partial marker, or a block that cannot be a call,
+        is content; trailing whitespace too when no call was made."""
         out: list[ParsedDelta] = []
         if self._state == "text":
             self._emit_text(self._buf.rstrip() if self.calls else self._buf, out)
-        elif self._state == "head":
-            out.append(OPEN + self._buf)
+        elif self._state == "head" and not self._may_be_head():
+            self._emit_text(("" if self._bare else OPEN) + self._buf, out)
         self._buf = ""
         return out
 
@@ -412,12 +425,21 @@ class ToolCallParser:
             self._after_call = not text
         if text:
             out.append(text)
+            self._begun = True
+
+    def _may_be_head(self) -> bool:
+        """Whether the held block may still become a call's head as the grammar writes it."""
+        start = self._buf.lstrip()
+        return any(head.startswith(start) for head in self._heads)
 
     def _text(self, out: list[ParsedDelta]) -> bool:
+        if not self._begun and self._buf.lstrip().startswith("{"):
+            self._state, self._bare = "head", True
+            return True
         at = self._buf.find(OPEN)
         if at >= 0:
             self._emit_text(self._buf[:at].rstrip(), out)
-            self._buf, self._state = self._buf[at + len(OPEN) :], "head"
+            self._buf, self._state, self._bare = self._buf[at + len(OPEN) :], "head", False
             return True
         # Hold a tail that may begin the marker, and trailing whitespace (dropped if a call follows).
         hold = next((k for k in range(min(len(OPEN) - 1, len(self._buf)), 0, -1) if OPEN.startswith(self._buf[-k:])), 0)
@@ -432,13 +454,20 @@ class ToolCallParser:
         if head is not None and head.group(1) in self.names:
             out.append(ToolCallDelta(self.calls, "", new_call_id(), head.group(1)))
             self.calls += 1
+            self._begun = True
             self._buf, self._state = self._buf[head.end() :], "arguments"
-            self._depth, self._in_string, self._escape, self._begun = 0, False, False, False
+            self._depth, self._in_string, self._escape, self._value = 0, False, False, False
+            return True
+        if self._may_be_head():
+            return False
+        if self._bare:  # not a call: the output is text
+            self._emit_text(self._buf, out)
+            self._buf, self._state = "", "text"
             return True
         end = self._buf.find(CLOSE)
         if end < 0:
             return False
-        # Closed without a call's head: what the model wrote is content.
+        # A closed block without a call's head: what the model wrote is content.
         self._emit_text(OPEN + self._buf[: end + len(CLOSE)], out)
         self._buf, self._state = self._buf[end + len(CLOSE) :], "text"
         return True
@@ -447,11 +476,11 @@ class ToolCallParser:
         """Pass the arguments' JSON on up to where the value ends (a JSON scan: strings, nesting)."""
         begin, end = 0, None
         for i, ch in enumerate(self._buf):
-            if not self._begun:
+            if not self._value:
                 if ch.isspace():
                     begin = i + 1
                     continue
-                self._begun = True
+                self._value = True
             if self._in_string:
                 if self._escape:
                     self._escape = False
@@ -484,10 +513,13 @@ class ToolCallParser:
         return True
 
     def _tail(self) -> bool:
-        """After the arguments: the call's closing brace and marker (anything else in it is dropped)."""
-        end = self._buf.find(CLOSE)
+        """After the arguments: the call's closing brace, and its closing marker (anything else in it is
+        dropped)."""
+        close = "}" if self._bare else CLOSE
+        end = self._buf.find(close)
         if end < 0:
             return False
-        self._buf, self._state = self._buf[end + len(CLOSE) :], "text"
+        self._buf, self._state = self._buf[end + len(close) :], "text"
         self._after_call = True
+        self.closed += 1
         return True

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from wicore.engine.grammar import ANY_JSON_OBJECT, closed_objects, json_schema_grammar
 from wicore.engine.request import PriorityName
 from wicore.server.errors import validation_error
 from wicore.server.protocol import PositiveInt, SamplingRequest
+from wicore.server.tools import FunctionTool, ToolCalling
 
 # Ollama's defaults for a model whose Modelfile sets none.
 DEFAULT_OPTIONS = {"temperature": 0.8, "top_p": 0.9, "top_k": 40}
@@ -60,13 +61,18 @@ class OllamaGenerationRequest(OllamaRequest):
     format: Literal["", "json"] | dict[str, Any] | None = None  # constrained output: any JSON object, or a schema
     priority: PriorityName = "normal"  # WiCore's extension
 
+    def format_schema(self) -> dict[str, Any] | None:
+        """The schema `format` asks the output to follow (None: free text)."""
+        if self.format == "json":
+            return ANY_JSON_OBJECT
+        if isinstance(self.format, dict):
+            return closed_objects(self.format)
+        return None
+
     def grammar(self) -> str | None:
         """The checked grammar `format` asks for (None: free text); ValueError naming `format`."""
-        if self.format == "json":
-            return json_schema_grammar(ANY_JSON_OBJECT, "format")
-        if isinstance(self.format, dict):
-            return json_schema_grammar(closed_objects(self.format), "format")
-        return None
+        schema = self.format_schema()
+        return None if schema is None else json_schema_grammar(schema, "format")
 
 
 class OllamaGenerateRequest(OllamaGenerationRequest):
@@ -83,13 +89,50 @@ class OllamaGenerateRequest(OllamaGenerationRequest):
         return value
 
 
+class OllamaFunction(FunctionTool):
+    model_config = ConfigDict(extra="ignore", strict=True)  # as Ollama's decoder
+
+
+class OllamaTool(OllamaRequest):
+    type: Literal["function"] = "function"
+    function: OllamaFunction
+
+
+class OllamaCallFunction(OllamaRequest):
+    name: str
+    arguments: dict[str, Any] = {}
+
+
+class OllamaToolCall(OllamaRequest):
+    function: OllamaCallFunction
+
+
 class OllamaMessage(OllamaRequest):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: list[OllamaToolCall] | None = None  # an assistant turn's calls
+    tool_name: str | None = None  # the tool a "tool" message answers
+
+    def template_message(self) -> dict[str, Any]:
+        """The message as chat templates take it (transformers' form)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {"type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                for c in self.tool_calls
+            ]
+        if self.tool_name is not None:
+            message["name"] = self.tool_name
+        return message
 
 
 class OllamaChatRequest(OllamaGenerationRequest):
     messages: list[OllamaMessage] = []
+    tools: list[OllamaTool] | None = None  # Ollama has no tool_choice: the model chooses ("auto")
+
+    def tool_calling(self) -> ToolCalling:
+        """The checked tools; ToolError naming the field."""
+        return ToolCalling.build([t.function for t in self.tools or ()])
 
 
 class OllamaModelRequest(OllamaRequest):
@@ -119,6 +162,7 @@ class OllamaEmbedRequest(OllamaRequest):
 class OllamaChatMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    tool_calls: list[OllamaToolCall] | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class OllamaReply(BaseModel):

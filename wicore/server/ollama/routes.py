@@ -42,9 +42,11 @@ from wicore.server.ollama.protocol import (
     OllamaModelRequest,
     OllamaReply,
 )
+from wicore.server.ollama.tool_calls import OllamaChatTools
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, parse_body
 from wicore.server.service import ChoiceSequence, GenerationRequest, GenerationService, Outputs
 from wicore.server.streaming import StreamFormat
+from wicore.server.tools import call_format
 
 log = structlog.get_logger(__name__)
 NDJSON = StreamFormat("application/x-ndjson", lambda e: json.dumps({"error": e.message}) + "\n", None)
@@ -243,25 +245,33 @@ def router(service: GenerationService) -> APIRouter:
 
     async def run(
         request: Request, body: OllamaGenerationRequest, prompt_ids: list[int], prompt_param: str,
-        reply: type[OllamaGenerateReply] | type[OllamaChatReply],
+        reply: type[OllamaGenerateReply] | type[OllamaChatReply], tools: OllamaChatTools | None = None,
     ) -> Response:  # fmt: skip
+        """Generate for /api/generate, or /api/chat (with its `tools`)."""
         sampling = body.options.sampling(body.priority)
+        grammar = format_grammar(body)
         generation = GenerationRequest(
             [prompt_ids], sampling, sampling.max_tokens, CHAT_DEFAULT_MAX_TOKENS,
-            prompt_param=prompt_param, max_tokens_param="options.num_predict", grammar=format_grammar(body),
+            prompt_param=prompt_param, max_tokens_param="options.num_predict",
+            grammar=grammar if tools is None else tools.grammar(grammar),
         )  # fmt: skip
         _, (seq,) = service.start(generation)
 
         def content(text: str) -> dict[str, Any]:
-            return {"response": text} if reply is OllamaGenerateReply else {"message": OllamaChatMessage(content=text)}
+            return {"response": text} if tools is None else {"message": tools.message(text)}
+
+        def pieces(text: str, done: bool) -> list[dict[str, Any]]:
+            if tools is None:
+                return [content(text)] if text else []
+            return [{"message": message} for message in tools.stream(text, done)]
 
         def build() -> BaseModel:
             return reply(model=body.model, created_at=_now(), **content("".join(seq.text)), **_final_stats(seq))
 
         async def events(outputs: Outputs) -> AsyncGenerator[str, None]:
             async for _, out in outputs:
-                if out.text:
-                    yield reply(model=body.model, created_at=_now(), done=False, **content(out.text)).line()
+                for piece in pieces(out.text, out.finish_reason is not None):
+                    yield reply(model=body.model, created_at=_now(), done=False, **piece).line()
                 if out.finish_reason is not None:
                     yield reply(model=body.model, created_at=_now(), **content(""), **_final_stats(seq)).line()
 
@@ -295,8 +305,10 @@ def router(service: GenerationService) -> APIRouter:
             message = OllamaChatMessage(content="")
             reply = OllamaChatReply(model=body.model, created_at=_now(), message=message, done=True, done_reason=LOAD)
             return loaded(reply)
-        prompt_ids = await service.chat_prompt([m.model_dump() for m in body.messages])
-        return await run(request, body, prompt_ids, "messages", OllamaChatReply)
+        tools = OllamaChatTools(body, call_format(engine.tokenizer))
+        conversation, template_tools = tools.template_inputs()
+        prompt_ids = await service.chat_prompt(conversation, tools=template_tools)
+        return await run(request, body, prompt_ids, "messages", OllamaChatReply, tools)
 
     @api.post("/embeddings", response_model=None)
     async def embeddings(request: Request) -> Response:

@@ -10,7 +10,15 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal
 
 import structlog
-from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializeAsAny,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from wicore.engine.grammar import ANY_JSON_OBJECT, json_schema_grammar
 from wicore.engine.request import FinishReason, Priority, PriorityName
@@ -21,6 +29,7 @@ from wicore.server.protocol import (
     SamplingRequest,
     StrictRequest,
     Temperature,
+    ToolCall,
     UsageInfo,
     between,
     check_texts,
@@ -28,6 +37,7 @@ from wicore.server.protocol import (
     engine_priority,
     is_token_id,
 )
+from wicore.server.tools import FunctionTool, NamedTool, ToolCalling, ToolChoice, ToolMode
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 # JSON has no -inf; a token the sampler could never pick gets this instead (as vLLM does).
@@ -105,15 +115,39 @@ class ResponseFormat(StrictRequest):
             return json_schema_grammar(self.json_schema.schema_ or {}, "response_format.json_schema.schema")
         return None
 
+    def answer_schema(self) -> dict[str, Any] | None:
+        """The schema an answer follows (None: free text), for tool grammars where it is one alternative."""
+        if self.type == "json_object":
+            return ANY_JSON_OBJECT
+        return None if self.json_schema is None else self.json_schema.schema_ or {}
+
+
+class ChatTool(StrictRequest):
+    type: Literal["function"]
+    function: FunctionTool
+
+
+class ToolName(StrictRequest):
+    name: str
+
+
+class NamedToolChoice(StrictRequest):
+    """`tool_choice` naming the function the model must call."""
+
+    type: Literal["function"]
+    function: ToolName
+
 
 class ChatCompletionRequest(OpenAIRequest, SamplingRequest):
     ignored = IGNORED_CHAT
-    null_only = frozenset({"parallel_tool_calls"})
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None  # OpenAI's newer name for max_tokens
     logprobs: bool = False
     top_logprobs: TopLogprobs | None = None
     response_format: ResponseFormat | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: ToolMode | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
@@ -132,6 +166,15 @@ class ChatCompletionRequest(OpenAIRequest, SamplingRequest):
 
     def conversation(self) -> list[dict[str, Any]]:
         return conversation(self.messages)
+
+    def tool_calling(self) -> ToolCalling:
+        """The checked tool settings; ToolError naming the field."""
+        choice: ToolChoice | None = (
+            NamedTool(self.tool_choice.function.name)
+            if isinstance(self.tool_choice, NamedToolChoice)
+            else self.tool_choice
+        )
+        return ToolCalling.build([t.function for t in self.tools or ()], choice, self.parallel_tool_calls)
 
 
 class CompletionRequest(OpenAIRequest, SamplingRequest):
@@ -205,7 +248,7 @@ class EmbeddingRequest(OpenAIRequest):
 
 
 # The engine's reasons a response can carry; the others (abort, timeout, error) end in an error instead.
-OpenAIFinishReason = Literal["stop", "length"]
+OpenAIFinishReason = Literal["stop", "length", "tool_calls"]  # tool_calls: a stop after calls
 _OPENAI_REASONS: dict[FinishReason, OpenAIFinishReason] = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length"}
 
 
@@ -229,7 +272,26 @@ class ChatChoiceLogprobs(BaseModel):
 
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # None: the message is only tool calls
+    tool_calls: list[ToolCall] | None = Field(None, exclude_if=lambda v: v is None)
+
+
+class DeltaFunctionCall(BaseModel):
+    name: str | None = Field(None, exclude_if=lambda v: v is None)
+    arguments: str
+
+
+class DeltaToolCall(BaseModel):
+    """A piece of a streamed call: the first carries id, type and name, the next argument fragments."""
+
+    index: int
+    id: str | None = Field(None, exclude_if=lambda v: v is None)
+    type: Literal["function"] | None = Field(None, exclude_if=lambda v: v is None)
+    function: DeltaFunctionCall
+
+
+class ChatDeltaMessage(DeltaMessage):
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatCompletionChoice(BaseModel):
@@ -250,7 +312,7 @@ class ChatCompletionResponse(BaseModel):
 
 class ChatCompletionChunkChoice(BaseModel):
     index: int
-    delta: DeltaMessage
+    delta: SerializeAsAny[DeltaMessage]  # a ChatDeltaMessage when it carries tool calls
     logprobs: ChatChoiceLogprobs | None = None
     finish_reason: OpenAIFinishReason | None = None
 

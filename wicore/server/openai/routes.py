@@ -27,7 +27,6 @@ from wicore.server.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatLogprob,
-    ChatResponseMessage,
     CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
@@ -44,9 +43,11 @@ from wicore.server.openai.protocol import (
     UsageInfo,
     openai_finish_reason,
 )
+from wicore.server.openai.tool_calls import ChatTools
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, parse_body
 from wicore.server.service import GenerationRequest, GenerationService, Outputs, cached_tokens
 from wicore.server.streaming import StreamFormat, sse
+from wicore.server.tools import call_format
 from wicore.tokenizer import Tokenizer
 
 SSE_DONE = "data: [DONE]\n\n"
@@ -154,27 +155,31 @@ def router(service: GenerationService) -> APIRouter:
     async def chat(request: Request) -> Response:
         body = await parse_body(request, ChatCompletionRequest)
         service.catalogue.check_chat(body.model)
-        prompt_ids = await service.chat_prompt(body.conversation())
+        tools = ChatTools(body, call_format(engine.tokenizer))
+        grammar = tools.grammar(response_grammar(body.response_format))
+        conversation, template_tools = tools.template_inputs()
+        prompt_ids = await service.chat_prompt(conversation, tools=template_tools)
         request_id, seqs = service.start(
             GenerationRequest(
                 [prompt_ids], body, body.requested_max_tokens, CHAT_DEFAULT_MAX_TOKENS, body.num_logprobs,
                 prompt_param="messages",
                 max_tokens_param="max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
-                grammar=response_grammar(body.response_format),
+                grammar=grammar,
             )
         )  # fmt: skip
         response_id, created, model = f"chatcmpl-{request_id}", int(time.time()), engine.model_name
         structlog.contextvars.bind_contextvars(completion_id=response_id)
 
         def build() -> ChatCompletionResponse:
+            messages = [tools.message("".join(s.text)) for s in seqs]
             choices = [
                 ChatCompletionChoice(
                     index=s.index,
-                    message=ChatResponseMessage(content="".join(s.text)),
+                    message=message,
                     logprobs=render.chat(s.tokens, s.logprobs, s.top_logprobs) if body.logprobs else None,
-                    finish_reason=openai_finish_reason(s.finish_reason),
+                    finish_reason=tools.finish_reason(s.finish_reason, message),
                 )
-                for s in seqs
+                for s, message in zip(seqs, messages, strict=True)
             ]
             usage = UsageInfo.of(len(prompt_ids), sum(len(s.tokens) for s in seqs), cached_tokens(seqs, body.n))
             return ChatCompletionResponse(id=response_id, created=created, model=model, choices=choices, usage=usage)
@@ -188,24 +193,20 @@ def router(service: GenerationService) -> APIRouter:
             async for seq, out in outputs:
                 if seq.index not in started:  # each choice's first delta carries the role
                     started.add(seq.index)
-                    yield chunk(
-                        ChatCompletionChunkChoice(index=seq.index, delta=DeltaMessage(role="assistant", content=""))
-                    )
+                    yield chunk(ChatCompletionChunkChoice(index=seq.index, delta=tools.first_delta()))
                 logprobs = None
                 if body.logprobs and out.token_ids:
                     logprobs = render.chat(out.token_ids, out.logprobs, out.top_logprobs)
-                if out.text or logprobs is not None:
-                    choice = ChatCompletionChunkChoice(
-                        index=seq.index, delta=DeltaMessage(content=out.text), logprobs=logprobs
-                    )
-                    yield chunk(choice)
+                deltas = tools.deltas(seq.index, out.text, done=out.finish_reason is not None)
+                if logprobs is not None and not deltas:
+                    deltas = [DeltaMessage(content="")]
+                for k, delta in enumerate(deltas):  # logprobs ride on the output's first delta
+                    lps = logprobs if k == 0 else None
+                    yield chunk(ChatCompletionChunkChoice(index=seq.index, delta=delta, logprobs=lps))
                 if out.finish_reason is not None:
                     completion_tokens += out.completion_tokens
-                    yield chunk(
-                        ChatCompletionChunkChoice(
-                            index=seq.index, delta=DeltaMessage(), finish_reason=openai_finish_reason(out.finish_reason)
-                        )
-                    )
+                    reason = tools.stream_finish_reason(seq.index, out.finish_reason)
+                    yield chunk(ChatCompletionChunkChoice(index=seq.index, delta=DeltaMessage(), finish_reason=reason))
             if body.include_usage:
                 usage = UsageInfo.of(len(prompt_ids), completion_tokens, cached_tokens(seqs, body.n))
                 yield sse(ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=usage))
