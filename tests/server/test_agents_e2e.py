@@ -9,13 +9,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import pytest
-from pydantic import BaseModel, Field
-
-from tests.helpers import MODEL
-from tests.live_server import Server
-
-agents = pytest.importorskip("agents")
-from agents import (  # noqa: E402
+from agents import (
     Agent,
     Model,
     ModelSettings,
@@ -25,7 +19,11 @@ from agents import (  # noqa: E402
     Runner,
     function_tool,
 )
-from openai import AsyncOpenAI  # noqa: E402
+from openai import AsyncOpenAI
+from pydantic import BaseModel, Field
+
+from tests.helpers import MODEL
+from tests.live_server import Server
 
 NO_TRACING = RunConfig(tracing_disabled=True)  # traces would go to OpenAI's servers
 
