@@ -38,6 +38,17 @@ def test_string_input(client: openai.OpenAI) -> None:
     assert r.output[0].type == "message" and r.output[0].role == "assistant"
 
 
+def test_logprobs(client: openai.OpenAI) -> None:
+    r = client.responses.create(
+        model=MODEL, input="Say hello.", include=["message.output_text.logprobs"], top_logprobs=3,
+        temperature=0, max_output_tokens=8,
+    )  # fmt: skip
+    logprobs = r.output[0].content[0].logprobs  # type: ignore[union-attr]
+    assert logprobs and "".join(lp.token for lp in logprobs) == r.output_text
+    assert all(len(lp.top_logprobs) == 3 and lp.logprob <= 0 for lp in logprobs)
+    assert logprobs[0].token == logprobs[0].top_logprobs[0].token  # greedy picks the most likely
+
+
 def test_items_with_instructions_and_the_developer_role(client: openai.OpenAI) -> None:
     r = client.responses.create(
         model=MODEL,

@@ -10,6 +10,7 @@ import pytest
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from wicore.server.openai.protocol import ChatLogprob
 from wicore.server.responses.output import OutputItems
 from wicore.server.responses.protocol import ResponseEvent
 
@@ -79,3 +80,12 @@ def test_a_cut_answer_leaves_the_last_item_incomplete() -> None:
     output, _ = run(f"{CALL}\nAnd more", 5, cut=True)
     call, message = output.items
     assert call.status == "completed" and message.status == "incomplete"
+
+
+def test_logprobs_go_with_the_message_text_not_the_calls() -> None:
+    output = OutputItems("req1", ("get_weather",))
+    said, marker = ChatLogprob(token="Hi", logprob=-0.1), ChatLogprob(token="<tool_call>", logprob=-0.2)
+    events = output.push("Hi", [said]) + output.push(f"\n{CALL}", [marker]) + output.finish(cut=False)
+    message, call = output.items
+    assert message.content[0].logprobs == [said] and call.type == "function_call"  # type: ignore[union-attr]
+    assert [lp for e in events if e.type == "response.output_text.delta" for lp in e.logprobs] == [said]  # type: ignore[attr-defined]

@@ -133,6 +133,23 @@ async def test_text_format_reaches_the_engine_as_a_grammar(engine: FakeEngine, t
     assert r.json()["text"]["format"] == text["format"] | r.json()["text"]["format"]  # echoed as given
 
 
+async def test_logprobs_when_include_asks(engine: FakeEngine) -> None:
+    logprobs = {"include": ["message.output_text.logprobs"], "top_logprobs": 2}
+    async with in_process(engine) as client:
+        resp = Response.model_validate((await create(client, **logprobs)).json())
+        events = await stream_events(client, **logprobs)
+        plain = Response.model_validate((await create(client, include=["reasoning.encrypted_content"])).json())
+    part = resp.output[0].content[0]  # type: ignore[union-attr]
+    assert part.logprobs is not None and len(part.logprobs) == len(engine.tokenizer.encode(REPLY))
+    assert "".join(lp.token for lp in part.logprobs) == REPLY
+    assert all(len(lp.top_logprobs) == 2 and lp.bytes for lp in part.logprobs) and resp.top_logprobs == 2
+    assert engine.requests[0].params.logprobs == 2 and engine.requests[-1].params.logprobs is None
+    streamed = [lp for name, data in events if name == "response.output_text.delta" for lp in data["logprobs"]]
+    assert [lp["token"] for lp in streamed] == [lp.token for lp in part.logprobs]
+    assert events[-1][1]["response"]["output"][0]["content"][0]["logprobs"] == streamed
+    assert plain.output[0].content[0].logprobs == []  # type: ignore[union-attr]
+
+
 WEATHER = {
     "type": "function",
     "name": "get_weather",
@@ -185,8 +202,8 @@ async def test_tools_reach_the_template_and_the_grammar(
         ({"max_output_tokens": 0}, "max_output_tokens"),
         ({"max_output_tokens": 5000}, "max_output_tokens"),
         ({"temperature": 3}, "temperature"),
-        ({"top_logprobs": 2}, "top_logprobs"),
-        ({"include": ["message.output_text.logprobs"]}, "include"),
+        ({"top_logprobs": 21}, "top_logprobs"),
+        ({"include": ["message.output_text.tokens"]}, "include[0]"),
         ({"seed": 1}, "seed"),  # not in the Responses API: invented fields are still 400s
     ],
 )  # fmt: skip

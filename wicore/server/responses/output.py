@@ -7,8 +7,9 @@ content becomes a message item, each call a function_call item, in the order the
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 
+from wicore.server.openai.protocol import ChatLogprob
 from wicore.server.responses.protocol import (
     ArgumentsDeltaEvent,
     ArgumentsDoneEvent,
@@ -36,8 +37,13 @@ class OutputItems:
         self.items: list[OutputItem] = []
         self._open: OutputMessage | OutputFunctionCall | None = None
         self._text = ""  # the open message's text, or the open call's arguments
+        self._logprobs: list[ChatLogprob] = []  # the open message's
+        self._pending: list[ChatLogprob] = []  # of tokens pushed whose text is not yet resolved
 
-    def push(self, text: str) -> list[ResponseEvent]:
+    def push(self, text: str, logprobs: Sequence[ChatLogprob] = ()) -> list[ResponseEvent]:
+        """Add generated text and its tokens' logprobs, which go with the message text it becomes (the
+        parser may hold text back; a call's tokens have no logprobs in this API)."""
+        self._pending += logprobs
         deltas: Iterable[ParsedDelta] = self.parser.push(text) if self.parser else [text] if text else []
         return self._apply(deltas)
 
@@ -55,9 +61,14 @@ class OutputItems:
                 if not isinstance(self._open, OutputMessage):
                     events += self._close("completed") + self._open_message()
                 self._text += delta
-                events.append(TextDeltaEvent(item_id=self._open_id, output_index=self._index, delta=delta))
+                self._logprobs += self._pending
+                events.append(
+                    TextDeltaEvent(item_id=self._open_id, output_index=self._index, delta=delta, logprobs=self._pending)
+                )
+                self._pending = []
             elif delta.id is not None:
                 events += self._close("completed") + self._open_call(delta)
+                self._pending = []
             else:
                 self._text += delta.arguments
                 events.append(
@@ -79,6 +90,7 @@ class OutputItems:
 
     def _open_message(self) -> list[ResponseEvent]:
         self._open, self._text = OutputMessage(id=self._new_id("msg"), status="in_progress", content=[]), ""
+        self._logprobs = []
         return [
             OutputItemEvent(type="response.output_item.added", output_index=self._index, item=self._open),
             ContentPartEvent(
@@ -107,10 +119,10 @@ class OutputItems:
             return []
         events: list[ResponseEvent]
         if isinstance(item, OutputMessage):
-            part = OutputTextPart(text=self._text)
+            part = OutputTextPart(text=self._text, logprobs=self._logprobs)
             item = item.model_copy(update={"status": status, "content": [part]})
             events = [
-                TextDoneEvent(item_id=item.id, output_index=index, text=part.text),
+                TextDoneEvent(item_id=item.id, output_index=index, text=part.text, logprobs=part.logprobs),
                 ContentPartEvent(type="response.content_part.done", item_id=item.id, output_index=index, part=part),
             ]
         else:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Fiel
 from wicore.engine.grammar import ANY_JSON_OBJECT, json_schema_grammar
 from wicore.engine.request import PriorityName
 from wicore.server import tools
-from wicore.server.openai.protocol import OpenAIRequest
+from wicore.server.openai.protocol import ChatLogprob, OpenAIRequest, TopLogprobs
 from wicore.server.protocol import (
     ChatMessage,
     FunctionCall,
@@ -210,17 +210,24 @@ STATEFUL = {
     "prompt": "stored prompt templates are not available here; send `instructions` and `input`",
     "background": "background responses need storage, which this server does not keep",
 }
-# Documented fields that change nothing here: storage, billing, caching hints, reasoning models, and
-# `include` (every includable names an output this server does not produce, bar logprobs, refused below).
+# Documented fields that change nothing here: storage, billing, caching hints, reasoning models.
 IGNORED = frozenset({
     "store", "service_tier", "reasoning", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
-    "safety_identifier", "truncation", "stream_options", "max_tool_calls", "context_management", "include",
+    "safety_identifier", "truncation", "stream_options", "max_tool_calls", "context_management",
 })  # fmt: skip
+LOGPROBS = "message.output_text.logprobs"
+# What `include` may ask for: every one but logprobs names an output this server never produces (search
+# results, images, code outputs, encrypted reasoning), so there is nothing to add for it.
+Includable = Literal[
+    "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+    "message.input_image.image_url", "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+    "reasoning.encrypted_content", "message.output_text.logprobs",
+]  # fmt: skip
 
 
 class ResponsesRequest(OpenAIRequest):
     ignored: ClassVar[frozenset[str]] = IGNORED
-    null_only: ClassVar[frozenset[str]] = frozenset({"top_logprobs", *STATEFUL})
+    null_only: ClassVar[frozenset[str]] = frozenset(STATEFUL)
 
     model: str | None = None  # None: the served model
     input: str | list[InputItem]
@@ -235,6 +242,8 @@ class ResponsesRequest(OpenAIRequest):
     stream: bool = False
     metadata: dict[str, str] | None = None
     user: str | None = None
+    include: list[Includable] | None = None
+    top_logprobs: TopLogprobs | None = None  # alternatives per token, with include's logprobs
     priority: PriorityName = "normal"  # WiCore's scheduling priority, as on chat
 
     @model_validator(mode="before")
@@ -244,8 +253,6 @@ class ResponsesRequest(OpenAIRequest):
             for key, why in STATEFUL.items():
                 if data.get(key) not in (None, False):
                     raise ValueError(f"{key}: {why}")
-            if "message.output_text.logprobs" in (data.get("include") or ()):
-                raise ValueError("include: message.output_text.logprobs is not supported")
         return data
 
     @field_validator("input")
@@ -254,6 +261,11 @@ class ResponsesRequest(OpenAIRequest):
         if isinstance(value, list) and not value:
             raise ValueError("must hold at least one item")
         return value
+
+    @property
+    def num_logprobs(self) -> int | None:
+        """How many alternatives the engine reports per token; None: no logprobs (include asks for them)."""
+        return (self.top_logprobs or 0) if LOGPROBS in (self.include or ()) else None
 
     def sampling(self) -> SamplingRequest:
         """The shared sampling parameters: the ones given here, the server's defaults for the rest."""
@@ -302,7 +314,7 @@ class OutputTextPart(BaseModel):
     type: Literal["output_text"] = "output_text"
     text: str
     annotations: list[Any] = Field(default_factory=list)
-    logprobs: list[Any] = Field(default_factory=list)
+    logprobs: list[ChatLogprob] = Field(default_factory=list)  # with include's logprobs: chat's shape
 
 
 class OutputMessage(BaseModel):
@@ -380,6 +392,7 @@ class ResponseObject(BaseModel):
     usage: ResponseUsage | None = None
     user: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    top_logprobs: int | None = None
     store: Literal[False] = False  # stateless: nothing is kept
 
 
@@ -426,13 +439,13 @@ class ContentPartEvent(ContentEvent):
 class TextDeltaEvent(ContentEvent):
     type: str = "response.output_text.delta"
     delta: str
-    logprobs: list[Any] = Field(default_factory=list)
+    logprobs: list[ChatLogprob] = Field(default_factory=list)
 
 
 class TextDoneEvent(ContentEvent):
     type: str = "response.output_text.done"
     text: str
-    logprobs: list[Any] = Field(default_factory=list)
+    logprobs: list[ChatLogprob] = Field(default_factory=list)
 
 
 class ArgumentsDeltaEvent(ItemEvent):

@@ -22,6 +22,8 @@ from fastapi.responses import Response
 
 from wicore.engine.request import FinishReason
 from wicore.server.errors import APIError
+from wicore.server.openai.protocol import ChatLogprob
+from wicore.server.openai.routes import LogprobRenderer
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, conversation, parse_body
 from wicore.server.responses.output import OutputItems
 from wicore.server.responses.protocol import (
@@ -77,6 +79,7 @@ def checked_grammar(body: ResponsesRequest, calling: ToolCalling, fmt: CallForma
 def router(service: GenerationService) -> APIRouter:
     api = APIRouter()
     engine = service.engine
+    render = LogprobRenderer(engine.tokenizer)
 
     @api.post("/v1/responses", response_model=None)
     @api.post("/responses", response_model=None, include_in_schema=False)
@@ -94,8 +97,8 @@ def router(service: GenerationService) -> APIRouter:
         prompt_ids = await service.chat_prompt(messages, param="input", tools=template_tools)
         request_id, seqs = service.start(
             GenerationRequest(
-                [prompt_ids], sampling, body.max_output_tokens, CHAT_DEFAULT_MAX_TOKENS, prompt_param="input",
-                max_tokens_param="max_output_tokens", grammar=grammar,
+                [prompt_ids], sampling, body.max_output_tokens, CHAT_DEFAULT_MAX_TOKENS, body.num_logprobs,
+                prompt_param="input", max_tokens_param="max_output_tokens", grammar=grammar,
             )
         )  # fmt: skip
         (seq,) = seqs
@@ -126,11 +129,17 @@ def router(service: GenerationService) -> APIRouter:
                 usage=ResponseUsage.of(len(prompt_ids), len(seq.tokens), cached_tokens(seqs, 1)) if done else None,
                 user=body.user,
                 metadata=body.metadata or {},
+                top_logprobs=body.top_logprobs,
             )
+
+        def logprobs(token_ids: list[int], logprobs: list[float], top: list[list[tuple[int, float]]]) -> (
+            list[ChatLogprob]
+        ):  # fmt: skip
+            return [] if body.num_logprobs is None else render.chat(token_ids, logprobs, top).content
 
         def build() -> ResponseObject:
             output = OutputItems(request_id, callable_names)
-            output.push("".join(seq.text))
+            output.push("".join(seq.text), logprobs(seq.tokens, seq.logprobs, seq.top_logprobs))
             output.finish(cut=seq.finish_reason == FinishReason.LENGTH)
             return response(output.items)
 
@@ -139,7 +148,7 @@ def router(service: GenerationService) -> APIRouter:
             yield stream.event(ResponseStateEvent(type="response.in_progress", response=response([])))
             output = OutputItems(request_id, callable_names)
             async for _, out in outputs:
-                for event in output.push(out.text):
+                for event in output.push(out.text, logprobs(out.token_ids, out.logprobs, out.top_logprobs)):
                     yield stream.event(event)
             for event in output.finish(cut=seq.finish_reason == FinishReason.LENGTH):
                 yield stream.event(event)
