@@ -46,7 +46,7 @@ def test_logprobs(client: openai.OpenAI) -> None:
     logprobs = r.output[0].content[0].logprobs  # type: ignore[union-attr]
     assert logprobs and "".join(lp.token for lp in logprobs) == r.output_text
     assert all(len(lp.top_logprobs) == 3 and lp.logprob <= 0 for lp in logprobs)
-    assert logprobs[0].token == logprobs[0].top_logprobs[0].token  # greedy picks the most likely
+    assert all(lp.token == lp.top_logprobs[0].token for lp in logprobs)  # greedy picks the most likely
 
 
 def test_items_with_instructions_and_the_developer_role(client: openai.OpenAI) -> None:
