@@ -75,7 +75,8 @@ def _error(model: type, body: Any) -> APIError:
         ("max_tokens", 10.5, "valid integer"),
         ("max_tokens", True, "valid integer"),  # JSON true is not a number here
         ("stream", "yes", "valid boolean"),
-        ("tools", [], "unsupported parameter"),
+        ("tool_choice", "sometimes", "'none', 'auto' or 'required'"),
+        ("parallel_tool_calls", "yes", "valid boolean"),
         ("response_format", {"type": "yaml"}, "'text', 'json_object' or 'json_schema'"),
         ("response_format", {"type": "json_schema"}, 'give it exactly when type is "json_schema"'),
     ],
@@ -371,8 +372,8 @@ def test_sliding_window_limiter() -> None:
 NULLABLE_CHAT = [
     "temperature", "top_p", "n", "max_tokens", "max_completion_tokens", "presence_penalty", "frequency_penalty",
     "logprobs", "top_logprobs", "stream", "stream_options", "stop", "seed", "user", "logit_bias", "response_format",
-    "parallel_tool_calls", "store", "metadata", "service_tier", "reasoning_effort", "modalities", "audio",
-    "prediction", "web_search_options", "verbosity",
+    "tools", "tool_choice", "parallel_tool_calls", "store", "metadata", "service_tier", "reasoning_effort",
+    "modalities", "audio", "prediction", "web_search_options", "verbosity",
 ]  # fmt: skip
 
 
@@ -409,8 +410,16 @@ def test_documented_parameters_are_ignored_and_logged_once(monkeypatch: pytest.M
     ("body", "param", "says"),
     [
         ({"messages": MESSAGES, "invented": 1}, "invented", "unsupported parameter"),
-        ({"messages": MESSAGES, "parallel_tool_calls": True}, "parallel_tool_calls", "unsupported parameter"),
-        ({"messages": MESSAGES, "tools": None}, "tools", "unsupported parameter"),
+        (
+            {"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f", "x": 1}}]},
+            "tools[0].function.x",
+            "unsupported parameter",
+        ),
+        (
+            {"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "a b"}}]},
+            "tools[0].function.name",
+            "must be 1-64 letters",
+        ),
     ],
 )
 def test_invented_or_unsupported_fields_still_fail(body: dict[str, Any], param: str, says: str) -> None:

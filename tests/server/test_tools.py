@@ -163,6 +163,17 @@ def test_grammars_allow_what_tool_choice_says(vocabulary: Any, choice: Any, para
     assert {name for name, text in texts.items() if accepts(vocabulary, grammar, text)} == accepted
 
 
+def test_auto_with_a_response_schema(vocabulary: Any) -> None:
+    """response_format beside tools: an answer that is not a call follows the schema."""
+    answer = {"type": "object", "properties": {"temp": {"type": "integer"}}, "required": ["temp"]}
+    grammar = ToolCalling.build([WEATHER], "auto", False).grammar(vocabulary[2], answer)
+    assert grammar is not None
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    assert accepts(vocabulary, grammar, '{"temp": 21}') and accepts(vocabulary, grammar, call)
+    assert not accepts(vocabulary, grammar, "It is 21 degrees.")
+    assert not accepts(vocabulary, grammar, '{"temp": "warm"}')
+
+
 def test_none_offers_nothing_and_checks_name_the_field() -> None:
     assert ToolCalling.build([WEATHER], "none").grammar(CallFormat(True, None, None)) is None
     assert not ToolCalling.build([WEATHER], "none").offered and ToolCalling.build([WEATHER]).choice == "auto"

@@ -33,6 +33,7 @@ import jinja2
 from pydantic import field_validator
 
 from wicore.engine.grammar import check_grammar, closed_objects, json_schema_grammar
+from wicore.server.errors import APIError
 from wicore.server.protocol import StrictRequest
 from wicore.tokenizer import Tokenizer
 
@@ -91,13 +92,12 @@ class NamedTool:
 ToolChoice = ToolMode | NamedTool
 
 
-class ToolError(ValueError):
-    """A client's mistake in the tool fields; `param` is the request field to name in the 400
-    (`tools[1].function.parameters`, `tool_choice`)."""
+class ToolError(APIError):
+    """A client's mistake in the tool fields: a 400 naming the request field (`tools[1].function.parameters`,
+    `tool_choice`), raised before anything is queued."""
 
     def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
+        super().__init__(400, message, param=param)
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,8 @@ class ToolCalling:
 
     def grammar(self, fmt: CallFormat, answer_schema: dict[str, Any] | None = None) -> str | None:
         """The checked llguidance (Lark) grammar of the output; None when no tool is offered.  With
-        `answer_schema` (a response_format schema), an `auto` answer that is not a call follows it."""
+        `answer_schema` (a response_format schema), an `auto` answer that is not a call follows it.
+        ToolError (naming `tools`) if llguidance cannot compile it."""
         if not self.active:
             return None
         open_, close = fmt.marker(OPEN), fmt.marker(CLOSE)
@@ -288,11 +289,18 @@ class ToolCalling:
                 more = ' ("\\n" call)*' if self.parallel else ""
                 start = f'start: PLAIN | head body "\\n" {close}{more} | body'
                 rules.append(f'head[lazy]: PLAIN {open_} "\\n"')
-        return check_grammar("%llguidance {}\n" + "\n".join([start, *rules]) + "\n", "tools")
+        try:
+            return check_grammar("%llguidance {}\n" + "\n".join([start, *rules]) + "\n", "tools")
+        except ValueError as e:
+            raise ToolError("tools", str(e)) from None
 
     def parser(self) -> ToolCallParser:
         """A parser for one generated sequence, which takes calls of the callable tools only."""
         return ToolCallParser({t.name for t in self.callable()})
+
+    def parse(self, text: str) -> ParsedOutput:
+        """A whole output's content and calls (of the callable tools)."""
+        return parse_tool_calls(text, {t.name for t in self.callable()})
 
 
 # -- parsing the output -----------------------------------------------------------------------------

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from wicore.server.errors import APIError
 from wicore.server.ollama.protocol import OllamaCallFunction, OllamaChatMessage, OllamaChatRequest, OllamaToolCall
 from wicore.server.tools import (
     CallFormat,
     ParsedCall,
     ParsedOutput,
     ToolCallParser,
-    ToolError,
     collect,
-    parse_tool_calls,
     template_inputs,
 )
 
@@ -32,10 +29,7 @@ class OllamaChatTools:
     offered the message is the text as generated."""
 
     def __init__(self, body: OllamaChatRequest, fmt: CallFormat) -> None:
-        try:
-            self.calling = body.tool_calling()
-        except ToolError as e:
-            raise APIError(400, str(e), param=e.param) from None
+        self.calling = body.tool_calling()  # ToolError: a 400 naming the field
         self.fmt = fmt
         self.body = body
         self._parser: ToolCallParser | None = self.calling.parser() if self.calling.active else None
@@ -52,16 +46,13 @@ class OllamaChatTools:
         `format_grammar` (format's, already checked)."""
         if not self.calling.active:
             return format_grammar
-        try:
-            return self.calling.grammar(self.fmt, self.body.format_schema())
-        except ValueError as e:
-            raise APIError(400, str(e), param="tools") from None
+        return self.calling.grammar(self.fmt, self.body.format_schema())
 
     def message(self, text: str) -> OllamaChatMessage:
         """A whole reply's message: its content and calls."""
         if not self.calling.active:
             return OllamaChatMessage(content=text)
-        parsed = parse_tool_calls(text, {t.name for t in self.calling.callable()})
+        parsed = self.calling.parse(text)
         return OllamaChatMessage(content=parsed.content, tool_calls=_ollama_calls(parsed.tool_calls))
 
     def stream(self, text: str, done: bool) -> list[OllamaChatMessage]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from wicore.engine.request import FinishReason
-from wicore.server.errors import APIError
 from wicore.server.openai.protocol import (
     ChatCompletionRequest,
     ChatDeltaMessage,
@@ -24,8 +23,6 @@ from wicore.server.tools import (
     ParsedDelta,
     ToolCallDelta,
     ToolCallParser,
-    ToolError,
-    parse_tool_calls,
     template_inputs,
 )
 
@@ -35,10 +32,7 @@ class ChatTools:
     queued; with no tool offered it changes nothing (content is the text as generated)."""
 
     def __init__(self, body: ChatCompletionRequest, fmt: CallFormat) -> None:
-        try:
-            self.calling = body.tool_calling()
-        except ToolError as e:
-            raise APIError(400, str(e), param=e.param) from None
+        self.calling = body.tool_calling()  # ToolError: a 400 naming the field
         self.fmt = fmt
         self.body = body
         self._parsers: dict[int, ToolCallParser] = {}
@@ -53,16 +47,13 @@ class ChatTools:
         if not self.calling.active:
             return response_grammar
         answer = None if self.body.response_format is None else self.body.response_format.answer_schema()
-        try:
-            return self.calling.grammar(self.fmt, answer)
-        except ValueError as e:
-            raise APIError(400, str(e), param="tools") from None
+        return self.calling.grammar(self.fmt, answer)
 
     def message(self, text: str) -> ChatResponseMessage:
         """A whole choice's message: its content and calls."""
         if not self.calling.active:
             return ChatResponseMessage(content=text)
-        parsed = parse_tool_calls(text, {t.name for t in self.calling.callable()})
+        parsed = self.calling.parse(text)
         calls = [
             ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in parsed.tool_calls
         ]

@@ -276,7 +276,7 @@ class ResponsesRequest(OpenAIRequest):
         )  # fmt: skip
 
     def tool_calling(self) -> tools.ToolCalling:
-        """The checked tool settings; ToolError naming the field."""
+        """The checked tool settings; ToolError (a 400) naming the field."""
         choice = self.tool_choice if isinstance(self.tool_choice, str) else tools.NamedTool(self.tool_choice.name)
         return tools.ToolCalling.build(self.tools, choice, self.parallel_tool_calls, tool_path="tools[{i}]")
 

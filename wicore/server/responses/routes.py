@@ -39,7 +39,7 @@ from wicore.server.responses.protocol import (
 )
 from wicore.server.service import GenerationRequest, GenerationService, Outputs, cached_tokens
 from wicore.server.streaming import StreamFormat, sse
-from wicore.server.tools import CallFormat, ToolCalling, ToolError, call_format, template_inputs
+from wicore.server.tools import CallFormat, ToolCalling, call_format, template_inputs
 
 
 class EventStream:
@@ -70,10 +70,7 @@ def checked_grammar(body: ResponsesRequest, calling: ToolCalling, fmt: CallForma
         raise APIError(400, str(e), param="text.format") from None
     if not calling.active:
         return answer
-    try:
-        return calling.grammar(fmt, None if body.text is None else body.text.schema())
-    except ValueError as e:
-        raise APIError(400, str(e), param="tools") from None
+    return calling.grammar(fmt, None if body.text is None else body.text.schema())  # ToolError: a 400
 
 
 def router(service: GenerationService) -> APIRouter:
@@ -87,10 +84,7 @@ def router(service: GenerationService) -> APIRouter:
         body = await parse_body(request, ResponsesRequest)
         service.catalogue.check_chat(body.model)
         sampling = body.sampling()
-        try:
-            calling = body.tool_calling()
-        except ToolError as e:
-            raise APIError(400, str(e), param=e.param) from None
+        calling = body.tool_calling()  # ToolError: a 400 naming the field
         fmt = call_format(engine.tokenizer)
         grammar = checked_grammar(body, calling, fmt)
         messages, template_tools = template_inputs(conversation(body.messages()), calling.offered, fmt)
