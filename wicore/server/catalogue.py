@@ -56,13 +56,6 @@ class Catalogue:
             return "embedding"
         return None
 
-    def check_chat(self, model: str | None) -> None:
-        """Nothing if `model` is the chat model (None: the default), else a 404 in OpenAI's words."""
-        if model is not None and self.kind(model) != "chat":
-            raise APIError(
-                404, f"the model `{model}` does not exist; this server serves `{self.chat_name}`", param="model"
-            )
-
     # -- the chat model ------------------------------------------------------------------------------
 
     @functools.cached_property

@@ -129,6 +129,12 @@ def router(service: GenerationService) -> APIRouter:
     engine = service.engine
     render = LogprobRenderer(engine.tokenizer)
 
+    def check_model(model: str | None) -> None:
+        if model is not None and service.catalogue.kind(model) != "chat":
+            raise APIError(
+                404, f"the model `{model}` does not exist; this server serves `{engine.model_name}`", param="model"
+            )
+
     def cards() -> list[ModelCard]:
         """The chat model, and the embedding model once it is pulled (one not pulled cannot embed)."""
         listed = [ModelCard(id=engine.model_name, created=engine.created)]
@@ -154,7 +160,7 @@ def router(service: GenerationService) -> APIRouter:
     @api.post("/chat/completions", response_model=None, include_in_schema=False)
     async def chat(request: Request) -> Response:
         body = await parse_body(request, ChatCompletionRequest)
-        service.catalogue.check_chat(body.model)
+        check_model(body.model)
         tools = ChatTools(body, call_format(engine.tokenizer))
         grammar = tools.grammar(response_grammar(body.response_format))
         conversation, template_tools = tools.template_inputs()
@@ -217,7 +223,7 @@ def router(service: GenerationService) -> APIRouter:
     @api.post("/completions", response_model=None, include_in_schema=False)
     async def completions(request: Request) -> Response:
         body = await parse_body(request, CompletionRequest)
-        service.catalogue.check_chat(body.model)
+        check_model(body.model)
         tokenizer = engine.tokenizer
         given = body.prompts()
         prompts = [await service.encode(p) if isinstance(p, str) else list(p) for p in given]

@@ -82,7 +82,10 @@ def router(service: GenerationService) -> APIRouter:
     @api.post("/responses", response_model=None, include_in_schema=False)
     async def create(request: Request) -> Response:
         body = await parse_body(request, ResponsesRequest)
-        service.catalogue.check_chat(body.model)
+        if body.model is not None and service.catalogue.kind(body.model) != "chat":
+            raise APIError(
+                404, f"the model `{body.model}` does not exist; this server serves `{engine.model_name}`", param="model"
+            )
         sampling = body.sampling()
         calling = body.tool_calling()  # ToolError: a 400 naming the field
         fmt = call_format(engine.tokenizer)
