@@ -1,5 +1,6 @@
 """The server's ASGI app: the served models (catalogue and engine pool), the shared middleware and error
-envelope, and the routes of every surface (OpenAI, AIgo, Ollama, and the server's own health and status)."""
+envelope, and the routes of every surface (OpenAI, its Responses API, AIgo, Ollama, and the server's own
+health and status)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from wicore.server.models import ServedModels
 from wicore.server.ollama import routes as ollama
 from wicore.server.openai import routes as openai
 from wicore.server.openapi import install_openapi
+from wicore.server.responses import routes as responses
 
 EngineFactory = Callable[[Settings, CatalogueEntry], EngineClient]
 
@@ -78,6 +80,6 @@ def create_app(settings: Settings, make_engine: EngineFactory = engine_for) -> F
             CORSMiddleware, allow_origins=api.cors_origins, allow_methods=["*"], allow_headers=["*"],
             expose_headers=["X-Request-ID"],
         )  # fmt: skip
-    for surface in (monitoring, openai, aigo, ollama):
+    for surface in (monitoring, openai, responses, aigo, ollama):
         app.include_router(surface.router(models))
     return app

@@ -95,9 +95,10 @@ def error_response(
     return APIError(status, message, type=type, headers=headers).response(path)
 
 
-# Union members show up in pydantic's error locations ("str", "list[TextContentPart]"); they are not
-# parameter names, so they are left out of the name we report.
-_TYPE_TAG = re.compile(r"^(str|int|float|bool|list|dict|none)$|\[")
+# Union members show up in pydantic's error locations ("str", "list[TextContentPart]", and the `<type>`
+# labels our tagged unions give their members); they are not parameter names, so they are left out of
+# the name we report.
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|list|dict|none)$|\[|^<")
 _LEADING_PARAM = re.compile(r"^([A-Za-z_]\w*): ")
 
 

@@ -38,9 +38,11 @@ class StreamFormat:
     done: str | None
 
 
-def sse(model: BaseModel) -> str:
-    """One server-sent event carrying `model` as JSON."""
-    return f"data: {model.model_dump_json()}\n\n"
+def sse(model: BaseModel, event: str | None = None) -> str:
+    """One server-sent event carrying `model` as JSON, with an event name if given (the Responses API
+    names each event by its type)."""
+    named = f"event: {event}\n" if event is not None else ""
+    return f"{named}data: {model.model_dump_json()}\n\n"
 
 
 async def merge(gens: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:
