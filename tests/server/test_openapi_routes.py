@@ -19,12 +19,14 @@ from wicore.server.ollama.protocol import (
     OllamaModelRequest,
 )
 from wicore.server.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from wicore.server.responses.protocol import ResponsesRequest
 
 pytestmark = pytest.mark.anyio
 BODIES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
     "/v1/embeddings": EmbeddingRequest,
+    "/v1/responses": ResponsesRequest,
     "/api/v1/generate": AigoGenerateRequest,
     "/api/v1/chat": AigoChatRequest,
     "/api/v1/chat/stream": AigoChatRequest,
