@@ -12,9 +12,9 @@ import pytest
 
 from tests.fake_engine import REPLY, FakeEngine, in_process
 from tests.helpers import EMBED, FRANCE, MODEL, OLLAMA_FINAL_KEYS, assert_ollama_error
+from wicore.engine.grammar import closed_objects
 from wicore.engine.request import EngineRequest, FinishReason, Priority
 from wicore.models import registry
-from wicore.server.ollama.protocol import closed_objects
 
 pytestmark = pytest.mark.anyio
 

@@ -57,6 +57,31 @@ def json_schema_grammar(schema: dict[str, Any] | bool, field: str) -> str:
     return check_grammar(grammar, field)
 
 
+_NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_VALUES = ("enum", "const", "default", "examples")
+
+
+def closed_objects(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` on every object that lists properties but says
+    nothing of others, as llama.cpp's converter (so Ollama's format and tool grammars) reads them, while
+    plain JSON schema would let a model add keys until max_tokens cuts its JSON short."""
+    if isinstance(schema, list):
+        return [closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _NAMED_SCHEMAS and isinstance(value, dict):  # name -> schema: the names are not keywords
+            closed[key] = {name: closed_objects(sub) for name, sub in value.items()}
+        elif key in _VALUES:  # JSON data, not schemas
+            closed[key] = value
+        else:
+            closed[key] = closed_objects(value)
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        closed["additionalProperties"] = False
+    return closed
+
+
 def regex_grammar(regex: str, field: str) -> str:
     """The checked grammar whose outputs are the full matches of `regex`."""
     return check_grammar(llguidance.LLMatcher.grammar_from_regex(regex), field)

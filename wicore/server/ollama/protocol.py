@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from wicore.engine.grammar import ANY_JSON_OBJECT, json_schema_grammar
+from wicore.engine.grammar import ANY_JSON_OBJECT, closed_objects, json_schema_grammar
 from wicore.engine.request import PriorityName
 from wicore.server.errors import validation_error
 from wicore.server.protocol import PositiveInt, SamplingRequest
@@ -67,31 +67,6 @@ class OllamaGenerationRequest(OllamaRequest):
         if isinstance(self.format, dict):
             return json_schema_grammar(closed_objects(self.format), "format")
         return None
-
-
-_NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_VALUES = ("enum", "const", "default", "examples")
-
-
-def closed_objects(schema: Any) -> Any:
-    """The schema with `additionalProperties: false` on every object that lists properties but says
-    nothing of others: Ollama's grammar (llama.cpp's converter) allows no others there, while plain JSON
-    schema would let a model add keys until max_tokens cuts its JSON short."""
-    if isinstance(schema, list):
-        return [closed_objects(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    closed: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key in _NAMED_SCHEMAS and isinstance(value, dict):  # name -> schema: the names are not keywords
-            closed[key] = {name: closed_objects(sub) for name, sub in value.items()}
-        elif key in _VALUES:  # JSON data, not schemas
-            closed[key] = value
-        else:
-            closed[key] = closed_objects(value)
-    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
-        closed["additionalProperties"] = False
-    return closed
 
 
 class OllamaGenerateRequest(OllamaGenerationRequest):
