@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TEST_MODELS := qwen2.5-coder-0.5b-instruct gemma-3-270m all-minilm-l6-v2
+# instructor 1.17.0 (the newest) caps jiter<0.15 while every openai 3.x needs jiter>=0.16, so no resolver
+# can install both; it runs on the newer jiter (its partial-JSON parsing uses an unchanged API), so it is
+# installed without its pins, the one dependency missing otherwise (docstring-parser) being in .[dev].
+INSTRUCTOR := instructor==1.17.0
 # Mojo owns the threads; a second BLAS pool only fights it (see shared notes).
 export OPENBLAS_NUM_THREADS ?= 1
 
@@ -13,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(INSTRUCTOR)
 	touch $@
 
 install: $(STAMP)
