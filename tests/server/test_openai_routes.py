@@ -113,6 +113,9 @@ async def test_logprob_shapes(engine: FakeEngine) -> None:
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"minimum": []}}}},
          "response_format"),
         ({"response_format": {"type": "json_schema"}}, "response_format"),
+        # SGLang's own fields pass only at the defaults its gateway sends (what this server does anyway).
+        ({"skip_special_tokens": False}, "skip_special_tokens"),
+        ({"continue_final_message": 1}, "continue_final_message"),
     ],
 )  # fmt: skip
 async def test_bad_parameters_are_400_naming_the_parameter(engine: FakeEngine, body: dict, param: str) -> None:
@@ -368,3 +371,25 @@ async def test_long_prompts_are_tokenised_off_the_loop_and_hopeless_ones_refused
             assert_error(r, 400, param)
             assert "cannot fit the model's context" in r.json()["error"]["message"]
     assert len(engine.requests) == sent
+
+
+async def test_the_fields_sglangs_gateway_adds_are_accepted_at_their_defaults(engine: FakeEngine) -> None:
+    # Exactly what sglang-router 0.3.2 forwards (captured on loopback): its runtime's fields added, and
+    # max_tokens renamed to max_completion_tokens.
+    chat_body = {
+        "messages": FRANCE, "model": MODEL, "logprobs": False, "max_completion_tokens": 32, "stream": False,
+        "no_stop_trim": False, "ignore_eos": False, "continue_final_message": False, "skip_special_tokens": True,
+        "separate_reasoning": True, "stream_reasoning": True, "return_hidden_states": False,
+    }  # fmt: skip
+    completion_body = {
+        "model": MODEL, "prompt": "hi", "max_tokens": 32, "stream": False, "echo": False, "no_stop_trim": False,
+        "ignore_eos": False, "skip_special_tokens": True, "return_hidden_states": False,
+    }  # fmt: skip
+    async with in_process(engine) as client:
+        chat_r = await client.post("/v1/chat/completions", json=chat_body)
+        completion_r = await client.post("/v1/completions", json=completion_body)
+    assert chat_r.status_code == 200, chat_r.text
+    assert ChatCompletion.model_validate(chat_r.json()).choices[0].message.content == REPLY
+    assert completion_r.status_code == 200, completion_r.text
+    assert Completion.model_validate(completion_r.json()).choices[0].text
+    assert [r.params.max_tokens for r in engine.requests] == [32, 32]

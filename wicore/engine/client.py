@@ -60,7 +60,7 @@ class EngineClient:
         self._embeds: dict[str, asyncio.Future[EmbedOutput]] = {}
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(4)
-        self._stopping = False
+        self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._proc: Any = None
         self._requests: Any = None
@@ -86,16 +86,17 @@ class EngineClient:
         self._reader.start()
 
     async def shutdown(self) -> None:
-        self._stopping = True
+        self._stopping.set()
         self._ready = False
+        # The reader restarts dead workers: once it has stopped, none can be started behind our back.
+        if self._reader is not None:
+            await asyncio.to_thread(self._reader.join, 5)
         if self._requests is not None:
             self._requests.put(None)
         if self._proc is not None:
             await asyncio.to_thread(self._proc.join, 10)
             if self._proc.is_alive():
                 self._proc.kill()
-        if self._reader is not None:
-            await asyncio.to_thread(self._reader.join, 5)
 
     def _check_admission(self) -> None:
         if not self.ready:
@@ -173,16 +174,17 @@ class EngineClient:
 
     def _read_loop(self) -> None:
         assert self._loop is not None
-        while not self._stopping:
+        while not self._stopping.is_set():
             try:
                 msg = self._outputs.get(timeout=0.2)
             except queue.Empty:
-                if not self._stopping and not self._proc.is_alive():
+                if not self._stopping.is_set() and not self._proc.is_alive():
                     self._loop.call_soon_threadsafe(self._on_worker_death, self._proc.exitcode)
-                    # A worker that keeps dying before it is ready is retried ever more slowly.
+                    # A worker that keeps dying before it is ready is retried ever more slowly; shutdown
+                    # cuts the wait short, and then no worker is started.
                     self._failures = 0 if self._ready else self._failures + 1
-                    time.sleep(min(30.0, 0.5 * 2**self._failures) if self._failures else 0.0)
-                    self._spawn()
+                    if not self._stopping.wait(min(30.0, 0.5 * 2**self._failures) if self._failures else 0.0):
+                        self._spawn()
                 continue
             except (EOFError, OSError, ValueError):  # the queue broke with the worker
                 continue

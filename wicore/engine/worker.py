@@ -96,8 +96,11 @@ def run(settings_data: dict[str, Any], config: EngineConfig, requests: Queue, ou
     """Process entry point (spawned): `None` on the request queue stops it.  The worker has no
     tokenizer: token ids come in, token ids go out (`config` carries the end-of-sequence ids)."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # Mojo owns the cores
-    # Ctrl+C reaches the whole process group; the HTTP process decides when the worker stops.
+    # Ctrl+C and a SIGTERM to the process group (a supervisor stopping the server) reach the worker too;
+    # the HTTP process decides when the worker stops, after it has stopped watching it (else a worker
+    # killed by the group's SIGTERM would be restarted during shutdown, and that one orphaned).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Not PR_SET_PDEATHSIG: it fires when the spawning *thread* ends, and the client respawns workers
     # from its reader thread. The parent's pid changes (to a reaper's) once the HTTP process is gone,
     # SIGKILL (the OOM killer's signal) included.

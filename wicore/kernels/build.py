@@ -17,10 +17,12 @@ import fcntl
 import hashlib
 import importlib.machinery
 import importlib.util
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +30,7 @@ from types import ModuleType
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIR = REPO_ROOT / "mojo_kernels"
 BUILD_DIR = Path(os.environ.get("WICORE_BUILD_DIR", REPO_ROOT / ".wicore-build"))
+log = logging.getLogger("wicore.kernels")
 
 
 class KernelBuildError(RuntimeError):
@@ -116,13 +119,17 @@ def source_hash(target: Target | None = None, source_dir: Path = SOURCE_DIR) -> 
     return h.hexdigest()[:16]
 
 
+def _output(name: str, target: Target, source_dir: Path = SOURCE_DIR) -> Path:
+    return BUILD_DIR / source_hash(target, source_dir) / f"{name}.so"
+
+
 def build(name: str, force: bool = False, target: Target | None = None, source_dir: Path = SOURCE_DIR) -> Path:
     """Compile kernel module `name` for `target` (default TARGET) if its cached build is stale.
 
     `source_dir` holds `name`.mojo when it is not one of the kernels (a benchmark's module); it
     imports from the kernels' folder all the same, and its files join the cache key."""
     target = target or TARGET
-    out = BUILD_DIR / source_hash(target, source_dir) / f"{name}.so"
+    out = _output(name, target, source_dir)
     if out.exists() and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -145,15 +152,35 @@ def build(name: str, force: bool = False, target: Target | None = None, source_d
     return out
 
 
+def build_all(force: bool = False, target: Target | None = None) -> list[Path]:
+    """Every kernel module for `target` (default TARGET), compiled where stale.  The first build on a
+    CPU type (or after a source change) takes minutes, so it says so when it starts and how long it
+    took when done."""
+    target = target or TARGET
+    names = modules()
+    stale = [n for n in names if force or not _output(n, target, SOURCE_DIR).exists()]
+    if not stale:
+        return [_output(n, target, SOURCE_DIR) for n in names]
+    log.info("compiling the Mojo kernels (%s) for the %s, once for this CPU type: a few minutes",
+             ", ".join(stale), target)  # fmt: skip
+    started = time.monotonic()
+    paths = [build(n, force, target, SOURCE_DIR) for n in names]
+    log.info("compiled the Mojo kernels in %.0f s (cached in %s)", time.monotonic() - started, paths[0].parent)
+    return paths
+
+
 # Modules by target, then by name: load() runs hundreds of times per decoded token.
 _loaded: dict[Target, dict[str, ModuleType]] = {}
 
 
 def load(name: str) -> ModuleType:
-    """Build kernel module `name` for TARGET if needed, then import it."""
+    """Build the kernel modules for TARGET if needed (all at once: a process uses them all), then
+    import module `name`."""
     modules = _loaded.setdefault(TARGET, {})
     if name not in modules:
-        modules[name] = import_extension(name, build(name))
+        if not _output(name, TARGET, SOURCE_DIR).exists():
+            build_all()
+        modules[name] = import_extension(name, build(name, source_dir=SOURCE_DIR))
     return modules[name]
 
 
@@ -187,5 +214,6 @@ def modules() -> list[str]:
 
 
 if __name__ == "__main__":
-    for module_name in modules():
-        print(build(module_name, force="--force" in sys.argv))
+    # `make kernels`: silent when the cache is current, the two lines of build_all() otherwise.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    build_all(force="--force" in sys.argv)

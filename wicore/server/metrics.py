@@ -1,5 +1,9 @@
 """Prometheus metrics under vLLM's names with the `wicore:` prefix, so vLLM dashboards work with a rename.
 
+The three load gauges that gateways and Kubernetes' inference extension (the endpoint picker) read are
+exported a second time under `vllm:` itself (`vllm:num_requests_waiting`, `vllm:num_requests_running`,
+`vllm:kv_cache_usage_perc`, 0-1), so those read WiCore replicas as they read vLLM's.
+
 Latencies and token counts are measured here, in the HTTP process, as each request's outputs arrive;
 queue and KV figures come from the worker's latest SchedulerStats at scrape time.
 """
@@ -23,6 +27,7 @@ from wicore.engine.messages import SchedulerStats
 from wicore.engine.request import RequestOutput
 
 PREFIX = "wicore:"
+GATEWAY_PREFIX = "vllm:"  # the names load-aware routers look for
 # vLLM's buckets, so percentiles line up with its dashboards.
 # fmt: off
 TTFT_BUCKETS = (
@@ -82,19 +87,20 @@ class _SchedulerCollector(Collector):
         s = self._stats()
         labels = ["model_name"]
 
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(PREFIX + name, doc, labels=labels)
-            g.add_metric([self._model], value)
-            return g
-
-        yield gauge("num_requests_running", "Requests admitted by the scheduler (holding KV cache).", s.active)
-        yield gauge("num_requests_waiting", "Requests queued for admission.", sum(s.waiting_by_priority.values()))
         used = s.kv_blocks_total - s.kv_blocks_free
-        yield gauge(
-            "kv_cache_usage_perc",
-            "Fraction of KV cache blocks in use (0-1).",
-            used / s.kv_blocks_total if s.kv_blocks_total else 0.0,
-        )
+        for prefix in (PREFIX, GATEWAY_PREFIX):
+            for name, doc, value in (
+                ("num_requests_running", "Requests admitted by the scheduler (holding KV cache).", s.active),
+                ("num_requests_waiting", "Requests queued for admission.", sum(s.waiting_by_priority.values())),
+                (
+                    "kv_cache_usage_perc",
+                    "Fraction of KV cache blocks in use (0-1).",
+                    used / s.kv_blocks_total if s.kv_blocks_total else 0.0,
+                ),
+            ):
+                g = GaugeMetricFamily(prefix + name, doc, labels=labels)
+                g.add_metric([self._model], value)
+                yield g
         for name, doc, value in (
             ("num_preemptions", "Sequences preempted for KV cache space.", s.preempted),
             ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries),

@@ -1,4 +1,5 @@
-"""The server's own routes (`/`, `/health`, `/status`, `/metrics`) in the shapes of WiCore's API contract.
+"""The server's own routes (`/`, `/health`, `/status`, `/metrics`, and SGLang's `/get_load` for its gateway)
+in the shapes of WiCore's API contract.
 
 /health and /status answer with the contract's string figures and Chinese status texts; /status also has
 the same figures as numbers under `scheduler`.  /metrics is Prometheus text (metrics.py).
@@ -148,6 +149,25 @@ class StatusResponse(BaseModel):
         )
 
 
+class LoadInfo(BaseModel):
+    """One entry of SGLang's `/get_load` (a list, one per data-parallel rank; we have one), which SGLang's
+    Model Gateway polls under its power_of_two policy."""
+
+    dp_rank: int = 0
+    num_reqs: int  # running and waiting
+    num_waiting_reqs: int
+    num_tokens: int  # tokens held in the KV cache
+
+    @classmethod
+    def of(cls, stats: SchedulerStats, block_size: int) -> LoadInfo:
+        waiting = sum(stats.waiting_by_priority.values())
+        return cls(
+            num_reqs=stats.active + waiting,
+            num_waiting_reqs=waiting,
+            num_tokens=(stats.kv_blocks_total - stats.kv_blocks_free) * block_size,
+        )
+
+
 def router(service: GenerationService) -> APIRouter:
     api = APIRouter()
     engine, counters = service.engine, service.counters
@@ -180,6 +200,10 @@ def router(service: GenerationService) -> APIRouter:
             total_requests=counters.total_requests,
             error_count=counters.error_count,
         )
+
+    @api.get("/get_load")
+    async def load() -> list[LoadInfo]:
+        return [LoadInfo.of(engine.stats, engine.engine_config.block_size)]
 
     @api.get("/metrics")
     async def prometheus() -> Response:

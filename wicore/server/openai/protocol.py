@@ -48,6 +48,16 @@ IGNORED_CHAT = frozenset({
     "modalities", "audio", "prediction", "web_search_options", "verbosity",
 })  # fmt: skip
 ignored_logged: set[str] = set()  # the fields logged so far
+# SGLang's Model Gateway (sglang-router) adds its runtime's fields to every request it forwards, each at
+# its default, which is what this server does anyway; any other value asks for a feature, so it stays a 400.
+# (It also sends `ignore_eos` and `echo`, which are ours.)
+SGLANG_CHAT_DEFAULTS: dict[str, bool] = {
+    "no_stop_trim": False, "continue_final_message": False, "skip_special_tokens": True,
+    "separate_reasoning": True, "stream_reasoning": True, "return_hidden_states": False,
+}  # fmt: skip
+SGLANG_COMPLETION_DEFAULTS: dict[str, bool] = {
+    "no_stop_trim": False, "skip_special_tokens": True, "return_hidden_states": False,
+}  # fmt: skip
 
 
 def _log_ignored(field: str) -> None:
@@ -63,6 +73,7 @@ class OpenAIRequest(StrictRequest):
 
     ignored: ClassVar[frozenset[str]] = frozenset()
     null_only: ClassVar[frozenset[str]] = frozenset()
+    at_default: ClassVar[dict[str, bool]] = {}  # dropped when they carry exactly this value
 
     @model_validator(mode="before")
     @classmethod
@@ -73,6 +84,8 @@ class OpenAIRequest(StrictRequest):
         for key, value in data.items():
             if key in cls.ignored or (value is None and key in cls.null_only):
                 _log_ignored(key)
+            elif key in cls.at_default and value is cls.at_default[key]:
+                continue
             elif not (value is None and key in cls.model_fields):
                 kept[key] = value
         return kept
@@ -112,6 +125,7 @@ class ResponseFormat(StrictRequest):
 class ChatCompletionRequest(OpenAIRequest, SamplingRequest):
     ignored = IGNORED_CHAT
     null_only = frozenset({"parallel_tool_calls"})
+    at_default = SGLANG_CHAT_DEFAULTS
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None  # OpenAI's newer name for max_tokens
     logprobs: bool = False
@@ -139,6 +153,7 @@ class ChatCompletionRequest(OpenAIRequest, SamplingRequest):
 
 class CompletionRequest(OpenAIRequest, SamplingRequest):
     null_only = frozenset({"suffix"})
+    at_default = SGLANG_COMPLETION_DEFAULTS
     # A string, a batch of strings, token ids, or a batch of token-id lists (OpenAI's four shapes).
     prompt: str | list[str] | list[int] | list[list[int]]
     # OpenAI's defaults for the legacy endpoint (512 / 0.7 are chat's).
