@@ -3,7 +3,9 @@
 FakeEngine has the part of EngineClient's public API the server uses, answering every prompt with the
 same reply (REPLY's tokens, one per output) instead of running a model, so route tests check the
 server's HTTP behaviour (validation, envelopes, auth, limits, framing, shapes) in milliseconds.  It
-records what reached it (requests, cancels) and can be told to refuse, fail or stall.
+records what reached it (requests, cancels) and can be told to refuse, fail or stall.  The app's engine
+pool gets it for every model it loads (under each model's name, see FakeEngineFor); the models listed
+are the real ones in the models folder.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from typing import Any
 
 import httpx
 import numpy as np
+from fastapi import FastAPI
 
 from wicore.config import Settings
+from wicore.engine.client import EngineUnavailable
 from wicore.engine.messages import EmbedOutput, EmbedRequest, SchedulerStats
 from wicore.engine.request import EngineRequest, FinishReason, RequestOutput
 from wicore.server.app import create_app
+from wicore.server.catalogue import CatalogueEntry
 from wicore.tokenizer import Tokenizer
 
 REPLY = "The capital of France is Paris."
@@ -41,6 +46,8 @@ class FakeEngine:
         self.started_at = time.time() - 1.0  # as if it had started a second ago
         self.stats = SchedulerStats(running=True)
         self.worker_restarts = 0
+        self.memory = 1 << 20
+        self.pid = None
         self.ready = True
         self.requests: list[EngineRequest | EmbedRequest] = []  # in the order they reached the engine
         self.cancelled: list[str] = []  # ids of generations whose consumer went away before the end
@@ -54,6 +61,10 @@ class FakeEngine:
 
     async def start(self) -> None:
         pass
+
+    async def wait_ready(self, deadline: float) -> None:
+        if not self.ready:  # at once: a test has no model to wait for
+            raise EngineUnavailable(f"the model {self.model_name} is still loading")
 
     async def shutdown(self) -> None:
         pass
@@ -119,8 +130,43 @@ class FakeEngine:
         return EmbedOutput(request.request_id, vectors, tokens)
 
 
-def in_process(engine: FakeEngine, config: dict[str, Any] | None = None) -> httpx.AsyncClient:
+class FakeEngineFor:
+    """The one FakeEngine under a model's name: what a test sets on the engine holds for every model."""
+
+    def __init__(self, engine: FakeEngine, model_name: str) -> None:
+        self._engine = engine
+        self.model_name = model_name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+class InProcessClient(httpx.AsyncClient):
+    """An httpx client over an app, with the app's lifespan (start-up loads, shutdown) around its use."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__(transport=httpx.ASGITransport(app=app), base_url="http://testserver", timeout=10)
+        self._lifespan = app.router.lifespan_context(app)
+
+    async def __aenter__(self) -> InProcessClient:
+        await self._lifespan.__aenter__()
+        await super().__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await super().__aexit__(*exc)
+        await self._lifespan.__aexit__(*exc)
+
+
+def fake_app(engine: FakeEngine, config: dict[str, Any] | None = None) -> FastAPI:
+    """The app serving every model with `engine`, with `config` (Settings' sections)."""
+
+    def make_engine(settings: Settings, entry: CatalogueEntry) -> Any:
+        return engine if entry.name == engine.model_name else FakeEngineFor(engine, entry.name)
+
+    return create_app(Settings(**(config or {})), make_engine)
+
+
+def in_process(engine: FakeEngine, config: dict[str, Any] | None = None) -> InProcessClient:
     """An httpx client over the app serving `engine` with `config` (Settings' sections), no network."""
-    settings = Settings(**(config or {}))
-    app = create_app(settings, engine)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver", timeout=10)
+    return InProcessClient(fake_app(engine, config))

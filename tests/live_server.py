@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from tests.helpers import MODEL
+
 KEPT_ENV = ("WICORE_HOME", "WICORE_BUILD_DIR")
 
 
@@ -45,15 +47,12 @@ class Server:
             time.sleep(0.05)
         raise TimeoutError(f"server not healthy after {timeout} s:\n{self.log.read_text()[-4000:]}")
 
-    def worker_pid(self) -> int:
-        """The engine worker: the server's child process that is not multiprocessing's resource tracker."""
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            children = (task / "children").read_text().split()
-            for pid in children:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-                if "resource_tracker" not in cmdline:
-                    return int(pid)
-        raise RuntimeError("no engine worker process found")
+    def worker_pid(self, model: str = MODEL) -> int:
+        """The process id of `model`'s engine worker, as /status shows it (the model must be loaded)."""
+        for loaded in httpx.get(self.url + "/status", timeout=10).json()["models"]:
+            if loaded["name"] == model and loaded["pid"] is not None:
+                return int(loaded["pid"])
+        raise RuntimeError(f"no engine worker of {model} is loaded")
 
 
 @contextmanager

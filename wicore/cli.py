@@ -85,13 +85,14 @@ def _settings(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> Se
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from wicore.engine.client import EngineClient
     from wicore.logging import setup_logging
     from wicore.server.app import create_app
 
     settings = _settings(args, {"host": ("api", "host"), "port": ("api", "port"), "model": ("model", "name")})
+    for model in (settings.model.name, *settings.model.preload):
+        registry.resolve(model)  # a start-up model that is missing stops here, with the command that fixes it
     setup_logging(settings.logging)
-    app = create_app(settings, EngineClient(settings))
+    app = create_app(settings)
     # Our JSON logging replaces uvicorn's config and its access log (RequestContextMiddleware logs requests).
     uvicorn.run(
         app,
@@ -155,7 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
     serve.add_argument("--host", default=None, help="address to bind (default: api.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: api.port, 8000)")
-    serve.add_argument("--model", default=None, help="bundled model name or GGUF path (default: model.name)")
+    serve.add_argument(
+        "--model", default=None,
+        help="the default model, loaded at start-up: bundled name or GGUF path (default: model.name); every other "
+        "downloaded model loads when a request names it",
+    )  # fmt: skip
     serve.add_argument("--config", default=None, help="JSON settings file (see configs/default.json)")
     serve.set_defaults(func=_serve)
 

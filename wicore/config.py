@@ -9,14 +9,44 @@ overrides (CLI flags).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from wicore.models.kv_cache import KVDtype
-from wicore.models.registry import DEFAULT_MODEL
+from wicore.models.registry import DEFAULT_EMBEDDING, DEFAULT_MODEL
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(value: Any) -> float:
+    """Seconds in a keep-alive as Ollama reads one: a number of seconds or a Go duration string ("5m",
+    "1h30m", "-1s"); a bare number in a string counts as seconds too. Negative means forever."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration (e.g. "5m") or a number of seconds')
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError('expected a duration (e.g. "5m") or a number of seconds')
+    text = value.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    try:
+        return sign * float(body)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(body)
+    if not body or "".join(n + u for n, u in parts) != body:
+        raise ValueError(f'invalid duration {value!r} (expected e.g. "5m", "1h30m", "-1" or seconds)')
+    return sign * sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+# Seconds; negative: forever, 0: unload as soon as the last request using the model ends.
+KeepAlive = Annotated[float, BeforeValidator(duration_seconds)]
 
 
 class _Section(BaseModel):
@@ -60,7 +90,14 @@ class SchedulerSettings(_Section):
 
 
 class ModelSettings(_Section):
-    name: str = DEFAULT_MODEL
+    name: str = Field(DEFAULT_MODEL, description="the default model (bundled name or GGUF path), loaded at start-up")
+    preload: list[str] = Field(default_factory=list, description="more models loaded at start-up")
+    embedding: str = Field(DEFAULT_EMBEDDING, description="the embedding model requests get when they name none")
+    max_loaded: int = Field(3, ge=1, description="models loaded at once; loading one more unloads the least recent")
+    max_memory: ByteSize = Field(
+        ByteSize(0), description='estimated bytes all loaded models may take (e.g. "2GB"); 0 = no limit'
+    )
+    keep_alive: KeepAlive = Field(300.0, description='idle time before a model unloads ("5m", seconds; -1 = never)')
     max_model_len: int = Field(4096, ge=16)
     kv_cache_tokens: int = Field(32768, ge=16, description="KV cache budget in tokens, shared by all sequences")
     kv_cache_dtype: KVDtype = Field("float16", description="element type of cached K and V")

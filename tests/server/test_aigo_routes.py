@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.fake_engine import REPLY, FakeEngine, in_process
-from tests.helpers import EMBED, FRANCE, MODEL, assert_error
+from tests.helpers import EMBED, FRANCE, GEMMA, MODEL, assert_error
 from wicore.engine.request import EngineRequest, FinishReason, Priority
 
 pytestmark = pytest.mark.anyio
@@ -32,10 +32,12 @@ async def sse(client: httpx.AsyncClient, path: str, body: dict) -> list[dict]:
 async def test_models_list(engine: FakeEngine) -> None:
     async with in_process(engine) as client:
         models = (await client.get("/api/v1/models")).json()["models"]
-    assert [m["id"] for m in models] == [MODEL_ID, EMBED_ID]
+    assert [m["id"] for m in models] == [MODEL_ID, f"wicore:{GEMMA}", EMBED_ID]
+    assert [m["loaded"] for m in models] == [True, False, False]  # the default model loads at start-up
     for m in models:
-        assert set(m) == {"id", "name", "provider", "capabilities", "parameters"} and m["provider"] == "wicore"
-    chat, embed = models
+        assert set(m) == {"id", "name", "provider", "capabilities", "parameters", "loaded"}
+        assert m["provider"] == "wicore"
+    chat, _, embed = models
     assert chat["capabilities"] == ["text_generation", "chat"] and embed["capabilities"] == ["embedding"]
     assert chat["parameters"]["max_tokens"] == 512 and chat["parameters"]["max_context_length"] == 4096
     assert embed["parameters"]["dimensions"] == 384
@@ -80,7 +82,7 @@ async def test_health(engine: FakeEngine) -> None:
         assert r.status_code == 200
         h = r.json()
         assert set(h) == {"status", "version", "timestamp", "models_available", "uptime_seconds"}
-        assert h["status"] == "ok" and h["models_available"] == 2 and h["uptime_seconds"] > 0
+        assert h["status"] == "ok" and h["models_available"] == 3 and h["uptime_seconds"] > 0
         stamp = datetime.datetime.fromisoformat(h["timestamp"])
         assert h["timestamp"].endswith("Z") and abs(datetime.datetime.now(datetime.UTC) - stamp).total_seconds() < 60
         engine.ready = False
@@ -219,7 +221,7 @@ async def test_embed_shapes_and_priority(engine: FakeEngine) -> None:
         ({"input": 42}, 400, "input"),
         ({"input": ["a", 1]}, 400, "input"),
         ({}, 400, "input"),
-        ({"input": "x", "model": MODEL_ID}, 400, None),
+        ({"input": "x", "model": MODEL_ID}, 400, "model"),
         ({"input": "x", "model": "ollama:bge-m3"}, 404, "model"),
     ],
 )

@@ -10,11 +10,9 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 
-from tests.fake_engine import FakeEngine, in_process
+from tests.fake_engine import FakeEngine, fake_app, in_process
 from tests.helpers import EMBED, FRANCE, MODEL, STORY, assert_ollama_error, story
-from wicore.config import Settings
 from wicore.engine.messages import SchedulerStats
-from wicore.server.app import create_app
 from wicore.server.errors import is_ollama_path
 
 pytestmark = pytest.mark.anyio
@@ -128,7 +126,7 @@ async def test_health_status_root_metrics(engine: FakeEngine) -> None:
 async def test_a_client_gone_before_the_answer_is_499_and_cancels(engine: FakeEngine, path: str) -> None:
     """The one 499 path: a hang-up while a non-streamed answer is computed cancels its engine request."""
     engine.stall = 0.2
-    app = create_app(Settings(), engine)  # type: ignore[arg-type]
+    app = fake_app(engine)
     body = json.dumps({"model": MODEL, "messages": FRANCE, "stream": False}).encode()
     messages = [{"type": "http.request", "body": body, "more_body": False}, {"type": "http.disconnect"}]
     sent: list[dict] = []

@@ -79,7 +79,7 @@ def test_timeout_is_an_error_in_the_envelope(tmp_path: Path) -> None:
         assert wait_for_status(server, lambda sched: sched["active"] == 0)["failed"] == 2
 
 
-def test_503_while_loading_and_after_the_worker_dies(tmp_path: Path) -> None:
+def test_requests_wait_while_the_model_loads_and_after_its_worker_dies(tmp_path: Path) -> None:
     with serve(tmp_path, wait=False) as server:
         saw_loading = False
         while True:
@@ -90,10 +90,9 @@ def test_503_while_loading_and_after_the_worker_dies(tmp_path: Path) -> None:
                 continue
             if r.status_code == 503:
                 saw_loading = True
-                c = httpx.post(server.url + "/v1/chat/completions", json=story(1), timeout=10)
-                assert c.status_code in (503, 200)
-                if c.status_code == 503:
-                    assert c.json()["error"]["type"] == "server_error"
+                # A request for a model that is loading waits for it (within the request timeout).
+                c = httpx.post(server.url + "/v1/chat/completions", json=story(1), timeout=60)
+                assert c.status_code == 200, c.text
             elif r.status_code == 200:
                 break
             time.sleep(0.02)
@@ -107,9 +106,9 @@ def test_503_while_loading_and_after_the_worker_dies(tmp_path: Path) -> None:
         s.join(30)
         assert not s.is_alive(), "the in-flight request hung after the worker died"
         assert s.events[-1] == "[DONE]" and "error" in json.loads(s.events[-2])
-        r = httpx.post(server.url + "/v1/chat/completions", json=story(1), timeout=10)
-        assert r.status_code == 503
-        server.wait_ready(60)  # restarted
+        # Only the requests running on the dead worker fail; a new one waits for its replacement.
+        r = httpx.post(server.url + "/v1/chat/completions", json=story(1), timeout=60)
+        assert r.status_code == 200, r.text
         restarts = [line for line in httpx.get(server.url + "/metrics").text.splitlines() if "worker_restarts" in line]
         assert restarts[-1].startswith("wicore:worker_restarts_total{") and restarts[-1].endswith(" 1.0"), restarts
         r = httpx.post(server.url + "/v1/chat/completions", json=story(2), timeout=60)

@@ -100,8 +100,9 @@ def test_ollama_client_show_ps_pull_and_embeddings(server: Server) -> None:
     assert shown.details is not None and shown.details.family == "qwen2" and shown.capabilities == ["completion"]
     assert shown.modelinfo is not None and shown.modelinfo["qwen2.context_length"] == 32768
     assert shown.template and "<|im_start|>" in shown.template
-    (loaded,) = client.ps().models
-    assert loaded.model == f"{MODEL}:latest" and loaded.size_vram == 0 and loaded.details.family == "qwen2"
+    # The default model is loaded (the embedding model too if an earlier test of the session embedded).
+    loaded = next(m for m in client.ps().models if m.model == f"{MODEL}:latest")
+    assert loaded.size_vram == 0 and loaded.details.family == "qwen2" and loaded.size > 0
     # The model is present: pull only verifies it.
     statuses = [p.status for p in client.pull(MODEL, stream=True)]
     assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
@@ -117,7 +118,8 @@ def test_ollama_client_errors(server: Server) -> None:
     client = ollama.Client(host=server.url)
     with pytest.raises(ollama.ResponseError) as info:
         client.show("llama3")
-    assert info.value.status_code == 404 and info.value.error == "model 'llama3' not found"
+    assert info.value.status_code == 404 and info.value.error.startswith("model 'llama3' not found; available models: ")
+    assert MODEL in info.value.error and EMBED in info.value.error
     with pytest.raises(ollama.ResponseError) as info:
         client.pull("llama3")
     assert info.value.status_code == 404 and "bundled models are" in info.value.error

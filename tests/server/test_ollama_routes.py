@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.fake_engine import REPLY, FakeEngine, in_process
-from tests.helpers import EMBED, FRANCE, MODEL, OLLAMA_FINAL_KEYS, assert_ollama_error
+from tests.helpers import EMBED, FRANCE, GEMMA, MODEL, OLLAMA_FINAL_KEYS, assert_ollama_error
 from wicore.engine.grammar import closed_objects
 from wicore.engine.request import EngineRequest, FinishReason, Priority
 from wicore.models import registry
@@ -29,7 +29,8 @@ async def test_version_and_tags(engine: FakeEngine) -> None:
     async with in_process(engine) as client:
         assert (await client.get("/api/version")).json()["version"]
         models = (await client.get("/api/tags")).json()["models"]
-    assert [m["name"] for m in models] == [f"{MODEL}:latest", f"{EMBED}:latest"]
+    assert [m["name"] for m in models] == [f"{MODEL}:latest", f"{GEMMA}:latest", f"{EMBED}:latest"]
+    assert [m["loaded"] for m in models] == [True, False, False]  # the default model loads at start-up
     chat = models[0]
     assert chat["size"] == registry.BUNDLED[MODEL].size and chat["digest"] == registry.BUNDLED[MODEL].sha256
     assert chat["details"]["family"] == "qwen2" and chat["details"]["parameter_size"] == "0.5B"
@@ -153,9 +154,9 @@ async def test_ps_lists_the_loaded_chat_model(engine: FakeEngine) -> None:
     async with in_process(engine) as client:
         (loaded,) = (await client.get("/api/ps")).json()["models"]
     assert loaded["name"] == loaded["model"] == f"{MODEL}:latest" and loaded["size_vram"] == 0
-    assert loaded["size"] == registry.BUNDLED[MODEL].size and loaded["digest"] == registry.BUNDLED[MODEL].sha256
+    assert loaded["size"] == engine.memory and loaded["digest"] == registry.BUNDLED[MODEL].sha256
     assert loaded["details"]["family"] == "qwen2" and loaded["context_length"] == engine.max_model_len
-    assert datetime.datetime.fromisoformat(loaded["expires_at"]).year > 2100  # never unloaded
+    assert datetime.datetime.fromisoformat(loaded["expires_at"]).year > 2100  # loaded at start-up: kept
 
 
 async def test_pull_verifies_a_present_model(engine: FakeEngine) -> None:
@@ -187,6 +188,9 @@ async def test_legacy_embeddings_route(engine: FakeEngine) -> None:
         ("/api/pull", {"model": "llama3", "stream": False}, 404, "bundled models are"),
         ("/api/embeddings", {"model": MODEL, "prompt": "x"}, 400, "cannot embed"),
         ("/api/embeddings", {"model": EMBED}, 400, "prompt: is required"),
+        ("/api/generate", {"model": "llama3", "prompt": "x"}, 404, f"available models: {MODEL}, {GEMMA}, {EMBED}"),
+        ("/api/generate", {"model": MODEL, "prompt": "x", "keep_alive": "soon"}, 400, "keep_alive: invalid duration"),
+        ("/api/embed", {"model": EMBED, "input": "x", "keep_alive": True}, 400, "keep_alive: expected a duration"),
         ("/api/nothing", {}, 404, "no such endpoint"),
     ],
 )

@@ -99,7 +99,7 @@ def test_stop_seed_n_logprobs(client: openai.OpenAI) -> None:
 
 def test_models_health_status_root_metrics(server: Server, client: openai.OpenAI) -> None:
     models = client.models.list()
-    assert [m.id for m in models.data] == [MODEL, EMBED] and models.data[0].owned_by == "wicore"
+    assert [m.id for m in models.data] == [MODEL, GEMMA, EMBED] and models.data[0].owned_by == "wicore"
     assert client.models.retrieve(MODEL).id == MODEL
     health = httpx.get(server.url + "/health").json()
     assert health["status"] == "healthy" and health["engine"] == "wicore-mojo"

@@ -12,7 +12,7 @@ from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from tests.fake_engine import REPLY, FakeEngine, in_process
-from tests.helpers import EMBED, FRANCE, MODEL, assert_error, assert_ollama_error
+from tests.helpers import EMBED, FRANCE, GEMMA, MODEL, assert_error, assert_ollama_error
 from wicore.engine.client import EngineUnavailable, QueueFull
 from wicore.engine.request import EngineRequest, FinishReason, Priority
 
@@ -149,11 +149,14 @@ async def test_models(engine: FakeEngine) -> None:
     async with in_process(engine) as client:
         models = (await client.get("/v1/models")).json()
         listed = openai.types.Model  # every card validates as the client's own type
-        assert [listed.model_validate(m).id for m in models["data"]] == [MODEL, EMBED]
+        # Every downloaded model, the default first; the default loaded at start-up, the others not yet.
+        assert [listed.model_validate(m).id for m in models["data"]] == [MODEL, GEMMA, EMBED]
+        assert [m["loaded"] for m in models["data"]] == [True, False, False]
         assert all(m["owned_by"] == "wicore" and m["created"] > 0 for m in models["data"])
         assert (await client.get(f"/v1/models/{MODEL}")).json()["id"] == MODEL
         assert (await client.get(f"/v1/models/{EMBED}")).json()["id"] == EMBED
-        assert (await client.get("/v1/models/gpt-9")).status_code == 404
+        missing = await client.get("/v1/models/gpt-9")
+        assert missing.status_code == 404 and f"available models: {MODEL}, {GEMMA}, {EMBED}" in missing.text
 
 
 @pytest.mark.parametrize(
@@ -205,7 +208,7 @@ async def test_embeddings_float_base64_and_dimensions(engine: FakeEngine) -> Non
         r = await client.post("/v1/embeddings", json={"input": "a", "dimensions": 385})
         assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
         r = await client.post("/v1/embeddings", json={"model": MODEL, "input": "a"})
-        assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+        assert r.status_code == 400 and r.json()["error"]["param"] == "model" and "cannot embed" in r.text
 
 
 @pytest.mark.parametrize(

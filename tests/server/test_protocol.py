@@ -306,7 +306,7 @@ def test_model_list_shape() -> None:
     listing = ModelList(data=[ModelCard(id="m", created=1704067200)]).model_dump()
     assert listing == {
         "object": "list",
-        "data": [{"id": "m", "object": "model", "created": 1704067200, "owned_by": "wicore"}],
+        "data": [{"id": "m", "object": "model", "created": 1704067200, "owned_by": "wicore", "loaded": False}],
     }
 
 

@@ -1,4 +1,4 @@
-"""The HTTP process's handle on the engine worker process.
+"""The HTTP process's handle on one model's engine worker process.
 
 `generate()` is an async iterator over a request's outputs; `embed()` awaits
 one embedding request's result.  Only token ids cross to the worker and back:
@@ -22,14 +22,17 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from wicore.config import Settings
 from wicore.engine import worker
-from wicore.engine.core import prepare
+from wicore.engine.core import WORKER_RUNTIME_BYTES, EngineConfig, memory_estimate, prepare
 from wicore.engine.detokenizer import Detokenizer
 from wicore.engine.messages import Cancel, EmbedOutput, EmbedRequest, Ready, SchedulerStats
 from wicore.engine.request import EngineOutput, EngineRequest, FinishReason, RequestOutput
+from wicore.models import registry
+from wicore.tokenizer import Tokenizer
 
 log = logging.getLogger("wicore.engine")
 # Past its deadline the worker ends a request itself; the client waits this much longer before
@@ -46,16 +49,25 @@ class QueueFull(Exception):
 
 
 class EngineClient:
-    def __init__(self, settings: Settings) -> None:
+    """One model's worker: a generative model's (`engine_config` and `tokenizer` set) or an embedding
+    model's. `memory` is the worker's estimated size in bytes (see core.memory_estimate)."""
+
+    def __init__(
+        self, settings: Settings, model_name: str, engine_config: EngineConfig | None, tokenizer: Tokenizer | None,
+        memory: int,
+    ) -> None:  # fmt: skip
         self.settings = settings
-        self.tokenizer, _, self.engine_config = prepare(settings.model, settings.scheduler)
-        self.model_name = settings.model.name
-        self.max_model_len = self.engine_config.max_model_len
+        self.model_name = model_name
+        self.engine_config = engine_config
+        self._tokenizer = tokenizer
+        self.max_model_len = 0 if engine_config is None else engine_config.max_model_len
+        self.memory = memory
         self.created = int(time.time())
         self.started_at = time.time()
         self.stats = SchedulerStats(running=False)
         self.worker_restarts = 0  # workers that died and were started again
         self._ready = False
+        self._ready_event = asyncio.Event()
         self._streams: dict[str, asyncio.Queue[EngineOutput]] = {}
         self._embeds: dict[str, asyncio.Future[EmbedOutput]] = {}
         self._ids = itertools.count()
@@ -68,6 +80,30 @@ class EngineClient:
         self._reader: threading.Thread | None = None
         self._failures = 0  # consecutive worker deaths before reaching Ready
 
+    @classmethod
+    def generative(cls, settings: Settings, model_name: str, source: str) -> EngineClient:
+        """The client of the generative model served as `model_name` from `source` (a name or a GGUF path);
+        reads the model's metadata (a second or so for a large vocabulary), not its weights."""
+        model = settings.model.model_copy(update={"name": source})
+        tokenizer, config, engine_config = prepare(model, settings.scheduler)
+        return cls(settings, model_name, engine_config, tokenizer, memory_estimate(engine_config, config))
+
+    @classmethod
+    def embedding(cls, settings: Settings, model_name: str) -> EngineClient:
+        """The client of a bundled embedding model; its worker holds the float32 weights in memory."""
+        weights = registry.resolve_embedding(model_name) / registry.EMBEDDINGS[model_name].weights
+        return cls(settings, model_name, None, None, weights.stat().st_size + WORKER_RUNTIME_BYTES)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            raise TypeError(f"{self.model_name} is an embedding model: it has no generation tokenizer")
+        return self._tokenizer
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
     @property
     def ready(self) -> bool:
         return self._ready and self._proc is not None and self._proc.is_alive()
@@ -79,6 +115,17 @@ class EngineClient:
     def new_request_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):08x}"
 
+    async def wait_ready(self, deadline: float) -> None:
+        """Return once the worker has loaded the model (at once if it has), waiting until `deadline` (a
+        time.time()) at most: then EngineUnavailable."""
+        while not self.ready:
+            try:
+                await asyncio.wait_for(self._ready_event.wait(), max(0.0, deadline - time.time()))
+            except TimeoutError:
+                raise EngineUnavailable(f"the model {self.model_name} is still loading") from None
+            if not self.ready:  # it died just after: wait for the next worker
+                await asyncio.sleep(0.05)
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._spawn()
@@ -88,6 +135,7 @@ class EngineClient:
     async def shutdown(self) -> None:
         self._stopping.set()
         self._ready = False
+        self._ready_event.clear()
         # The reader restarts dead workers: once it has stopped, none can be started behind our back.
         if self._reader is not None:
             await asyncio.to_thread(self._reader.join, 5)
@@ -100,7 +148,9 @@ class EngineClient:
 
     def _check_admission(self) -> None:
         if not self.ready:
-            raise EngineUnavailable("the engine is not ready (model loading or worker restarting)")
+            raise EngineUnavailable(
+                f"the engine of {self.model_name} is not ready (model loading or worker restarting)"
+            )
         limit = self.settings.scheduler.max_concurrent + self.settings.scheduler.max_queue_size
         if self.in_flight >= limit:
             raise QueueFull(f"{self.in_flight} requests in flight; the queue holds {limit}")
@@ -165,12 +215,12 @@ class EngineClient:
         self._outputs = ctx.Queue()
         self._proc = ctx.Process(
             target=worker.run,
-            args=(self.settings.model_dump(), self.engine_config, self._requests, self._outputs),
-            name="wicore-engine",
+            args=(self.settings.model_dump(), self.model_name, self.engine_config, self._requests, self._outputs),
+            name=f"wicore-engine-{self.model_name}",
             daemon=True,
         )
         self._proc.start()
-        log.info("engine worker started (pid %s)", self._proc.pid)
+        log.info("engine worker of %s started (pid %s)", self.model_name, self._proc.pid)
 
     def _read_loop(self) -> None:
         assert self._loop is not None
@@ -194,6 +244,8 @@ class EngineClient:
         if isinstance(msg, Ready):
             self.created = int(time.time())
             self._ready = True
+            self._ready_event.set()
+            self.stats = replace(self.stats, running=True)  # an embedding worker sends no other stats
             log.info("engine ready: %s", msg.model)
         elif isinstance(msg, SchedulerStats):
             self.stats = msg
@@ -210,9 +262,10 @@ class EngineClient:
 
     def _on_worker_death(self, exitcode: int | None) -> None:
         self._ready = False
+        self._ready_event.clear()
         self.stats = SchedulerStats(running=False)
         self.worker_restarts += 1
-        log.error("engine worker died (exit code %s); restarting it", exitcode)
+        log.error("engine worker of %s died (exit code %s); restarting it", self.model_name, exitcode)
         for request_id, stream in list(self._streams.items()):
             stream.put_nowait(
                 EngineOutput(request_id, [], finish_reason=FinishReason.ERROR, error="the engine worker died")

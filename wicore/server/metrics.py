@@ -5,12 +5,14 @@ exported a second time under `vllm:` itself (`vllm:num_requests_waiting`, `vllm:
 `vllm:kv_cache_usage_perc`, 0-1), so those read WiCore replicas as they read vLLM's.
 
 Latencies and token counts are measured here, in the HTTP process, as each request's outputs arrive;
-queue and KV figures come from the worker's latest SchedulerStats at scrape time.
+queue and KV figures come from each loaded model's worker's latest SchedulerStats at scrape time. Every
+series has a `model_name` label; a sum over it is the server's figure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -77,47 +79,64 @@ class SequenceTimer:
         return (self.completion_tokens - 1) / span if span > 0 else None
 
 
+@dataclass(frozen=True)
+class EngineFigures:
+    """What /metrics reads of one loaded model's engine at scrape time."""
+
+    model_name: str
+    stats: SchedulerStats
+    worker_restarts: int
+    memory: int  # estimated bytes
+
+
 class _SchedulerCollector(Collector):
-    def __init__(self, stats: Callable[[], SchedulerStats], restarts: Callable[[], int], model_name: str) -> None:
-        self._stats = stats
-        self._restarts = restarts
-        self._model = model_name
+    def __init__(self, engines: Callable[[], list[EngineFigures]]) -> None:
+        self._engines = engines
 
     def collect(self) -> Iterator[Metric]:
-        s = self._stats()
+        engines = self._engines()
         labels = ["model_name"]
 
-        used = s.kv_blocks_total - s.kv_blocks_free
+        def family(kind: type[GaugeMetricFamily | CounterMetricFamily], name: str, doc: str,
+                   value: Callable[[EngineFigures], float], prefix: str = PREFIX) -> Metric:  # fmt: skip
+            f = kind(prefix + name, doc, labels=labels)
+            for e in engines:
+                f.add_metric([e.model_name], value(e))
+            return f
+
+        def kv_usage(e: EngineFigures) -> float:
+            s = e.stats
+            return (s.kv_blocks_total - s.kv_blocks_free) / s.kv_blocks_total if s.kv_blocks_total else 0.0
+
         for prefix in (PREFIX, GATEWAY_PREFIX):
-            for name, doc, value in (
-                ("num_requests_running", "Requests admitted by the scheduler (holding KV cache).", s.active),
-                ("num_requests_waiting", "Requests queued for admission.", sum(s.waiting_by_priority.values())),
-                (
-                    "kv_cache_usage_perc",
-                    "Fraction of KV cache blocks in use (0-1).",
-                    used / s.kv_blocks_total if s.kv_blocks_total else 0.0,
-                ),
-            ):
-                g = GaugeMetricFamily(prefix + name, doc, labels=labels)
-                g.add_metric([self._model], value)
-                yield g
+            yield family(GaugeMetricFamily, "num_requests_running", "Requests admitted by the scheduler (holding KV "
+                         "cache).", lambda e: e.stats.active, prefix)  # fmt: skip
+            yield family(GaugeMetricFamily, "num_requests_waiting", "Requests queued for admission.",
+                         lambda e: sum(e.stats.waiting_by_priority.values()), prefix)  # fmt: skip
+            yield family(GaugeMetricFamily, "kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1).",
+                         kv_usage, prefix)  # fmt: skip
+        yield family(GaugeMetricFamily, "model_memory_bytes", "Estimated memory of the model's engine worker "
+                     "(prepared weights + KV cache reserved).", lambda e: e.memory)  # fmt: skip
+        loaded = GaugeMetricFamily(PREFIX + "models_loaded", "Models with an engine worker.")
+        loaded.add_metric([], len(engines))
+        yield loaded
         for name, doc, value in (
-            ("num_preemptions", "Sequences preempted for KV cache space.", s.preempted),
-            ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries),
-            ("prefix_cache_hits", "Prompt tokens whose KV was found in the prefix cache.", s.prefix_cache_hits),
-            ("worker_restarts", "Engine workers that died and were started again.", self._restarts()),
-        ):
-            c = CounterMetricFamily(PREFIX + name, doc, labels=labels)
-            c.add_metric([self._model], value)
-            yield c
+            ("num_preemptions", "Sequences preempted for KV cache space.", lambda e: e.stats.preempted),
+            ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+             lambda e: e.stats.prefix_cache_queries),
+            ("prefix_cache_hits", "Prompt tokens whose KV was found in the prefix cache.",
+             lambda e: e.stats.prefix_cache_hits),
+            ("worker_restarts", "Engine workers that died and were started again.", lambda e: e.worker_restarts),
+        ):  # fmt: skip
+            yield family(CounterMetricFamily, name, doc + " Per engine: starts from 0 when a model loads again.",
+                         value)  # fmt: skip
 
 
 class Metrics:
     """The server's registry (one per app, so several apps in one process do not collide)."""
 
-    def __init__(self, model_name: str, stats: Callable[[], SchedulerStats], restarts: Callable[[], int]) -> None:
+    def __init__(self, engines: Callable[[], list[EngineFigures]]) -> None:
         disable_created_metrics()  # the `_created` series double the output and no dashboard reads them
-        self.model_name = model_name
         self.registry = CollectorRegistry()
         reg, labels = self.registry, ["model_name"]
         self.ttft = Histogram(
@@ -147,11 +166,10 @@ class Metrics:
             ["model_name", "finished_reason"],
             registry=reg,
         )
-        reg.register(_SchedulerCollector(stats, restarts, model_name))
+        reg.register(_SchedulerCollector(engines))
 
-    def observe(self, timer: SequenceTimer, finish_reason: str, now: float) -> None:
-        """Record one finished engine sequence."""
-        m = self.model_name
+    def observe(self, m: str, timer: SequenceTimer, finish_reason: str, now: float) -> None:
+        """Record one finished engine sequence of the model `m`."""
         if timer.ttft is not None:
             self.ttft.labels(m).observe(timer.ttft)
         for gap in timer.gaps:

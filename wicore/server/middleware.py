@@ -4,6 +4,8 @@
   line, and the request/error counts /health and /status report.
 - AuthMiddleware: `Authorization: Bearer <key>` against `api.api_key` when `api.auth_enabled`.
 - RateLimitMiddleware: `api.rate_limit_per_minute` per API key (per client IP without auth), sliding window.
+- AfterResponseMiddleware: runs what a route registered with `after_response` once its response has ended,
+  streamed to the end or abandoned (how a request gives back its model's engine).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wicore.server.errors import CLIENT_CLOSED, error_response
@@ -232,3 +235,29 @@ class BodySizeLimitMiddleware:
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request body too large: the limit is {self.limit} bytes (api.max_request_bytes)"
         await error_response(scope["path"], 413, message, type="invalid_request_error")(scope, receive, send)
+
+
+_AFTER_RESPONSE = "after_response"
+
+
+def after_response(request: Request, callback: Callable[[], None]) -> None:
+    """Run `callback` once the response to `request` has ended (needs AfterResponseMiddleware)."""
+    request.scope.setdefault("state", {}).setdefault(_AFTER_RESPONSE, []).append(callback)
+
+
+class AfterResponseMiddleware:
+    """Calls each request's `after_response` callbacks when the app is done with it: after the last byte of
+    a streamed body, on a client's hang-up, or on an error."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for callback in scope.get("state", {}).get(_AFTER_RESPONSE, ()):
+                callback()

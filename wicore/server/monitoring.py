@@ -1,13 +1,15 @@
 """The server's own routes (`/`, `/health`, `/status`, `/metrics`, and SGLang's `/get_load` for its gateway)
 in the shapes of WiCore's API contract.
 
-/health and /status answer with the contract's string figures and Chinese status texts; /status also has
-the same figures as numbers under `scheduler`.  /metrics is Prometheus text (metrics.py).
+/health and /status answer with the contract's string figures and Chinese status texts, for the whole
+server (every loaded model's scheduler summed); /status also has the same figures as numbers under
+`scheduler`, and each loaded model's under `models`.  /metrics is Prometheus text (metrics.py).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import fields
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -17,7 +19,7 @@ from pydantic import BaseModel
 from wicore import __version__
 from wicore.engine.messages import SchedulerStats
 from wicore.engine.request import Priority
-from wicore.server.service import GenerationService
+from wicore.server.models import LoadedInfo, ModelState, ServedModels
 
 
 class RootResponse(BaseModel):
@@ -92,6 +94,49 @@ class SchedulerSnapshot(BaseModel):
         )
 
 
+def combined(stats: list[SchedulerStats]) -> SchedulerStats:
+    """The server's figures from each loaded model's: counts summed, averages weighted by completed
+    requests; running while every worker is (with none loaded, the server still serves: it loads)."""
+    total = SchedulerStats(running=all(s.running for s in stats))
+    for f in fields(SchedulerStats):
+        if f.name in ("running", "avg_processing_time", "avg_wait_time"):
+            continue
+        values = [getattr(s, f.name) for s in stats]
+        if f.name == "waiting_by_priority":
+            setattr(total, f.name, {k: sum(v.get(k, 0) for v in values) for k in {k for v in values for k in v}})
+        else:
+            setattr(total, f.name, sum(values, [] if f.name == "active_request_ids" else 0))
+    done = sum(s.completed for s in stats)
+    if done:
+        total.avg_processing_time = sum(s.avg_processing_time * s.completed for s in stats) / done
+        total.avg_wait_time = sum(s.avg_wait_time * s.completed for s in stats) / done
+    return total
+
+
+class ModelStatus(BaseModel):
+    """One loaded model: its worker, its estimated memory, who holds it and its scheduler."""
+
+    name: str
+    state: ModelState
+    pid: int | None
+    memory_bytes: int  # estimated: prepared weights + KV cache reserved
+    context_length: int
+    requests: int  # requests holding the model now (it unloads only at 0)
+    keep_alive: float  # seconds; negative: forever
+    expires_at: float | None  # unix time it unloads if still idle; None: never
+    worker_restarts: int
+    scheduler: SchedulerSnapshot
+
+    @classmethod
+    def of(cls, info: LoadedInfo) -> ModelStatus:
+        e = info.engine
+        return cls(
+            name=info.name, state=info.state, pid=e.pid, memory_bytes=e.memory, context_length=e.max_model_len,
+            requests=info.users, keep_alive=info.keep_alive, expires_at=info.expires_at,
+            worker_restarts=e.worker_restarts, scheduler=SchedulerSnapshot.of(e.stats),
+        )  # fmt: skip
+
+
 def _yes_no(flag: bool) -> str:
     return "是" if flag else "否"
 
@@ -131,12 +176,19 @@ class StatusResponse(BaseModel):
     scheduler_status: str
     queue_summary: str
     scheduler: SchedulerSnapshot
+    models: list[ModelStatus]  # loaded, most recently used first
+    memory_bytes: int  # estimated, all loaded models
+    max_memory: int  # model.max_memory; 0: no limit
+    max_loaded: int  # model.max_loaded
 
     @classmethod
     def of(
-        cls, stats: SchedulerStats, *, port: int, uptime: float, total_requests: int, error_count: int
-    ) -> StatusResponse:
+        cls, stats: SchedulerStats, *, port: int, uptime: float, total_requests: int, error_count: int,
+        models: list[ModelStatus] | None = None, max_memory: int = 0, max_loaded: int = 1,
+    ) -> StatusResponse:  # fmt: skip
+        """`stats`: the whole server's (see combined())."""
         snapshot = SchedulerSnapshot.of(stats)
+        models = models or []
         return cls(
             server_running=_yes_no(True),  # answering this request is the proof
             port=str(port),
@@ -146,12 +198,16 @@ class StatusResponse(BaseModel):
             scheduler_status=scheduler_status_text(snapshot),
             queue_summary=queue_summary_text(snapshot),
             scheduler=snapshot,
+            models=models,
+            memory_bytes=sum(m.memory_bytes for m in models),
+            max_memory=max_memory,
+            max_loaded=max_loaded,
         )
 
 
 class LoadInfo(BaseModel):
-    """One entry of SGLang's `/get_load` (a list, one per data-parallel rank; we have one), which SGLang's
-    Model Gateway polls under its power_of_two policy."""
+    """One entry of SGLang's `/get_load` (a list, one per data-parallel rank; we have one: the server, every
+    loaded model summed), which SGLang's Model Gateway polls under its power_of_two policy."""
 
     dp_rank: int = 0
     num_reqs: int  # running and waiting
@@ -159,18 +215,19 @@ class LoadInfo(BaseModel):
     num_tokens: int  # tokens held in the KV cache
 
     @classmethod
-    def of(cls, stats: SchedulerStats, block_size: int) -> LoadInfo:
-        waiting = sum(stats.waiting_by_priority.values())
+    def of(cls, engines: list[tuple[SchedulerStats, int]]) -> LoadInfo:
+        """From each loaded engine's (stats, KV block size)."""
+        waiting = sum(sum(s.waiting_by_priority.values()) for s, _ in engines)
         return cls(
-            num_reqs=stats.active + waiting,
+            num_reqs=sum(s.active for s, _ in engines) + waiting,
             num_waiting_reqs=waiting,
-            num_tokens=(stats.kv_blocks_total - stats.kv_blocks_free) * block_size,
+            num_tokens=sum((s.kv_blocks_total - s.kv_blocks_free) * block for s, block in engines),
         )
 
 
-def router(service: GenerationService) -> APIRouter:
+def router(models: ServedModels) -> APIRouter:
     api = APIRouter()
-    engine, counters = service.engine, service.counters
+    counters = models.counters
 
     @api.get("/")
     async def root() -> RootResponse:
@@ -178,12 +235,13 @@ def router(service: GenerationService) -> APIRouter:
 
     @api.get("/health", response_model=HealthResponse)
     async def health() -> JSONResponse:
-        ready = engine.ready
+        ready = models.ready
+        running = all(info.engine.stats.running for info in models.loaded() if info.state == "loaded")
         body = HealthResponse(
             status="healthy" if ready else "loading",
             version=__version__,
-            uptime=f"{time.time() - engine.started_at:.1f}",
-            scheduler="running" if ready and engine.stats.running else "stopped",
+            uptime=f"{time.time() - models.started_at:.1f}",
+            scheduler="running" if ready and running else "stopped",
             total_requests=str(counters.total_requests),
             error_count=str(counters.error_count),
             error_rate=f"{100 * counters.error_rate:.1f}%",
@@ -193,21 +251,27 @@ def router(service: GenerationService) -> APIRouter:
     @api.get("/status")
     async def status(request: Request) -> StatusResponse:
         server = request.scope.get("server")
+        limits, loaded = models.settings.model, models.loaded()
         return StatusResponse.of(
-            engine.stats,
-            port=server[1] if server else service.settings.api.port,  # the bound port, right even on port 0
-            uptime=time.time() - engine.started_at,
+            combined([info.engine.stats for info in loaded]),
+            port=server[1] if server else models.settings.api.port,  # the bound port, right even on port 0
+            uptime=time.time() - models.started_at,
             total_requests=counters.total_requests,
             error_count=counters.error_count,
+            models=[ModelStatus.of(info) for info in loaded],
+            max_memory=int(limits.max_memory),
+            max_loaded=limits.max_loaded,
         )
 
     @api.get("/get_load")
     async def load() -> list[LoadInfo]:
-        return [LoadInfo.of(engine.stats, engine.engine_config.block_size)]
+        engines = [i.engine for i in models.loaded()]
+        # an embedding model's engine holds no KV cache (no engine_config) and queues no generations
+        return [LoadInfo.of([(e.stats, e.engine_config.block_size) for e in engines if e.engine_config is not None])]
 
     @api.get("/metrics")
     async def prometheus() -> Response:
-        data, content_type = service.metrics.render()
+        data, content_type = models.metrics.render()
         return Response(data, media_type=content_type)
 
     return api

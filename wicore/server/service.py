@@ -1,4 +1,5 @@
-"""The generation service every surface (OpenAI, AIgo, Ollama) shares: one per app.
+"""The generation service every surface (OpenAI, AIgo, Ollama) shares, bound to the engine of the model a
+request named (server/models.py hands one out per request, with the engine leased for the response).
 
 A surface parses its request, converts it into one GenerationRequest (prompt token ids plus the shared
 sampling parameters) and renders the outputs; everything between is here: the checks against the model
@@ -13,6 +14,7 @@ milliseconds), model compute never does.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
@@ -265,7 +267,7 @@ class GenerationService:
 
     def _finished(self, seq: ChoiceSequence, reason: FinishReason, now: float) -> None:
         seq.finish_reason = reason
-        self.metrics.observe(seq.timer, reason, now)
+        self.metrics.observe(self.engine.model_name, seq.timer, reason, now)
         if self.settings.logging.enable_performance_logging:
             t = seq.timer
             tps = t.decode_tokens_per_s()
@@ -302,10 +304,11 @@ class GenerationService:
             raise APIError(
                 400, f"{input_param}: at most {MAX_EMBED_INPUTS} texts per request, got {len(texts)}", param=input_param
             )
-        size, name = self.catalogue.embedding_dimensions, self.catalogue.embedding_name
+        name = self.engine.model_name
+        size = self.catalogue.embedding_dimensions(name)
         if not truncate:
-            limit = self.catalogue.embedding_max_length()
-            count = self.catalogue.embedding_lengths
+            limit = self.catalogue.embedding_max_length(name)
+            count = functools.partial(self.catalogue.embedding_lengths, name)
             # Long inputs are counted in a thread, as long prompts are tokenised.
             long = sum(map(len, texts)) > self.INLINE_CHARS
             lengths = await asyncio.to_thread(count, texts) if long else count(texts)

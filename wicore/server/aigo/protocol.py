@@ -76,6 +76,7 @@ class ModelInfo(BaseModel):
     provider: str = PROVIDER
     capabilities: list[str]
     parameters: dict[str, Any]
+    loaded: bool = False  # an engine worker holds it now (else the first request loads it)
 
 
 class ModelDetail(ModelInfo):

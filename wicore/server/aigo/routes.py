@@ -34,8 +34,8 @@ from wicore.server.aigo.protocol import (
     ModelsResponse,
     model_id,
 )
-from wicore.server.catalogue import PROVIDER, Catalogue, ModelKind, count_label
-from wicore.server.errors import APIError
+from wicore.server.catalogue import PROVIDER, Catalogue, CatalogueEntry, count_label
+from wicore.server.models import ServedModels
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, DeltaMessage, UsageInfo, engine_priority, parse_body
 from wicore.server.service import GenerationRequest, GenerationService, Outputs
 from wicore.server.streaming import StreamFormat, sse
@@ -47,16 +47,16 @@ AIGO_SSE = StreamFormat("text/event-stream", lambda e: sse(e.body()), None)
 # -- the model catalogue, in AIgo's words -----------------------------------------------------------
 
 
-def chat_detail(catalogue: Catalogue, max_model_len: int, vocab_size: int) -> ModelDetail:
-    meta = catalogue.chat_metadata
-    name = catalogue.chat_name
+def chat_detail(catalogue: Catalogue, name: str, max_model_len: int, loaded: bool) -> ModelDetail:
+    meta = catalogue.chat_metadata(name)
     arch = str(meta.get("general.architecture", ""))
+    context = int(meta.get(f"{arch}.context_length", max_model_len))
     parameters = {
         "max_tokens": CHAT_DEFAULT_MAX_TOKENS,
         "temperature": 0.7,
         "top_p": 1.0,
         "top_k": 0,
-        "max_context_length": max_model_len,
+        "max_context_length": min(max_model_len, context),  # as the engine caps it
         "stop_sequences": [],
     }
     return ModelDetail(
@@ -66,74 +66,64 @@ def chat_detail(catalogue: Catalogue, max_model_len: int, vocab_size: int) -> Mo
         capabilities=["text_generation", "chat"],
         parameters=parameters,
         metadata={
-            "context_window": int(meta.get(f"{arch}.context_length", max_model_len)),
-            "vocabulary_size": vocab_size,
+            "context_window": context,
+            "vocabulary_size": int(meta.get(f"{arch}.vocab_size", 0)),
             "architecture": arch,
             "parameter_count": meta.get("general.size_label"),
             "format": "gguf",
         },
+        loaded=loaded,
     )
 
 
-def embedding_detail(catalogue: Catalogue) -> ModelDetail:
-    config = catalogue.embedding_config()  # a 503 if the model is not pulled
-    max_len = catalogue.embedding_max_length()
+def embedding_detail(catalogue: Catalogue, name: str, loaded: bool) -> ModelDetail:
+    config = catalogue.embedding_config(name)
+    max_len = catalogue.embedding_max_length(name)
     return ModelDetail(
-        id=model_id(catalogue.embedding_name),
-        name="all-MiniLM-L6-v2",
-        description="sentence-transformers all-MiniLM-L6-v2 (BERT encoder, mean pooling), on WiCore's kernels",
+        id=model_id(name),
+        name=name,
+        description=f"{name} (BERT encoder, mean pooling), on WiCore's kernels",
         capabilities=["embedding"],
         parameters={"dimensions": config["hidden_size"], "max_context_length": max_len},
         metadata={
             "context_window": max_len,
             "vocabulary_size": config["vocab_size"],
             "architecture": config.get("model_type", "bert"),
-            "parameter_count": count_label(catalogue.embedding_parameters()),
+            "parameter_count": count_label(catalogue.embedding_parameters(name)),
             "format": "safetensors",
         },
+        loaded=loaded,
     )
 
 
 # -- routes -------------------------------------------------------------------------------------------
 
 
-def router(service: GenerationService) -> APIRouter:
+def router(models: ServedModels) -> APIRouter:
     api = APIRouter(prefix="/api/v1")
-    catalogue, engine = service.catalogue, service.engine
+    catalogue = models.catalogue
 
-    def kind(model: str | None, default: ModelKind) -> ModelKind:
-        """`chat` or `embedding` for a model id (with or without the provider prefix); unknown ids are 404s."""
-        if model is None:
-            return default
-        found = catalogue.kind(model.removeprefix(f"{PROVIDER}:"))
-        if found is None:
-            known = ", ".join(model_id(n) for n in (catalogue.chat_name, catalogue.embedding_name))
-            raise APIError(404, f"the model `{model}` does not exist; this server has {known}", param="model")
-        return found
+    def bare(model: str | None) -> str | None:
+        return None if model is None else model.removeprefix(f"{PROVIDER}:")
 
-    def chat_model(model: str | None) -> str:
-        if kind(model, "chat") != "chat":
-            raise APIError(400, f"model: `{model}` is an embedding model; it cannot generate text", param="model")
-        return model_id(catalogue.chat_name)
-
-    def detail(model_kind: ModelKind) -> ModelDetail:
-        if model_kind == "chat":
-            return chat_detail(catalogue, engine.max_model_len, engine.tokenizer.vocab_size)
-        return embedding_detail(catalogue)
+    def detail(entry: CatalogueEntry) -> ModelDetail:
+        loaded = models.state(entry.name) == "loaded"
+        if entry.kind == "chat":
+            return chat_detail(catalogue, entry.name, models.settings.model.max_model_len, loaded)
+        return embedding_detail(catalogue, entry.name, loaded)
 
     @api.get("/models")
-    async def models() -> ModelsResponse:
+    async def list_models() -> ModelsResponse:
         # Declared as ModelInfo, the details serialise without description and metadata.
-        kinds: list[ModelKind] = ["chat", "embedding"] if catalogue.embedding_present() else ["chat"]
-        return ModelsResponse(models=[detail(k) for k in kinds])
+        return ModelsResponse(models=[detail(e) for e in catalogue.entries().values()])
 
     @api.get("/models/{model:path}")
     async def model(model: str) -> ModelDetail:
-        return detail(kind(model, "chat"))
+        return detail(catalogue.entry(bare(model) or "", shown=model))
 
     async def run(
-        request: Request, body: AigoSamplingRequest, model: str, prompt_ids: list[int], prompt_param: str,
-        as_chat: bool, stream: bool,
+        request: Request, service: GenerationService, body: AigoSamplingRequest, model: str, prompt_ids: list[int],
+        prompt_param: str, as_chat: bool, stream: bool,
     ) -> Response:  # fmt: skip
         generation = GenerationRequest(
             [prompt_ids], body, body.max_tokens, CHAT_DEFAULT_MAX_TOKENS, prompt_param=prompt_param
@@ -166,15 +156,18 @@ def router(service: GenerationService) -> APIRouter:
     @api.post("/generate", response_model=None)
     async def generate(request: Request) -> Response:
         body = await parse_body(request, AigoGenerateRequest)
-        model = chat_model(body.model)
-        return await run(request, body, model, await service.encode(body.prompt), "prompt", False, body.stream)
+        service = await models.service(request, bare(body.model), shown=body.model)
+        model = model_id(service.engine.model_name)
+        prompt_ids = await service.encode(body.prompt)
+        return await run(request, service, body, model, prompt_ids, "prompt", False, body.stream)
 
     async def chat_response(request: Request, stream: bool | None) -> Response:
         body = await parse_body(request, AigoChatRequest)
-        model = chat_model(body.model)
+        service = await models.service(request, bare(body.model), shown=body.model)
+        model = model_id(service.engine.model_name)
         prompt_ids = await service.chat_prompt(body.conversation())
         stream = body.stream if stream is None else stream
-        return await run(request, body, model, prompt_ids, "messages", True, stream)
+        return await run(request, service, body, model, prompt_ids, "messages", True, stream)
 
     @api.post("/chat", response_model=None)
     async def chat(request: Request) -> Response:
@@ -187,9 +180,7 @@ def router(service: GenerationService) -> APIRouter:
     @api.post("/embed", response_model=None)
     async def embed(request: Request) -> Response:
         body = await parse_body(request, AigoEmbedRequest)
-        name = catalogue.embedding_name
-        if kind(body.model, "embedding") != "embedding":
-            raise APIError(400, f"model: `{body.model}` is a chat model; embeddings use {model_id(name)}")
+        service = await models.service(request, bare(body.model), "embedding", shown=body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
         priority = engine_priority(body.priority)
         vectors, tokens = await service.embed(request, texts, body.dimensions, priority, "input", truncate=True)
@@ -198,21 +189,21 @@ def router(service: GenerationService) -> APIRouter:
             embedding=vectors[0] if single else None,
             embeddings=None if single else vectors,
             dimensions=len(vectors[0]),
-            model=model_id(name),
+            model=model_id(service.engine.model_name),
             usage=EmbedUsage(prompt_tokens=tokens, total_tokens=tokens),
         )
         return Response(response.model_dump_json(), media_type="application/json")
 
     @api.get("/health", response_model=AigoHealthResponse)
     async def health() -> JSONResponse:
-        ready = engine.ready
+        ready = models.ready
         now = datetime.datetime.now(datetime.UTC)
         body = AigoHealthResponse(
             status="ok" if ready else "loading",
             version=__version__,
             timestamp=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            models_available=1 + catalogue.embedding_present(),
-            uptime_seconds=round(time.time() - engine.started_at, 3),
+            models_available=len(catalogue.entries()),
+            uptime_seconds=round(time.time() - models.started_at, 3),
         )
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from wicore.config import duration_seconds
 from wicore.engine.grammar import ANY_JSON_OBJECT, closed_objects, json_schema_grammar
 from wicore.engine.request import PriorityName
 from wicore.server.errors import validation_error
@@ -53,8 +54,21 @@ class Options(OllamaRequest):
             raise validation_error(errors) from None
 
 
-class OllamaGenerationRequest(OllamaRequest):
+class OllamaModelUse(OllamaRequest):
+    """A request that runs a model: its name, and how long the model stays loaded once the request ends."""
+
     model: str
+    # Seconds; Ollama's clients send a duration ("5m", "1h") or a number. 0 unloads the model after this
+    # request, a negative value keeps it loaded; None leaves the model's own setting.
+    keep_alive: float | None = None
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return None if value is None else duration_seconds(value)
+
+
+class OllamaGenerationRequest(OllamaModelUse):
     options: Options = Options()
     stream: bool = True
     format: Literal["", "json"] | dict[str, Any] | None = None  # constrained output: any JSON object, or a schema
@@ -99,15 +113,13 @@ class OllamaModelRequest(OllamaRequest):
     stream: bool = True  # /api/pull
 
 
-class OllamaEmbeddingsRequest(OllamaRequest):
+class OllamaEmbeddingsRequest(OllamaModelUse):
     """The legacy /api/embeddings: one prompt, one vector."""
 
-    model: str
     prompt: str
 
 
-class OllamaEmbedRequest(OllamaRequest):
-    model: str
+class OllamaEmbedRequest(OllamaModelUse):
     input: str | list[str]
     dimensions: PositiveInt | None = None
     truncate: bool = True

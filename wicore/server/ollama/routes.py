@@ -16,7 +16,6 @@ import datetime
 import json
 import time
 from collections.abc import AsyncGenerator
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -27,8 +26,9 @@ from pydantic import BaseModel
 from wicore import __version__
 from wicore.engine.request import Priority
 from wicore.models import registry
-from wicore.server.catalogue import count_label
+from wicore.server.catalogue import CatalogueEntry, ModelKind, count_label
 from wicore.server.errors import APIError
+from wicore.server.models import ServedModels
 from wicore.server.ollama.protocol import (
     DEFAULT_OPTIONS,
     OllamaChatMessage,
@@ -40,6 +40,7 @@ from wicore.server.ollama.protocol import (
     OllamaGenerateRequest,
     OllamaGenerationRequest,
     OllamaModelRequest,
+    OllamaModelUse,
     OllamaReply,
 )
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, parse_body
@@ -49,6 +50,7 @@ from wicore.server.streaming import StreamFormat
 log = structlog.get_logger(__name__)
 NDJSON = StreamFormat("application/x-ndjson", lambda e: json.dumps({"error": e.message}) + "\n", None)
 LOAD = "load"  # done_reason of a request that only loads the model
+UNLOAD = "unload"  # done_reason of a request that only unloads it (keep_alive 0)
 SUCCESS = {"status": "success"}  # the last line of a pull
 FOREVER = "2318-01-01T00:00:00Z"  # expires_at of a model that stays loaded (what Ollama shows for keep_alive -1)
 # GGUF general.file_type -> Ollama's quantization label (the bundled models are all Q4_K_M).
@@ -74,7 +76,7 @@ def _final_stats(seq: ChoiceSequence) -> dict[str, Any]:
         "done": True,
         "done_reason": seq.finish_reason,
         "total_duration": _ns(now - t.arrival),
-        "load_duration": 0,  # the model stays loaded
+        "load_duration": 0,  # not measured: a model loads before the request's clock starts
         "prompt_eval_count": t.prompt_tokens,
         "prompt_eval_duration": _ns(first - t.arrival),
         "eval_count": len(seq.tokens),
@@ -93,23 +95,19 @@ def format_grammar(body: OllamaGenerationRequest) -> str | None:
         raise APIError(400, str(e), param="format") from None
 
 
-def router(service: GenerationService) -> APIRouter:
+def router(models: ServedModels) -> APIRouter:
     api = APIRouter(prefix="/api")
-    catalogue, engine = service.catalogue, service.engine
+    catalogue = models.catalogue
 
-    def resolve(model: str) -> str:
-        name = model.removesuffix(":latest").removeprefix("wicore:")
-        if catalogue.kind(name) is None:
-            raise APIError(404, f"model '{model}' not found", param="model")
-        return name
+    def bare(model: str) -> str:
+        return model.removesuffix(":latest").removeprefix("wicore:")
 
-    def chat_model(model: str) -> str:
-        if resolve(model) != catalogue.chat_name:
-            raise APIError(400, f"model: `{model}` is an embedding model; it cannot generate text", param="model")
-        return model
+    async def use(request: Request, body: OllamaModelUse, kind: ModelKind) -> GenerationService:
+        """The service of the model `body` names, loaded; its keep_alive applies once the response ends."""
+        return await models.service(request, bare(body.model), kind, keep_alive=body.keep_alive, shown=body.model)
 
-    def chat_details() -> dict[str, Any]:
-        meta = catalogue.chat_metadata
+    def chat_details(name: str) -> dict[str, Any]:
+        meta = catalogue.chat_metadata(name)
         arch = str(meta.get("general.architecture", ""))
         file_type = int(meta.get("general.file_type", -1))
         return {
@@ -118,21 +116,20 @@ def router(service: GenerationService) -> APIRouter:
             "quantization_level": FILE_TYPES.get(file_type, f"file_type {file_type}"),
         }  # fmt: skip
 
-    def embedding_details() -> dict[str, Any]:
-        size = count_label(catalogue.embedding_parameters())
+    def embedding_details(name: str) -> dict[str, Any]:
+        size = count_label(catalogue.embedding_parameters(name))
         return {"parent_model": "", "format": "safetensors", "family": "bert", "families": ["bert"],
                 "parameter_size": size, "quantization_level": "F32"}  # fmt: skip
 
-    def chat_digest() -> str:
-        spec = registry.BUNDLED.get(catalogue.chat_name)
-        return spec.sha256 if spec else ""
-
-    def embedding_model(model: str) -> None:
-        name = catalogue.embedding_name
-        if resolve(model) != name:
-            raise APIError(400, f"model: `{model}` cannot embed; use {name}", param="model")
-
-    def tag(name: str, path: Path, size: int, digest: str, details: dict[str, Any]) -> dict[str, Any]:
+    def tag(entry: CatalogueEntry) -> dict[str, Any]:
+        name = entry.name
+        if entry.kind == "chat":
+            spec = registry.BUNDLED.get(name)
+            path, size, digest = entry.path, entry.path.stat().st_size, spec.sha256 if spec else ""
+            details = chat_details(name)
+        else:
+            emb = registry.EMBEDDINGS[name]
+            path, size, digest, details = entry.path / emb.weights, emb.size, emb.sha256, embedding_details(name)
         return {
             "name": f"{name}:latest",
             "model": f"{name}:latest",
@@ -140,51 +137,48 @@ def router(service: GenerationService) -> APIRouter:
             "size": size,
             "digest": digest,
             "details": details,
+            "loaded": models.state(name) == "loaded",
         }
-
-    def chat_tag() -> dict[str, Any]:
-        path = catalogue.chat_path
-        return tag(catalogue.chat_name, path, path.stat().st_size, chat_digest(), chat_details())
 
     @api.get("/tags")
     async def tags() -> dict[str, Any]:
-        models = [chat_tag()]
-        if catalogue.embedding_present():  # one not pulled is not listed
-            name = catalogue.embedding_name
-            emb = registry.EMBEDDINGS[name]
-            models.append(tag(name, catalogue.embedding_folder() / emb.weights, emb.size, emb.sha256,
-                              embedding_details()))  # fmt: skip
-        return {"models": models}
+        return {"models": [tag(e) for e in catalogue.entries().values()]}
 
     @api.get("/ps")
     async def ps() -> dict[str, Any]:
-        # The chat model is loaded for the server's lifetime (Ollama's keep_alive -1), in host memory.
-        loaded = {**chat_tag(), "expires_at": FOREVER, "size_vram": 0, "context_length": engine.max_model_len}
-        del loaded["modified_at"]
-        return {"models": [loaded]}
+        """The loaded models, most recently used first; `size` is the worker's estimated memory, all of
+        it in host memory."""
+        loaded = []
+        for info in models.loaded():
+            shown = {k: v for k, v in tag(catalogue.entry(info.name)).items() if k not in ("modified_at", "loaded")}
+            expires = FOREVER if info.expires_at is None else _timestamp(info.expires_at)
+            loaded.append({**shown, "size": info.engine.memory, "expires_at": expires, "size_vram": 0,
+                           "context_length": info.engine.max_model_len})  # fmt: skip
+        return {"models": loaded}
 
     @api.post("/show")
     async def show(request: Request) -> dict[str, Any]:
         body = await parse_body(request, OllamaModelRequest)
-        name = resolve(body.model)
-        if name == catalogue.chat_name:
-            meta = catalogue.chat_metadata
+        entry = catalogue.entry(bare(body.model), shown=body.model)
+        name = entry.name
+        if entry.kind == "chat":
+            meta = catalogue.chat_metadata(name)
             template = str(meta.get("tokenizer.chat_template", ""))
             model_info = {k: v for k, v in meta.items() if k != "tokenizer.chat_template"}
-            path, details, capabilities = catalogue.chat_path, chat_details(), ["completion"]
+            path, details, capabilities = entry.path, chat_details(name), ["completion"]
         else:
-            config = catalogue.embedding_config()
+            config = catalogue.embedding_config(name)
             template = ""
             model_info = {
                 "general.architecture": "bert",
-                "general.parameter_count": catalogue.embedding_parameters(),
-                "bert.context_length": catalogue.embedding_max_length(),
+                "general.parameter_count": catalogue.embedding_parameters(name),
+                "bert.context_length": catalogue.embedding_max_length(name),
                 "bert.embedding_length": config["hidden_size"],
                 "bert.block_count": config["num_hidden_layers"],
                 "bert.attention.head_count": config["num_attention_heads"],
                 "bert.pooling_type": "mean",
             }
-            path, details, capabilities = catalogue.embedding_folder(), embedding_details(), ["embedding"]
+            path, details, capabilities = entry.path, embedding_details(name), ["embedding"]
         parameters = "\n".join(f"{k} {v}" for k, v in DEFAULT_OPTIONS.items()) if template else ""
         modelfile = f'# Modelfile generated by "ollama show"\nFROM {path}\n'
         if template:
@@ -242,8 +236,8 @@ def router(service: GenerationService) -> APIRouter:
         return {"version": __version__}
 
     async def run(
-        request: Request, body: OllamaGenerationRequest, prompt_ids: list[int], prompt_param: str,
-        reply: type[OllamaGenerateReply] | type[OllamaChatReply],
+        request: Request, service: GenerationService, body: OllamaGenerationRequest, prompt_ids: list[int],
+        prompt_param: str, reply: type[OllamaGenerateReply] | type[OllamaChatReply],
     ) -> Response:  # fmt: skip
         sampling = body.options.sampling(body.priority)
         generation = GenerationRequest(
@@ -267,17 +261,24 @@ def router(service: GenerationService) -> APIRouter:
 
         return await service.respond(request, [seq], body.stream, build, events, NDJSON)
 
-    def loaded(reply: OllamaReply) -> Response:
-        """Ollama answers an empty prompt by loading the model: done at once, nothing generated."""
-        return Response(reply.model_dump_json(exclude_none=True), media_type="application/json")
+    async def load_only(request: Request, body: OllamaGenerationRequest, reply: type[OllamaReply],
+                        **content: Any) -> Response:  # fmt: skip
+        """Ollama answers an empty prompt by loading the model (done at once, nothing generated), or with
+        `keep_alive: 0` by unloading it (`ollama stop`)."""
+        unload = body.keep_alive == 0
+        if not unload or models.state(bare(body.model)) != "unloaded":
+            await use(request, body, "chat")  # keep_alive 0 unloads it as this response ends
+        answer = reply(
+            model=body.model, created_at=_now(), done=True, done_reason=UNLOAD if unload else LOAD, **content
+        )
+        return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
 
     @api.post("/generate", response_model=None)
     async def generate(request: Request) -> Response:
         body = await parse_body(request, OllamaGenerateRequest)
-        chat_model(body.model)
         if not body.prompt:
-            reply = OllamaGenerateReply(model=body.model, created_at=_now(), response="", done=True, done_reason=LOAD)
-            return loaded(reply)
+            return await load_only(request, body, OllamaGenerateReply, response="")
+        service = await use(request, body, "chat")
         if body.raw:
             prompt_ids = await service.encode(body.prompt)
         else:  # as Ollama, the prompt goes through the model's chat template
@@ -285,24 +286,22 @@ def router(service: GenerationService) -> APIRouter:
                 {"role": "user", "content": body.prompt}
             ]
             prompt_ids = await service.chat_prompt(turns, "prompt")
-        return await run(request, body, prompt_ids, "prompt", OllamaGenerateReply)
+        return await run(request, service, body, prompt_ids, "prompt", OllamaGenerateReply)
 
     @api.post("/chat", response_model=None)
     async def chat(request: Request) -> Response:
         body = await parse_body(request, OllamaChatRequest)
-        chat_model(body.model)
         if not body.messages:
-            message = OllamaChatMessage(content="")
-            reply = OllamaChatReply(model=body.model, created_at=_now(), message=message, done=True, done_reason=LOAD)
-            return loaded(reply)
+            return await load_only(request, body, OllamaChatReply, message=OllamaChatMessage(content=""))
+        service = await use(request, body, "chat")
         prompt_ids = await service.chat_prompt([m.model_dump() for m in body.messages])
-        return await run(request, body, prompt_ids, "messages", OllamaChatReply)
+        return await run(request, service, body, prompt_ids, "messages", OllamaChatReply)
 
     @api.post("/embeddings", response_model=None)
     async def embeddings(request: Request) -> Response:
         """The legacy route: one prompt, one vector (`[]` for an empty prompt, as Ollama answers)."""
         body = await parse_body(request, OllamaEmbeddingsRequest)
-        embedding_model(body.model)
+        service = await use(request, body, "embedding")
         if not body.prompt:
             return JSONResponse({"embedding": []})
         (vector,), _ = await service.embed(request, [body.prompt], None, Priority.NORMAL, "prompt", truncate=True)
@@ -311,7 +310,7 @@ def router(service: GenerationService) -> APIRouter:
     @api.post("/embed", response_model=None)
     async def embed(request: Request) -> Response:
         body = await parse_body(request, OllamaEmbedRequest)
-        embedding_model(body.model)
+        service = await use(request, body, "embedding")
         texts = [body.input] if isinstance(body.input, str) else body.input
         start = time.time()
         vectors, tokens = await service.embed(request, texts, body.dimensions, Priority.NORMAL, "input", body.truncate)

@@ -359,6 +359,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "wicore"
+    loaded: bool = False  # an engine worker holds it now (else the first request loads it)
 
 
 class ModelList(BaseModel):

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from wicore.server.errors import APIError
+from wicore.server.models import ServedModels
 from wicore.server.openai.protocol import (
     COMPLETION_DEFAULT_MAX_TOKENS,
     MIN_LOGPROB,
@@ -45,7 +46,7 @@ from wicore.server.openai.protocol import (
     openai_finish_reason,
 )
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, parse_body
-from wicore.server.service import GenerationRequest, GenerationService, Outputs, cached_tokens
+from wicore.server.service import GenerationRequest, Outputs, cached_tokens
 from wicore.server.streaming import StreamFormat, sse
 from wicore.tokenizer import Tokenizer
 
@@ -123,43 +124,32 @@ def response_grammar(response_format: ResponseFormat | None) -> str | None:
         raise APIError(400, str(e), param="response_format") from None
 
 
-def router(service: GenerationService) -> APIRouter:
+def router(models: ServedModels) -> APIRouter:
     api = APIRouter()
-    engine = service.engine
-    render = LogprobRenderer(engine.tokenizer)
-
-    def check_model(model: str | None) -> None:
-        if model is not None and service.catalogue.kind(model) != "chat":
-            raise APIError(
-                404, f"the model `{model}` does not exist; this server serves `{engine.model_name}`", param="model"
-            )
+    catalogue = models.catalogue
 
     def cards() -> list[ModelCard]:
-        """The chat model, and the embedding model once it is pulled (one not pulled cannot embed)."""
-        listed = [ModelCard(id=engine.model_name, created=engine.created)]
-        if service.catalogue.embedding_present():
-            created = int(service.catalogue.embedding_folder().stat().st_mtime)
-            listed.append(ModelCard(id=service.catalogue.embedding_name, created=created))
-        return listed
+        """Every model the server can serve, and whether it is loaded."""
+        return [
+            ModelCard(id=e.name, created=int(e.path.stat().st_mtime), loaded=models.state(e.name) == "loaded")
+            for e in catalogue.entries().values()
+        ]
 
     @api.get("/v1/models")
-    async def models() -> ModelList:
+    async def list_models() -> ModelList:
         return ModelList(data=cards())
 
     @api.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> ModelCard:
-        for card in cards():
-            if card.id == model_id:
-                return card
-        raise APIError(
-            404, f"the model `{model_id}` does not exist; this server serves `{engine.model_name}`", param="model"
-        )
+        catalogue.entry(model_id)  # a 404 listing the models if there is no such one
+        return next(card for card in cards() if card.id == model_id)
 
     @api.post("/v1/chat/completions", response_model=None)
     @api.post("/chat/completions", response_model=None, include_in_schema=False)
     async def chat(request: Request) -> Response:
         body = await parse_body(request, ChatCompletionRequest)
-        check_model(body.model)
+        service = await models.service(request, body.model)
+        engine, render = service.engine, LogprobRenderer(service.engine.tokenizer)
         prompt_ids = await service.chat_prompt(body.conversation())
         request_id, seqs = service.start(
             GenerationRequest(
@@ -222,7 +212,8 @@ def router(service: GenerationService) -> APIRouter:
     @api.post("/completions", response_model=None, include_in_schema=False)
     async def completions(request: Request) -> Response:
         body = await parse_body(request, CompletionRequest)
-        check_model(body.model)
+        service = await models.service(request, body.model)
+        engine, render = service.engine, LogprobRenderer(service.engine.tokenizer)
         tokenizer = engine.tokenizer
         given = body.prompts()
         prompts = [await service.encode(p) if isinstance(p, str) else list(p) for p in given]
@@ -310,9 +301,8 @@ def router(service: GenerationService) -> APIRouter:
     @api.post("/embeddings", response_model=None, include_in_schema=False)
     async def embeddings(request: Request) -> Response:
         body = await parse_body(request, EmbeddingRequest)
-        name = service.catalogue.embedding_name
-        if body.model is not None and service.catalogue.kind(body.model.removeprefix("wicore:")) != "embedding":
-            raise APIError(404, f"the model `{body.model}` does not exist; embeddings use `{name}`", param="model")
+        name = None if body.model is None else body.model.removeprefix("wicore:")
+        service = await models.service(request, name, "embedding", shown=body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
         vectors, tokens = await service.embed(
             request, texts, body.dimensions, body.engine_priority, "input", truncate=False
@@ -321,7 +311,7 @@ def router(service: GenerationService) -> APIRouter:
             EmbeddingData(index=i, embedding=_b64(v) if body.encoding_format == "base64" else v)
             for i, v in enumerate(vectors)
         ]
-        response = EmbeddingResponse(data=data, model=name, usage=EmbeddingUsage.of(tokens))
+        response = EmbeddingResponse(data=data, model=service.engine.model_name, usage=EmbeddingUsage.of(tokens))
         return Response(response.model_dump_json(), media_type="application/json")
 
     return api
