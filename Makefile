@@ -12,6 +12,10 @@ PORT ?= 8000
 SERVE_LOG ?= logs/serve.log
 # pip's quietest that still shows errors.
 PIP_QUIET := -qq --disable-pip-version-check
+# instructor 1.17.0 (the newest) caps jiter<0.15 while every openai 3.x needs jiter>=0.16, so no resolver
+# can install both; it runs on the newer jiter (its partial-JSON parsing uses an unchanged API), so it is
+# installed without its pins, the one dependency missing otherwise (docstring-parser) being in .[dev].
+INSTRUCTOR := instructor==1.17.0
 # Mojo owns the threads; a second BLAS pool only fights it (see shared notes).
 export OPENBLAS_NUM_THREADS ?= 1
 
@@ -22,6 +26,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install $(PIP_QUIET) --upgrade pip
 	@$(PY) -m pip install $(PIP_QUIET) -e '.[dev]'
+	@$(PY) -m pip install $(PIP_QUIET) --no-deps $(INSTRUCTOR)
 	@touch $@
 
 install: $(STAMP)

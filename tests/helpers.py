@@ -1,11 +1,13 @@
-"""Shared test helpers: the bundled models' names and paths."""
+"""Shared test helpers: the bundled models' names and paths, and what several test modules send or check."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
+from pydantic import BaseModel, Field
 
 from wicore.models import registry
 
@@ -22,6 +24,39 @@ OLLAMA_FINAL_KEYS = {
     "prompt_eval_duration", "eval_count", "eval_duration",
 }  # fmt: skip
 STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to code."}]
+
+
+class City(BaseModel):
+    """A structured answer with bounds and an enum: the schema the structured-output tests ask for."""
+
+    name: str = Field(max_length=20)
+    country: str = Field(max_length=20)
+    population_millions: int = Field(ge=0, le=100)
+    continent: Literal["Europe", "Asia", "Africa", "America", "Oceania"]
+
+
+# A tool whose answer the model cannot know: a reply that has 17 in it used the tool's result.
+WEATHER = "What is the temperature in Paris right now? Use the tool."
+
+
+def get_temperature(city: str) -> int:
+    """The temperature in a city right now, in degrees Celsius.
+
+    Args:
+        city: The city's name.
+    """
+    return 17
+
+
+# get_temperature as OpenAI's `tools` entry, for clients that take the schema rather than the function.
+TEMPERATURE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_temperature",
+        "description": "The temperature in a city right now, in degrees Celsius.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 def story(max_tokens: int, stream: bool = False, **extra: object) -> dict:

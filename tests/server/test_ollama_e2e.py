@@ -10,7 +10,7 @@ import numpy as np
 import ollama
 import pytest
 
-from tests.helpers import EMBED, FRANCE, MODEL, OLLAMA_FINAL_KEYS
+from tests.helpers import EMBED, FRANCE, MODEL, OLLAMA_FINAL_KEYS, WEATHER, get_temperature
 from tests.live_server import Server
 
 GREEDY = {"temperature": 0, "num_predict": 32}
@@ -129,3 +129,17 @@ def test_ollama_client_errors(server: Server) -> None:
     with pytest.raises(ollama.ResponseError) as info:
         client.embed(model=EMBED, input="word " * 300, truncate=False)
     assert info.value.status_code == 400 and "more than" in info.value.error
+
+
+def test_ollama_client_tools(server: Server) -> None:
+    """The client turns a Python function into a tool; the call comes back parsed, and its result goes
+    back in a `tool` message (without the tools then: the 0.5B model calls a tool again while offered)."""
+    client = ollama.Client(host=server.url)
+    asked = {"role": "user", "content": WEATHER}
+    r = client.chat(model=MODEL, messages=[asked], tools=[get_temperature], options=GREEDY)
+    assert r.done_reason == "stop" and r.message.tool_calls is not None
+    (call,) = r.message.tool_calls
+    assert call.function.name == "get_temperature" and call.function.arguments == {"city": "Paris"}
+    result = {"role": "tool", "content": "17", "tool_name": "get_temperature"}
+    answer = client.chat(model=MODEL, messages=[asked, r.message, result], options=GREEDY)
+    assert "17" in (answer.message.content or "")

@@ -344,6 +344,20 @@ async def test_response_format_reaches_the_engine_as_a_grammar(
     assert (engine.requests[-1].params.grammar is not None) == constrained
 
 
+async def test_response_format_schema_objects_are_closed(engine: FakeEngine) -> None:
+    """instructor's JSON_SCHEMA mode sends a pydantic schema without `additionalProperties`: the grammar
+    allows no keys beyond the listed ones (as llama-server and vLLM), or a small model adds keys until
+    max_tokens cuts its JSON short."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "City", "schema": schema}}
+    async with in_process(engine) as client:
+        r = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": FRANCE,
+                                                            "response_format": response_format})  # fmt: skip
+    assert r.status_code == 200, r.text
+    grammar = json.loads(engine.requests[-1].params.grammar or "")
+    assert grammar["grammars"][0]["json_schema"]["additionalProperties"] is False
+
+
 async def test_long_prompts_are_tokenised_off_the_loop_and_hopeless_ones_refused_unread(engine: FakeEngine) -> None:
     fits = "word " * 3000  # past the inline limit: tokenised in a thread
     hopeless = "a" * (engine.max_model_len * engine.tokenizer.max_token_bytes + 1)

@@ -4,23 +4,13 @@ clients, constrain the real model's output (the grammar's guarantee itself: test
 from __future__ import annotations
 
 import json
-from typing import Literal
 
 import jsonschema
 import openai
 import pytest
-from pydantic import BaseModel, Field
 
-from tests.helpers import MODEL
+from tests.helpers import MODEL, City
 from tests.live_server import Server
-
-
-class City(BaseModel):
-    name: str = Field(max_length=20)
-    country: str = Field(max_length=20)
-    population_millions: int = Field(ge=0, le=100)
-    continent: Literal["Europe", "Asia", "Africa", "America", "Oceania"]
-
 
 ASK = [{"role": "user", "content": "Describe Paris as JSON."}]
 

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from wicore.engine.grammar import ANY_JSON_OBJECT, json_schema_grammar
+from wicore.engine.grammar import ANY_JSON_OBJECT, closed_objects, json_schema_grammar
 from wicore.engine.request import FinishReason, Priority, PriorityName
 from wicore.server.protocol import (
     ChatMessage,
@@ -125,7 +125,10 @@ class ResponseFormat(StrictRequest):
         if self.type == "json_object":
             return json_schema_grammar(ANY_JSON_OBJECT, "response_format")
         if self.json_schema is not None:
-            return json_schema_grammar(self.json_schema.schema_ or {}, "response_format.json_schema.schema")
+            # Objects closed as llama-server and vLLM (XGrammar) close them: instructor and others send
+            # pydantic schemas that leave additionalProperties unsaid, and a small model then adds keys.
+            schema = closed_objects(self.json_schema.schema_ or {})
+            return json_schema_grammar(schema, "response_format.json_schema.schema")
         return None
 
     def answer_schema(self) -> dict[str, Any] | None:
