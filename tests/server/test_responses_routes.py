@@ -57,7 +57,7 @@ async def test_response_shape(engine: FakeEngine) -> None:
     assert resp.usage.total_tokens == resp.usage.input_tokens + resp.usage.output_tokens
     assert resp.usage.input_tokens == len(engine.requests[-1].prompt_ids)
     assert resp.instructions == "Be brief." and resp.metadata == {"k": "v"} and resp.temperature == 0.7
-    assert resp.tools == [] and resp.tool_choice == "auto" and resp.parallel_tool_calls is True
+    assert resp.tools == [] and resp.tool_choice == "auto" and resp.parallel_tool_calls is False
     assert prompt_text(engine).startswith("<|im_start|>system\nBe brief.<|im_end|>")
 
 

@@ -86,9 +86,9 @@ def test_required_calls_are_valid_when_sampled(client: openai.OpenAI) -> None:
 
 
 def test_parallel_calls(client: openai.OpenAI) -> None:
-    """Allowed (OpenAI's default), the model may make several calls: each complete one is valid (at
-    max_tokens the last may be cut short, as OpenAI's are)."""
-    choice = create(client, tool_choice="required", max_tokens=120).choices[0]
+    """Allowed, the model may make several calls: each complete one is valid (at max_tokens the last may
+    be cut short, as OpenAI's are)."""
+    choice = create(client, tool_choice="required", parallel_tool_calls=True, max_tokens=120).choices[0]
     calls = choice.message.tool_calls or []
     complete = calls if choice.finish_reason == "tool_calls" else calls[:-1]
     assert choice.finish_reason in ("tool_calls", "length") and complete

@@ -9,7 +9,7 @@ A surface parses its own request shape into the neutral pieces here, then:
 3. `ToolCalling.grammar(fmt)` is the llguidance grammar the output follows: `auto` is free text until the
    call marker, then a valid call (a lazy grammar, as llama.cpp's); `required` and a named function
    force calls whose arguments follow the tool's parameter schema, so even a 0.5B model returns a valid
-   call; `parallel=False` allows one call;
+   call; one call unless `parallel` is true;
 4. `ToolCallParser` turns the generated text, whole or as streamed deltas, into content and calls.
 
 Calls are written as Qwen2.5 (and Hermes) write them:
@@ -218,14 +218,16 @@ class ToolCalling:
 
     tools: tuple[FunctionTool, ...] = ()
     choice: ToolChoice = "none"
-    parallel: bool = True
+    parallel: bool = False
 
     @classmethod
     def build(
         cls, tools: Sequence[FunctionTool] | None, choice: ToolChoice | None = None, parallel: bool | None = None,
         tool_path: str = "tools[{i}].function",
     ) -> ToolCalling:  # fmt: skip
-        """Checked settings (OpenAI's defaults: "auto" with tools, "none" without; parallel calls allowed);
+        """Checked settings (OpenAI's defaults: "auto" with tools, "none" without; one call unless
+        `parallel` is true, as llama-server: with parallel calls allowed, small models keep adding calls
+        until max_tokens, which breaks every agent loop that leaves the field unset);
         `tool_path` names tool i in errors (`tools[{i}].function` on chat, `tools[{i}]` on Responses).
         Raises ToolError for a schema llguidance cannot compile, a repeated tool name, a named choice that
         names no tool, or `required` without tools."""
@@ -248,7 +250,7 @@ class ToolCalling:
             raise ToolError("tool_choice", f"tool_choice: no tool named {choice.name!r} in tools (offered: {offered})")
         if choice == "required" and not tools:
             raise ToolError("tool_choice", 'tool_choice: "required" needs at least one tool in tools')
-        return cls(tools, choice, True if parallel is None else parallel)
+        return cls(tools, choice, bool(parallel))
 
     @property
     def active(self) -> bool:

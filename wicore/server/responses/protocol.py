@@ -234,7 +234,7 @@ class ResponsesRequest(OpenAIRequest):
     instructions: str | None = None
     tools: list[Annotated[FunctionTool, BeforeValidator(_check_tool)]] | None = None
     tool_choice: ToolChoice = "auto"
-    parallel_tool_calls: bool = True
+    parallel_tool_calls: bool | None = None  # None: one call (see tools.ToolCalling.build)
     text: TextConfig | None = None
     max_output_tokens: PositiveInt | None = None
     temperature: Temperature | None = None

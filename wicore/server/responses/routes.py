@@ -117,7 +117,7 @@ def router(models: ServedModels) -> APIRouter:
                 max_output_tokens=body.max_output_tokens,
                 model=engine.model_name,
                 output=output,
-                parallel_tool_calls=body.parallel_tool_calls,
+                parallel_tool_calls=calling.parallel,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 text=body.text or TextConfig(),
