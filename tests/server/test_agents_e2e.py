@@ -5,8 +5,8 @@ final answer uses. Greedy sampling and a plain prompt keep the 0.5B model's choi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Coroutine, Iterator
+from typing import Any, Literal, TypeVar
 
 import pytest
 from agents import (
@@ -39,6 +39,22 @@ def client(server: Server) -> Iterator[AsyncOpenAI]:
     yield AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
 
+T = TypeVar("T")
+
+
+def run_and_close(client: AsyncOpenAI, run: Coroutine[Any, Any, T]) -> T:
+    """`run` on a loop of its own, then the client closed on that loop: left open, its connections would
+    be closed by the garbage collector in some later test's loop, long after this one is gone."""
+
+    async def main() -> T:
+        try:
+            return await run
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
 def responses_model(client: AsyncOpenAI) -> Model:
     return OpenAIResponsesModel(model=MODEL, openai_client=client)
 
@@ -67,7 +83,9 @@ def test_agent_calls_its_tool_and_answers_with_the_result(client: AsyncOpenAI, a
         tools=[get_weather], output_type=Report,
         model_settings=ModelSettings(temperature=0, tool_choice="required", parallel_tool_calls=False, max_tokens=60),
     )  # fmt: skip
-    result = Runner.run_sync(agent, "What is the weather in Paris?", run_config=NO_TRACING, max_turns=3)
+    result = run_and_close(
+        client, Runner.run(agent, "What is the weather in Paris?", run_config=NO_TRACING, max_turns=3)
+    )
     assert asked == ["Paris"]
     assert result.final_output == Report(city="Paris", temperature_celsius=17)
 
@@ -77,7 +95,7 @@ def test_structured_output_on_the_responses_model(client: AsyncOpenAI) -> None:
         name="geographer", instructions="Describe the city the user names.", model=responses_model(client),
         output_type=City, model_settings=ModelSettings(temperature=0, max_tokens=100),
     )  # fmt: skip
-    result = Runner.run_sync(agent, "Paris", run_config=NO_TRACING)
+    result = run_and_close(client, Runner.run(agent, "Paris", run_config=NO_TRACING))
     city = result.final_output
     assert isinstance(city, City) and city.name == "Paris" and city.continent == "Europe"
 
@@ -97,5 +115,5 @@ def test_streamed_run_on_the_responses_model(client: AsyncOpenAI) -> None:
         ]
         return "".join(deltas), str(result.final_output)
 
-    streamed, final = asyncio.run(run())
+    streamed, final = run_and_close(client, run())
     assert "Paris" in final and streamed == final

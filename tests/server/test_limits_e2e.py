@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -220,6 +221,7 @@ def test_a_20_mb_body_is_a_413_at_once_while_health_and_a_chat_carry_on(server: 
     poller.join(10)
     assert answered < 1.0, answered
     assert chat.events and chat.events[-1] == "[DONE]"
-    # Nothing waited on the big request (it once stalled the event loop for 70 s). Not "< 100 ms": on a
-    # shared 2-core machine a fresh connection's round trip alone can take a few hundred milliseconds.
-    assert health and max(health) < 2.0, health
+    # Nothing waited on the big request (it once stalled the event loop for 70 s): the typical /health
+    # answer stays under 100 ms; the slowest is allowed more, since on a shared 2-core machine a fresh
+    # connection's round trip alone can take a few hundred milliseconds.
+    assert health and statistics.median(health) < 0.1 and max(health) < 2.0, health

@@ -16,6 +16,8 @@ from tests.helpers import GEMMA, MODEL, model_path
 from wicore.engine.llm import LLM
 from wicore.engine.request import FinishReason
 from wicore.engine.sampling import SamplingParams
+from wicore.models.config import ModelConfig
+from wicore.models.prepared import metadata
 from wicore.server.tools import (
     CallFormat,
     FunctionTool,
@@ -30,7 +32,7 @@ from wicore.server.tools import (
     parse_tool_calls,
     template_inputs,
 )
-from wicore.tokenizer import Tokenizer
+from wicore.tokenizer import Tokenizer, tokenizers_json
 
 WEATHER = FunctionTool(
     name="get_weather",
@@ -112,12 +114,19 @@ def test_marker_split_across_deltas_never_reaches_content() -> None:
 # -- grammars over the real vocabularies -------------------------------------------------------------
 
 
+def ll_tokenizer(name: str, eos: list[int]) -> llguidance.LLTokenizer:
+    """llguidance's view of a model's vocabulary, built as the worker builds it (engine/grammar.py)."""
+    path = model_path(name)
+    meta = metadata(path)
+    return llguidance.LLTokenizer(
+        tokenizers_json(meta, str(path)), n_vocab=ModelConfig.from_metadata(meta).vocab_size, eos_token=eos
+    )
+
+
 @pytest.fixture(scope="module", params=[MODEL, GEMMA])
 def vocabulary(request: pytest.FixtureRequest) -> Iterator[tuple[Tokenizer, llguidance.LLTokenizer, CallFormat]]:
     tokenizer = Tokenizer.from_gguf(model_path(request.param))
-    ll = llguidance.LLTokenizer(
-        tokenizer.backend_json(), n_vocab=tokenizer.vocab_size, eos_token=sorted(tokenizer.stop_token_ids)
-    )
+    ll = ll_tokenizer(request.param, sorted(tokenizer.stop_token_ids))
     yield tokenizer, ll, call_format(tokenizer)
 
 
@@ -226,7 +235,7 @@ def test_schema_defs_move_to_the_call_root() -> None:
     }
     tool = FunctionTool(name="move", parameters=schema)
     tokenizer = Tokenizer.from_gguf(model_path(MODEL))
-    ll = llguidance.LLTokenizer(tokenizer.backend_json(), n_vocab=tokenizer.vocab_size, eos_token=[151645])
+    ll = ll_tokenizer(MODEL, [151645])
     grammar = ToolCalling.build([tool], "required", False).grammar(call_format(tokenizer))
     assert grammar is not None
     good = '<tool_call>\n{"name": "move", "arguments": {"home": {"city": "Oslo"}}}\n</tool_call>'
