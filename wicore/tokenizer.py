@@ -184,6 +184,7 @@ class Tokenizer:
         self._types = bytes(token_types)
         self._byte_level = byte_level
         self._pieces: dict[int, bytes | int | str] = {}  # filled lazily by _piece
+        self._texts: dict[int, str] = {}  # filled lazily by token_text
         self.vocab_size = len(tokens)
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
@@ -286,6 +287,14 @@ class Tokenizer:
         """The bytes one token adds to decoded text (part of a character for a split multi-byte one)."""
         piece = self._piece(token_id)
         return bytes([piece]) if isinstance(piece, int) else piece if isinstance(piece, bytes) else piece.encode()
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text, control tokens included, decoded once per model (logprobs show every
+        generated token and its alternatives)."""
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self.decode([token_id], skip_special_tokens=False)
+        return text
 
     def stream_decoder(self, skip_special_tokens: bool = True) -> StreamDecoder:
         """A fresh incremental decoder for one sequence of generated tokens."""

@@ -57,17 +57,12 @@ OPENAI_SSE = StreamFormat("text/event-stream", lambda e: sse(e.body()), SSE_DONE
 
 
 class LogprobRenderer:
-    """Token logprobs in OpenAI's two shapes; each token's text is decoded once per server."""
+    """Token logprobs in OpenAI's two shapes (each token's text is decoded once per model: the tokenizer
+    keeps it)."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
-        self._token_text: dict[int, str] = {}
-
-    def token_text(self, token_id: int) -> str:
-        text = self._token_text.get(token_id)
-        if text is None:
-            text = self._token_text[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
-        return text
+        self.token_text = tokenizer.token_text
 
     def chat(
         self, token_ids: list[int], logprobs: list[float], top: list[list[tuple[int, float]]]
