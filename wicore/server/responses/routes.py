@@ -23,8 +23,8 @@ from fastapi.responses import Response
 from wicore.engine.request import FinishReason
 from wicore.server.errors import APIError
 from wicore.server.models import ServedModels
+from wicore.server.openai.logprobs import LogprobRenderer
 from wicore.server.openai.protocol import ChatLogprob
-from wicore.server.openai.routes import LogprobRenderer
 from wicore.server.openapi import documented
 from wicore.server.protocol import CHAT_DEFAULT_MAX_TOKENS, conversation, parse_body
 from wicore.server.responses.output import OutputItems
