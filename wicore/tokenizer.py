@@ -57,6 +57,10 @@ _BYTE_LEVEL_PRE: dict[str, tuple[str | None, bool]] = {
 }
 _GEMMA_ARCHS = ("gemma", "gemma2", "gemma3")
 _SPIECE_SPACE = "\u2581"
+# Bump the version when what _serialised writes changes.
+_CACHED_FILES = (".tokenizer-v1", ".token-types-v1")
+# A SentencePiece vocabulary's `tokenizers` pipeline, for llguidance (tokenizers_json).
+_TOKENIZERS_JSON = (".tokenizers-json-v1",)
 # Tokens that end a turn in chat models; they stop generation besides eos.
 _END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "<|end_of_text|>", "<|end|>")
 
@@ -154,10 +158,20 @@ def _tokenizers_pipeline(meta: Mapping[str, Any], path: str) -> tokenizers.Token
     return backend
 
 
-def tokenizers_json(meta: Mapping[str, Any], path: str = "model") -> str:
+def tokenizers_json(path: Path) -> str:
     """The model's tokenizer as a `tokenizers` JSON definition, for libraries that build their own view of
-    the vocabulary (llguidance's token masks)."""
-    return _tokenizers_pipeline(meta, path).to_str()
+    the vocabulary (llguidance's token masks); made once per model file, as Tokenizer.from_gguf's files."""
+    if prepared.metadata(path, vocabulary=False).get("tokenizer.ggml.model") == "gpt2":
+        definition = _cached_files(path)[0]  # the backend's own file
+    else:
+        (definition,) = prepared.derived_files(
+            path, _TOKENIZERS_JSON, lambda: [_tokenizers_pipeline(prepared.metadata(path), str(path)).to_str().encode()]
+        )
+    return definition.read_text(encoding="utf-8")
+
+
+def _cached_files(path: Path) -> list[Path]:
+    return prepared.derived_files(path, _CACHED_FILES, lambda: _serialised(prepared.metadata(path), str(path)))
 
 
 class Tokenizer:
@@ -166,8 +180,7 @@ class Tokenizer:
     def __init__(
         self,
         backend: tokenizers.Tokenizer | sentencepiece.SentencePieceProcessor,
-        tokens: list[str],
-        token_types: list[int],
+        token_types: bytes,
         *,
         byte_level: bool,
         bos_token_id: int | None,
@@ -179,62 +192,88 @@ class Tokenizer:
         chat_template: str | None,
     ) -> None:
         # `tokenizers` (byte-level BPE) or `sentencepiece` (Gemma): the latter decodes through _piece.
+        # It holds the spellings; here only one type byte per token, not 262k Python strings.
         self._backend = backend
-        # One byte per token, not a list of 262k Python strings (the backend already holds the spellings).
-        self._types = bytes(token_types)
+        self._types = token_types
         self._byte_level = byte_level
         self._pieces: dict[int, bytes | int | str] = {}  # filled lazily by _piece
         self._texts: dict[int, str] = {}  # filled lazily by token_text
-        self.vocab_size = len(tokens)
+        self.vocab_size = len(token_types)
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.add_bos = add_bos
         self.chat_template = chat_template
         self.special_token_ids = frozenset(i for i, t in enumerate(token_types) if t == _CONTROL)
-        self.stop_token_ids = frozenset({eos_token_id, *extra_stop_ids})
+        named_stops = (self._id(t) for t in _END_OF_TURN)
+        named_stops = (i for i in named_stops if i is not None and token_types[i] == _CONTROL)
+        self.stop_token_ids = frozenset({eos_token_id, *named_stops, *extra_stop_ids})
         # The special-token strings transformers gives every chat template (its special_tokens_map).
         ids = dict(bos_token=bos_token_id, eos_token=eos_token_id, unk_token=unk_token_id, pad_token=pad_token_id)
-        self._template_vars = {name: tokens[i] for name, i in ids.items() if i is not None}
+        self._template_vars = {name: self._token(i) for name, i in ids.items() if i is not None}
 
     @classmethod
     def from_gguf(cls, path: str | Path, reader: gguf.GGUFReader | None = None) -> Tokenizer:
-        """Build the tokenizer a GGUF file describes (metadata cached after the first parse); pass `reader`
-        to reuse one already open on it."""
-        meta = read_metadata(reader) if reader is not None else prepared.metadata(Path(path))
-        return cls.from_metadata(meta, str(path))
+        """The tokenizer a GGUF file describes, built once per model file and then loaded from its cache (or
+        from `reader`, one already open on the file)."""
+        if reader is not None:
+            return cls.from_metadata(read_metadata(reader), str(path))
+        path = Path(path)
+        header = prepared.metadata(path, vocabulary=False)
+        model_file, types_file = _cached_files(path)
+        if header.get("tokenizer.ggml.model") == "gpt2":
+            backend: tokenizers.Tokenizer | sentencepiece.SentencePieceProcessor = tokenizers.Tokenizer.from_file(
+                str(model_file)
+            )
+        else:
+            backend = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+        return cls._assemble(backend, types_file.read_bytes(), header, str(path))
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any], path: str = "model") -> Tokenizer:
         """Build the tokenizer from GGUF key/value metadata (see wicore.models.config.read_metadata)."""
-
-        def field(key: str, default: Any = None) -> Any:
-            return meta.get(key, default)
-
         kind, tokens, types, spelled = _vocabulary(meta, path)
         if kind == "gpt2":
             backend: tokenizers.Tokenizer | sentencepiece.SentencePieceProcessor = _tokenizers_pipeline(meta, path)
         else:
-            backend = _gemma_sentencepiece(tokens, spelled, types, field("tokenizer.ggml.unknown_token_id"), path)
-        eos = field("tokenizer.ggml.eos_token_id")
+            unk = meta.get("tokenizer.ggml.unknown_token_id")
+            backend = _load_sentencepiece(_gemma_sentencepiece(tokens, spelled, types, unk, path))
+        return cls._assemble(backend, bytes(types), meta, path)
+
+    @classmethod
+    def _assemble(
+        cls,
+        backend: tokenizers.Tokenizer | sentencepiece.SentencePieceProcessor,
+        types: bytes,
+        meta: Mapping[str, Any],
+        path: str,
+    ) -> Tokenizer:
+        """The tokenizer of `backend`, with the special ids and the template the metadata names."""
+        eos = meta.get("tokenizer.ggml.eos_token_id")
         if eos is None:
             raise ValueError(f"{path}: the GGUF metadata has no tokenizer.ggml.eos_token_id")
-        named_stops = [i for i, t in enumerate(tokens) if t in _END_OF_TURN and types[i] == _CONTROL]
-        eot_ids = [field(k) for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")]
+        eot_ids = [meta.get(k) for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")]
+        kind = meta.get("tokenizer.ggml.model")
         return cls(
             backend,
-            tokens,
             types,
             byte_level=kind == "gpt2",
-            bos_token_id=field("tokenizer.ggml.bos_token_id"),
+            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
             eos_token_id=int(eos),
-            pad_token_id=field("tokenizer.ggml.padding_token_id"),
-            unk_token_id=field("tokenizer.ggml.unknown_token_id"),
+            pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+            unk_token_id=meta.get("tokenizer.ggml.unknown_token_id"),
             # llama.cpp adds BOS to SentencePiece vocabularies unless the file says otherwise.
-            add_bos=bool(field("tokenizer.ggml.add_bos_token", kind == "llama")),
-            extra_stop_ids=[*named_stops, *(i for i in eot_ids if i is not None)],
-            chat_template=field("tokenizer.chat_template"),
+            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama")),
+            extra_stop_ids=[i for i in eot_ids if i is not None],
+            chat_template=meta.get("tokenizer.chat_template"),
         )
+
+    def _id(self, token: str) -> int | None:
+        """The id of a token spelled `token` (None if the vocabulary has none)."""
+        if not isinstance(self._backend, sentencepiece.SentencePieceProcessor):
+            return self._backend.token_to_id(token)
+        token_id = self._backend.piece_to_id(token)
+        return token_id if self._backend.id_to_piece(token_id) == token else None
 
     def _token(self, token_id: int) -> str | None:
         """A token's spelling in the vocabulary (None outside it)."""
@@ -409,8 +448,8 @@ def _protobuf_field(number: int, payload: bytes | int) -> bytes:
 
 def _gemma_sentencepiece(
     tokens: list[str], spelled: list[str], types: list[int], unk_id: int | None, path: str
-) -> sentencepiece.SentencePieceProcessor:
-    """A SentencePiece BPE model that encodes as transformers' pipeline for this vocabulary does.
+) -> bytes:
+    """The serialised SentencePiece BPE model that encodes as transformers' pipeline for this vocabulary does.
 
     transformers merges the pair whose merged token comes first in the file; SentencePiece merges the pair
     whose merged piece scores highest, so every piece scores -position. Control tokens become user-defined
@@ -438,7 +477,21 @@ def _gemma_sentencepiece(
     )
     # NormalizerSpec: no normalisation rules, no dummy prefix, whitespace kept, spaces written as "▁".
     normalizer = b"".join(_protobuf_field(n, v) for n, v in ((1, b"identity"), (3, 0), (4, 0), (5, 1)))
-    model = bytes(pieces) + _protobuf_field(2, trainer) + _protobuf_field(3, normalizer)
+    return bytes(pieces) + _protobuf_field(2, trainer) + _protobuf_field(3, normalizer)
+
+
+def _load_sentencepiece(model: bytes) -> sentencepiece.SentencePieceProcessor:
     processor = sentencepiece.SentencePieceProcessor()
     processor.LoadFromSerializedProto(model)
     return processor
+
+
+def _serialised(meta: Mapping[str, Any], path: str) -> tuple[bytes, bytes]:
+    """What from_gguf caches (_CACHED_FILES): the backend's own file (a `tokenizers` JSON, a SentencePiece
+    model) and one type byte per token."""
+    kind, tokens, types, spelled = _vocabulary(meta, path)
+    if kind == "gpt2":
+        model = _tokenizers_pipeline(meta, path).to_str().encode()
+    else:
+        model = _gemma_sentencepiece(tokens, spelled, types, meta.get("tokenizer.ggml.unknown_token_id"), path)
+    return model, bytes(types)

@@ -69,6 +69,31 @@ def test_special_ids(model: tuple[str, Tokenizer, dict]) -> None:
     assert tok.eos_token_id in tok.stop_token_ids
 
 
+def test_the_cached_tokenizer_is_the_one_built_from_metadata(
+    model: tuple[str, Tokenizer, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """from_gguf loads the files it wrote on its first call; built afresh in an empty cache, from the
+    parsed metadata, and loaded back, the tokenizer is the same."""
+    name, cached, ref = model
+    path = resolve(name)
+    fresh = Tokenizer.from_metadata(prepared.metadata(path), str(path))
+    monkeypatch.setenv("WICORE_HOME", str(tmp_path))  # no cache here: this call builds the files
+    built = Tokenizer.from_gguf(path)
+    assert sorted(p.suffix for p in (tmp_path / "prepared").glob("*-v1")) == [".token-types-v1", ".tokenizer-v1"]
+    for tok in (cached, built):
+        assert (tok.vocab_size, tok.stop_token_ids, tok.special_token_ids) == (
+            fresh.vocab_size,
+            fresh.stop_token_ids,
+            fresh.special_token_ids,
+        )
+        assert tok.chat_template == fresh.chat_template
+        if fresh.chat_template:  # the special tokens' spellings reach the template
+            chat = [{"role": "user", "content": "hi"}]
+            assert tok.apply_chat_template(chat) == fresh.apply_chat_template(chat)
+        texts = [e["text"] for e in ref["encode"]]
+        assert [tok.encode(t) for t in texts] == [fresh.encode(t) for t in texts]
+
+
 def test_ids_match_reference(model: tuple[str, Tokenizer, dict]) -> None:
     _, tok, ref = model
     assert len(ref["encode"]) > 60
@@ -192,7 +217,7 @@ def test_sentencepiece_encodes_as_the_tokenizers_pipeline() -> None:
     path = resolve("gemma-3-270m")
     meta = prepared.metadata(path)
     tok = Tokenizer.from_metadata(meta, str(path))
-    pipeline = tokenizers.Tokenizer.from_str(tokenizers_json(meta, str(path)))
+    pipeline = tokenizers.Tokenizer.from_str(tokenizers_json(path))
     rng = random.Random(0)
     words = [tok.decode([rng.randrange(300, tok.vocab_size - 6000)]) for _ in range(4000)]
     texts = ["".join(rng.choice(words) for _ in range(rng.randint(2, 6))) for _ in range(1500)]

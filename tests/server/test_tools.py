@@ -117,10 +117,8 @@ def test_marker_split_across_deltas_never_reaches_content() -> None:
 def ll_tokenizer(name: str, eos: list[int]) -> llguidance.LLTokenizer:
     """llguidance's view of a model's vocabulary, built as the worker builds it (engine/grammar.py)."""
     path = model_path(name)
-    meta = metadata(path)
-    return llguidance.LLTokenizer(
-        tokenizers_json(meta, str(path)), n_vocab=ModelConfig.from_metadata(meta).vocab_size, eos_token=eos
-    )
+    vocab_size = ModelConfig.from_metadata(metadata(path, vocabulary=False)).vocab_size
+    return llguidance.LLTokenizer(tokenizers_json(path), n_vocab=vocab_size, eos_token=eos)
 
 
 @pytest.fixture(scope="module", params=[MODEL, GEMMA])

@@ -57,9 +57,8 @@ def prepare(
     Reads only the model's metadata (the weights load where the engine runs).  The one place
     where the context length is capped and the KV cache sized."""
     path = registry.resolve(model.name)
-    meta = metadata(path)
-    tokenizer = Tokenizer.from_metadata(meta, str(path))
-    config = ModelConfig.from_metadata(meta)
+    tokenizer = Tokenizer.from_gguf(path)
+    config = ModelConfig.from_metadata(metadata(path, vocabulary=False))
     max_model_len = min(model.max_model_len, config.context_length)
     # Room for at least one sequence of the full context.
     num_blocks = -(-max(model.kv_cache_tokens, max_model_len) // block_size)

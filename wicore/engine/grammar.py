@@ -114,10 +114,9 @@ class GrammarGuide:
     def _vocabulary(self) -> tuple[llguidance.LLTokenizer, llguidance.LLExecutor]:
         """llguidance's tokenizer and its mask-computing thread pool, built on first use."""
         if self._tokenizer is None or self._executor is None:
-            meta = metadata(self.model_path)
-            self.vocab_size = ModelConfig.from_metadata(meta).vocab_size
+            self.vocab_size = ModelConfig.from_metadata(metadata(self.model_path, vocabulary=False)).vocab_size
             self._tokenizer = llguidance.LLTokenizer(
-                tokenizers_json(meta, str(self.model_path)),
+                tokenizers_json(self.model_path),
                 n_vocab=self.vocab_size,
                 eos_token=sorted(self.eos_token_ids),
             )

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from wicore.models.registry import wicore_home
 from wicore.models.weights import LayerWeights, ModelWeights, load_weights
 
 FORMAT_VERSION = 3
+# Files beside the cache that earlier versions wrote: the metadata in one file, the model's config.
+_LEGACY_SUFFIXES = (".metadata.json", ".model.json")
 log = logging.getLogger("wicore.models")
 
 
@@ -52,14 +55,16 @@ def remove_stale_caches(path: Path) -> None:
 
     Processes still mapping a deleted cache keep their pages (unlinked files live until unmapped)."""
     current = _cache_dir(path).name
-    suffixes = r"(\.metadata\.json|\.model\.json|\.header\.json|\.vocab\.json|\.tmp(\d+))?"
-    mine = re.compile(rf"{re.escape(path.stem)}-[0-9a-f]+-[0-9a-f]+-v\d+{suffixes}")
-    keep = {current, _metadata_file(path, ".header.json").name, _metadata_file(path, ".vocab.json").name}
+    mine = re.compile(rf"{re.escape(path.stem)}-[0-9a-f]+-[0-9a-f]+-v\d+(\..+)?")
     for entry in _cache_dir(path).parent.iterdir():
         match = mine.fullmatch(entry.name)
-        if not match or entry.name in keep:
+        if not match:
             continue
-        if match[2] and Path(f"/proc/{match[2]}").exists():  # another process is preparing it right now
+        writer = re.search(r"\.tmp(\d+)$", entry.name)
+        if writer:
+            if Path(f"/proc/{writer[1]}").exists():  # another process is writing it right now
+                continue
+        elif entry.name == current + (match[1] or "") and match[1] not in _LEGACY_SUFFIXES:
             continue
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -67,10 +72,22 @@ def remove_stale_caches(path: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def derived_files(path: Path, suffixes: Sequence[str], build: Callable[[], Sequence[bytes]]) -> list[Path]:
+    """Files made from the model's metadata (its tokenizer, say) beside its cache: `build` makes their
+    contents once per model file, later calls only find them. Rebuilding them would mean parsing the whole
+    vocabulary again: seconds, and tens of MB of short-lived objects whose memory the allocator keeps."""
+    files = [_metadata_file(path, suffix) for suffix in suffixes]
+    if not all(f.exists() for f in files):
+        files[0].parent.mkdir(parents=True, exist_ok=True)
+        for file, data in zip(files, build(), strict=True):
+            _atomic_write(file, data)
+    return files
 
 
 def metadata(path: Path, reader: gguf.GGUFReader | None = None, vocabulary: bool = True) -> dict[str, Any]:
@@ -91,8 +108,8 @@ def metadata(path: Path, reader: gguf.GGUFReader | None = None, vocabulary: bool
         words = {k: v for k, v in meta.items() if _is_vocabulary(k, v)}
         rest.parent.mkdir(parents=True, exist_ok=True)
         # The vocabulary first: the header's presence marks both complete.
-        _atomic_write(vocab, json.dumps(words, ensure_ascii=False))
-        _atomic_write(rest, json.dumps(header, ensure_ascii=False))
+        _atomic_write(vocab, json.dumps(words, ensure_ascii=False).encode())
+        _atomic_write(rest, json.dumps(header, ensure_ascii=False).encode())
         log.info("read the metadata of %s in %.1f s; cached in %s", path.name, time.monotonic() - started,
                  rest.parent)  # fmt: skip
         return {**header, **words} if vocabulary else header
