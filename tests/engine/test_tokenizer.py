@@ -12,6 +12,7 @@ import random
 import unicodedata
 from pathlib import Path
 
+import gguf
 import jinja2
 import pytest
 import tokenizers
@@ -76,7 +77,10 @@ def test_the_cached_tokenizer_is_the_one_built_from_metadata(
     parsed metadata, and loaded back, the tokenizer is the same."""
     name, cached, ref = model
     path = resolve(name)
-    fresh = Tokenizer.from_metadata(prepared.metadata(path), str(path))
+    meta = prepared.metadata(path)
+    fresh = Tokenizer.from_metadata(meta, str(path))
+    types = meta["tokenizer.ggml.token_type"]
+    assert fresh.special_token_ids == {i for i, t in enumerate(types) if t == gguf.TokenType.CONTROL}
     monkeypatch.setenv("WICORE_HOME", str(tmp_path))  # no cache here: this call builds the files
     built = Tokenizer.from_gguf(path)
     assert sorted(p.suffix for p in (tmp_path / "prepared").glob("*-v1")) == [".token-types-v1", ".tokenizer-v1"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import gguf
+if TYPE_CHECKING:
+    import gguf
+
 import numpy as np
 
 # Architectures that share the decoder in transformer.py, and their RoPE style:

@@ -19,15 +19,21 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import gguf
 import numpy as np
 
 from wicore.kernels.weights import DenseWeight, QuantWeight, SplitWeight, Weight
+from wicore.lazy import LazyModule
 from wicore.models.config import ModelConfig, read_metadata
 from wicore.models.registry import wicore_home
 from wicore.models.weights import LayerWeights, ModelWeights, load_weights
+
+if TYPE_CHECKING:
+    import gguf
+else:
+    # Read only to prepare a model file (once); importing it costs every process ~6 MB.
+    gguf = LazyModule("gguf")
 
 FORMAT_VERSION = 3
 # Files beside the cache that earlier versions wrote: the metadata in one file, the model's config.

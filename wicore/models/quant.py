@@ -7,13 +7,18 @@ F32 and F16 tensors are kept dense, as they are in the file.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from gguf import GGMLQuantizationType as QT
 
 from wicore.kernels.weights import QK_K, DenseWeight, QuantWeight, Weight, pack_planes, to_tiles
 
-# GGUF type -> the kernel's format name
-GGUF_FORMATS = {QT.Q8_0: "q8_0", QT.Q5_0: "q5_0", QT.Q6_K: "q6_k", QT.Q4_K: "q4_k"}
+if TYPE_CHECKING:
+    from gguf import GGMLQuantizationType as QT
+
+# GGUF type (its name: this module loads on every start, `gguf` only when a file is prepared) -> the
+# kernel's format name
+GGUF_FORMATS = {"Q8_0": "q8_0", "Q5_0": "q5_0", "Q6_K": "q6_k", "Q4_K": "q4_k"}
 
 
 def _f16(b: np.ndarray) -> np.ndarray:
@@ -26,13 +31,13 @@ def repack(raw: np.ndarray, qtype: QT, shape: tuple[int, int]) -> Weight:
     `shape` is (N, K): N output rows, K weights per row.
     """
     n, k = shape
-    if qtype == QT.F32:
+    if qtype.name == "F32":
         return DenseWeight(np.ascontiguousarray(raw.reshape(n, k), dtype=np.float32))
-    if qtype == QT.F16:
+    if qtype.name == "F16":
         return DenseWeight(np.ascontiguousarray(raw.reshape(n, k).view(np.float16)))
-    if qtype not in GGUF_FORMATS:
+    if qtype.name not in GGUF_FORMATS:
         raise ValueError(f"unsupported tensor type {qtype.name}")
-    fmt = GGUF_FORMATS[qtype]
+    fmt = GGUF_FORMATS[qtype.name]
     b = raw.reshape(-1).view(np.uint8).reshape(n, -1)
     if fmt == "q8_0":
         blocks = b.reshape(n, k // 32, 34)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import gguf
 import numpy as np
 
 from wicore.kernels.weights import Weight, concat_rows
 from wicore.models.config import ModelConfig
 from wicore.models.quant import repack
+
+if TYPE_CHECKING:
+    import gguf
 
 
 @dataclass
@@ -50,7 +53,7 @@ class _Tensors:
 
     def vector(self, name: str) -> np.ndarray:
         t = self._by_name[name]
-        if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        if t.tensor_type.name not in ("F32", "F16"):
             raise ValueError(f"{name}: expected an F32/F16 vector, got {t.tensor_type.name}")
         # A copy, so nothing keeps the file's memory map alive once loading is done.
         return np.array(t.data, dtype=np.float32).reshape(-1)
