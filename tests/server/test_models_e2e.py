@@ -105,9 +105,14 @@ def test_ollama_keep_alive(server: Server) -> None:
     # An empty prompt with keep_alive 0 is `ollama stop`: nothing loads.
     stop = client.generate(model=GEMMA, prompt="", keep_alive=0)
     assert stop.done_reason == "unload" and GEMMA not in loaded(server)
-    # An empty prompt alone loads it.
-    assert client.generate(model=GEMMA, prompt="").done_reason == "load"
-    assert GEMMA in loaded(server)
+    # Loaded on demand, the wait shows as Ollama's load_duration (within total_duration); loaded, ~0.
+    cold = client.generate(model=GEMMA, prompt=SKY, raw=True, options={"num_predict": 2}, keep_alive=0)
+    warm_up = client.generate(model=GEMMA, prompt="")  # an empty prompt alone loads it
+    warm = client.generate(model=GEMMA, prompt=SKY, raw=True, options={"num_predict": 2})
+    assert cold.load_duration is not None and cold.total_duration is not None
+    assert 0.05e9 < cold.load_duration < cold.total_duration
+    assert warm_up.done_reason == "load" and GEMMA in loaded(server)
+    assert warm.load_duration is not None and warm.load_duration < 0.05e9
 
 
 def test_a_killed_worker_fails_only_its_models_requests(server: Server) -> None:

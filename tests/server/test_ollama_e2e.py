@@ -97,7 +97,8 @@ def test_embed(server: Server) -> None:
 def test_ollama_client_show_ps_pull_and_embeddings(server: Server) -> None:
     client = ollama.Client(host=server.url)
     shown = client.show(MODEL)
-    assert shown.details is not None and shown.details.family == "qwen2" and shown.capabilities == ["completion"]
+    assert shown.details is not None and shown.details.family == "qwen2"
+    assert shown.capabilities == ["completion", "tools"]
     assert shown.modelinfo is not None and shown.modelinfo["qwen2.context_length"] == 32768
     assert shown.template and "<|im_start|>" in shown.template
     # The default model is loaded (the embedding model too if an earlier test of the session embedded).

@@ -59,6 +59,7 @@ class ServedModels:
         name = model or self.catalogue.default(kind)
         self.catalogue.entry(name, kind, shown)
         deadline = time.time() + self.settings.scheduler.request_timeout
+        started = time.monotonic()
         try:
             engine = await self.pool.acquire(name, deadline, keep_alive)
         except EngineUnavailable as e:
@@ -66,7 +67,8 @@ class ServedModels:
         except registry.ModelError as e:  # the file went away after it was listed
             raise APIError(404, str(e), param="model") from None
         after_response(request, lambda: self.pool.release(name))
-        return GenerationService(self.settings, engine, self.metrics, self.counters, self.catalogue)
+        load_seconds = time.monotonic() - started
+        return GenerationService(self.settings, engine, self.metrics, self.counters, self.catalogue, load_seconds)
 
     # -- what is loaded --------------------------------------------------------------------------
 

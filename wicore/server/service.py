@@ -111,10 +111,12 @@ class GenerationService:
 
     def __init__(
         self, settings: Settings, engine: EngineClient, metrics: Metrics, counters: ServerCounters,
-        catalogue: Catalogue,
+        catalogue: Catalogue, load_seconds: float = 0.0,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.engine = engine
+        # How long this request waited for its model to load (Ollama's load_duration); ~0 when loaded.
+        self.load_seconds = load_seconds
         self.metrics = metrics
         self.counters = counters
         self.catalogue = catalogue

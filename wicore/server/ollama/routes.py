@@ -72,14 +72,15 @@ def _ns(seconds: float) -> int:
     return max(0, int(seconds * 1e9))
 
 
-def _final_stats(seq: ChoiceSequence) -> dict[str, Any]:
+def _final_stats(seq: ChoiceSequence, load_seconds: float) -> dict[str, Any]:
+    """Ollama's closing figures; the request's clock starts once its model is loaded, so the load is added."""
     t, now = seq.timer, time.time()
     first = t.first_token or now
     return {
         "done": True,
         "done_reason": seq.finish_reason,
-        "total_duration": _ns(now - t.arrival),
-        "load_duration": 0,  # not measured: a model loads before the request's clock starts
+        "total_duration": _ns(now - t.arrival + load_seconds),
+        "load_duration": _ns(load_seconds),
         "prompt_eval_count": t.prompt_tokens,
         "prompt_eval_duration": _ns(first - t.arrival),
         "eval_count": len(seq.tokens),
@@ -168,7 +169,9 @@ def router(models: ServedModels) -> APIRouter:
             meta = catalogue.chat_metadata(name)
             template = str(meta.get("tokenizer.chat_template", ""))
             model_info = {k: v for k, v in meta.items() if k != "tokenizer.chat_template"}
-            path, details, capabilities = entry.path, chat_details(name), ["completion"]
+            # Tools work with any chat template: one without a tools section gets them in a system prompt.
+            capabilities = ["completion", "tools"] if template else ["completion"]
+            path, details = entry.path, chat_details(name)
         else:
             config = catalogue.embedding_config(name)
             template = ""
@@ -270,14 +273,16 @@ def router(models: ServedModels) -> APIRouter:
             return [{"message": message} for message in tools.stream(text, done)]
 
         def build() -> BaseModel:
-            return reply(model=body.model, created_at=_now(), **content("".join(seq.text)), **_final_stats(seq))
+            stats = _final_stats(seq, service.load_seconds)
+            return reply(model=body.model, created_at=_now(), **content("".join(seq.text)), **stats)
 
         async def events(outputs: Outputs) -> AsyncGenerator[str, None]:
             async for _, out in outputs:
                 for piece in pieces(out.text, out.finish_reason is not None):
                     yield reply(model=body.model, created_at=_now(), done=False, **piece).line()
                 if out.finish_reason is not None:
-                    yield reply(model=body.model, created_at=_now(), **content(""), **_final_stats(seq)).line()
+                    stats = _final_stats(seq, service.load_seconds)
+                    yield reply(model=body.model, created_at=_now(), **content(""), **stats).line()
 
         return await service.respond(request, [seq], body.stream, build, events, NDJSON)
 
@@ -343,8 +348,8 @@ def router(models: ServedModels) -> APIRouter:
         reply = {
             "model": body.model,
             "embeddings": vectors,
-            "total_duration": _ns(time.time() - start),
-            "load_duration": 0,
+            "total_duration": _ns(time.time() - start + service.load_seconds),
+            "load_duration": _ns(service.load_seconds),
             "prompt_eval_count": tokens,
         }
         return Response(json.dumps(reply), media_type="application/json")
