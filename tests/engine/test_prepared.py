@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,28 @@ def test_remove_stale_caches_keeps_current_and_other_models(tmp_path: Path, monk
             (root / name / "index.json").write_text("{}")
     prepared.remove_stale_caches(model)
     assert sorted(p.name for p in root.iterdir()) == sorted(kept)
+
+
+def test_derived_files_are_built_once_and_safe_to_build_concurrently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads of one process racing to build the same files all get them whole, and the first call's
+    contents stay; a later call finds them without building."""
+    monkeypatch.setenv("WICORE_HOME", str(tmp_path / "home"))
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    start = threading.Barrier(8)
+
+    def build() -> list[bytes]:
+        start.wait()  # every thread is past the existence check before any writes
+        return [b"a" * 1_000_000, b"b"]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: prepared.derived_files(model, (".x-v1", ".y-v1"), build), range(8)))
+    assert all(r == results[0] for r in results)
+    assert [f.read_bytes() for f in results[0]] == [b"a" * 1_000_000, b"b"]
+    assert sorted(p.name for p in (tmp_path / "home" / "prepared").iterdir()) == sorted(f.name for f in results[0])
+    assert prepared.derived_files(model, (".x-v1", ".y-v1"), lambda: pytest.fail("built again")) == results[0]
 
 
 def test_metadata_without_vocabulary_has_the_model_shape_only() -> None:

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -79,7 +80,8 @@ def remove_stale_caches(path: Path) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    # The thread too: two threads of one process may write the same file; the pid last, for remove_stale_caches.
+    tmp = path.with_name(f"{path.name}.{threading.get_native_id()}.tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
