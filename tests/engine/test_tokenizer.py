@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import shutil
 import unicodedata
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 import tokenizers
 
 from wicore.models import prepared
-from wicore.models.registry import ModelError, resolve
+from wicore.models.registry import ModelError, resolve, wicore_home
 from wicore.tokenizer import Tokenizer, tokenizers_json
 
 REFERENCE = json.loads((Path(__file__).parents[1] / "data" / "tokenizer_reference.json").read_text(encoding="utf-8"))
@@ -81,7 +82,13 @@ def test_the_cached_tokenizer_is_the_one_built_from_metadata(
     fresh = Tokenizer.from_metadata(meta, str(path))
     types = meta["tokenizer.ggml.token_type"]
     assert fresh.special_token_ids == {i for i, t in enumerate(types) if t == gguf.TokenType.CONTROL}
-    monkeypatch.setenv("WICORE_HOME", str(tmp_path))  # no cache here: this call builds the files
+    # A home without the tokenizer's files (this call builds them), with the parsed metadata they are built
+    # from, as the first load leaves it (parsing the GGUF again would take 10-45 s).
+    (tmp_path / "prepared").mkdir()
+    for suffix in (".header.json", ".vocab.json"):
+        for parsed in (wicore_home() / "prepared").glob(f"{path.stem}-*{suffix}"):
+            shutil.copy(parsed, tmp_path / "prepared")
+    monkeypatch.setenv("WICORE_HOME", str(tmp_path))
     built = Tokenizer.from_gguf(path)
     assert sorted(p.suffix for p in (tmp_path / "prepared").glob("*-v1")) == [".token-types-v1", ".tokenizer-v1"]
     for tok in (cached, built):
