@@ -28,10 +28,14 @@ def test_remove_stale_caches_keeps_current_and_other_models(tmp_path: Path, monk
         f"{current}.metadata.json",  # the one-file metadata of earlier versions
         f"{current}.model.json",
         f"{current}.tmp{dead_pid}",
+        f"{model.stem}-1d4a-18edbe-v1.tokenizer-v1",  # derived files of an older model file
+        f"{current}.tokenizer-v1.1234.tmp{dead_pid}",  # a derived file's abandoned temporary
     ]
     kept = [
         current,
         f"{current}.header.json",
+        f"{current}.tokenizer-v1",
+        f"{current}.token-types-v1",
         f"{current}.vocab.json",
         f"{current}.tmp{os.getpid()}",  # a preparation in progress
         f"{model.stem}-q5_0-1d4a-18edbe-v1",  # another model whose name starts with this one's
