@@ -206,8 +206,7 @@ class Tokenizer:
         self.add_bos = add_bos
         self.chat_template = chat_template
         self.special_token_ids = frozenset(i for i, t in enumerate(token_types) if t == _CONTROL)
-        named_stops = (self._id(t) for t in _END_OF_TURN)
-        named_stops = (i for i in named_stops if i is not None and token_types[i] == _CONTROL)
+        named_stops = [i for t in _END_OF_TURN if (i := self._id(t)) is not None and token_types[i] == _CONTROL]
         self.stop_token_ids = frozenset({eos_token_id, *named_stops, *extra_stop_ids})
         # The special-token strings transformers gives every chat template (its special_tokens_map).
         ids = dict(bos_token=bos_token_id, eos_token=eos_token_id, unk_token=unk_token_id, pad_token=pad_token_id)
@@ -222,10 +221,9 @@ class Tokenizer:
         path = Path(path)
         header = prepared.metadata(path, vocabulary=False)
         model_file, types_file = _cached_files(path)
+        backend: tokenizers.Tokenizer | sentencepiece.SentencePieceProcessor
         if header.get("tokenizer.ggml.model") == "gpt2":
-            backend: tokenizers.Tokenizer | sentencepiece.SentencePieceProcessor = tokenizers.Tokenizer.from_file(
-                str(model_file)
-            )
+            backend = tokenizers.Tokenizer.from_file(str(model_file))
         else:
             backend = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
         release_freed_memory()  # what the load parsed and dropped: ~40 MB for qwen's tokenizers JSON
@@ -273,9 +271,11 @@ class Tokenizer:
     def _id(self, token: str) -> int | None:
         """The id of a token spelled `token` (None if the vocabulary has none)."""
         if not isinstance(self._backend, sentencepiece.SentencePieceProcessor):
-            return self._backend.token_to_id(token)
-        token_id = self._backend.piece_to_id(token)
-        return token_id if self._backend.id_to_piece(token_id) == token else None
+            token_id = self._backend.token_to_id(token)
+        else:  # sentencepiece answers the unknown token's id for a piece it lacks
+            token_id = self._backend.piece_to_id(token)
+            token_id = token_id if self._backend.id_to_piece(token_id) == token else None
+        return token_id if token_id is not None and token_id < self.vocab_size else None
 
     def _token(self, token_id: int) -> str | None:
         """A token's spelling in the vocabulary (None outside it)."""
